@@ -1,0 +1,34 @@
+# The README's commands: `make demo` (the main job) and `make test` (what CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Same pins as pyproject.toml and environment.yml (tests/test_packaging.py checks they agree).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= dev,notebooks
+
+.PHONY: setup test demo bench doctor clean
+
+setup: $(VENV)/.installed
+
+# Re-installs (and so rebuilds the compiled ops) when packaging or C++/CUDA sources change.
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard ops/*.py ops/csrc/*.* ops/csrc/*/*.*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q setuptools wheel
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m workbench demo
+
+bench: setup
+	$(PY) bench/model.py
+
+doctor: setup
+	$(PY) -m workbench doctor
+
+clean:
+	rm -rf build *.egg-info workbench/*.so

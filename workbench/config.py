@@ -1,0 +1,183 @@
+"""Frozen configuration dataclasses.
+
+Every field is read somewhere (tests/test_config.py checks that each field name appears in the package
+outside this file). Presets: `ModelConfig.tiny()` for tests and `ModelConfig.coco_r50()` with upstream
+Mask2Former's COCO instance-segmentation values.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+__all__ = ["AttributeSpec", "LossConfig", "ModelConfig"]
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One independent per-instance label (e.g. colour) with its own K+1-way head.
+
+    `weight` scales both its loss and its matcher cost (as upstream uses the class weight for both);
+    `no_object_weight` is the cross-entropy weight of its "no object" slot (index K).
+    """
+
+    name: str
+    values: tuple[str, ...]
+    weight: float = 1.0
+    no_object_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"AttributeSpec.name must be an identifier, got {self.name!r}")
+        object.__setattr__(self, "values", tuple(self.values))
+        if len(self.values) == 0:
+            raise ValueError(f"attribute {self.name!r}: values must not be empty")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError(f"attribute {self.name!r}: duplicate values in {self.values}")
+        if self.weight < 0 or self.no_object_weight < 0:
+            raise ValueError(f"attribute {self.name!r}: weights must be >= 0")
+
+    @property
+    def num_values(self) -> int:
+        """K: the real values. Heads have K+1 outputs; index K is "no object"."""
+        return len(self.values)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights and point sampling, Mask2Former's defaults."""
+
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    deep_supervision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_points <= 0:
+            raise ValueError("LossConfig.num_points must be > 0 (0 points give NaN costs)")
+        if self.oversample_ratio < 1:
+            raise ValueError("LossConfig.oversample_ratio must be >= 1")
+        if not 0 <= self.importance_sample_ratio <= 1:
+            raise ValueError("LossConfig.importance_sample_ratio must be in [0, 1]")
+
+
+def _as_attribute_specs(attributes) -> tuple[AttributeSpec, ...]:
+    if isinstance(attributes, Mapping):
+        return tuple(AttributeSpec(name, tuple(values)) for name, values in attributes.items())
+    specs = []
+    for a in attributes:
+        if isinstance(a, AttributeSpec):
+            specs.append(a)
+        elif isinstance(a, Mapping):
+            specs.append(AttributeSpec(**{**a, "values": tuple(a["values"])}))
+        else:
+            raise TypeError(f"attribute entry must be AttributeSpec or mapping, got {type(a).__name__}")
+    return tuple(specs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The multi-task Mask2Former: architecture, heads and loss weights."""
+
+    num_classes: int
+    attributes: tuple[AttributeSpec, ...] = ()
+    backbone: str = "resnet50"  # "resnet50" | "tiny" (see model/backbone.py)
+    pretrained_backbone: bool = False  # load torchvision weights from the local cache (never downloads)
+    hidden_dim: int = 256
+    num_queries: int = 100
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dec_layers: int = 9  # plus one prediction from the learnable queries before the first layer
+    enc_layers: int = 6
+    enc_dim_feedforward: int = 1024
+    enc_n_points: int = 4
+    mask_dim: int = 256
+    dropout: float = 0.0
+    size_divisibility: int = 32
+    attribute_cost_weight: float = 1.0  # scales every attribute's matcher cost; 0 switches them off
+    test_topk: int = 100  # instances kept per image at inference (top-k over queries x classes)
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attributes", _as_attribute_specs(self.attributes))
+        names = [a.name for a in self.attributes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate attribute names: {names}")
+        if self.num_classes <= 0:
+            raise ValueError("num_classes must be > 0")
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by nheads {self.nheads}")
+        if self.dec_layers < 1 or self.enc_layers < 0:
+            raise ValueError("dec_layers must be >= 1 and enc_layers >= 0")
+        if self.attribute_cost_weight < 0:
+            raise ValueError("attribute_cost_weight must be >= 0")
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes)
+
+    def attribute(self, name: str) -> AttributeSpec:
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        raise KeyError(f"no attribute {name!r}; known: {list(self.attribute_names)}")
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def tiny(
+        cls,
+        num_classes: int = 3,
+        attributes: Mapping[str, Sequence[str]] | Sequence[AttributeSpec] = (),
+        **overrides,
+    ) -> "ModelConfig":
+        """A model that runs a training step in well under a second on CPU (tests, demo)."""
+        values = dict(
+            num_classes=num_classes,
+            attributes=attributes,
+            backbone="tiny",
+            hidden_dim=32,
+            num_queries=10,
+            nheads=4,
+            dim_feedforward=64,
+            dec_layers=2,
+            enc_layers=1,
+            enc_dim_feedforward=64,
+            mask_dim=32,
+            test_topk=10,
+            loss=LossConfig(num_points=256),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def coco_r50(
+        cls,
+        num_classes: int = 80,
+        attributes: Mapping[str, Sequence[str]] | Sequence[AttributeSpec] = (),
+        **overrides,
+    ) -> "ModelConfig":
+        """Upstream maskformer2_R50_bs16_50ep (COCO instance): 100 queries, 9+1 decoder predictions."""
+        values = dict(
+            num_classes=num_classes,
+            attributes=attributes,
+            backbone="resnet50",
+            hidden_dim=256,
+            num_queries=100,
+            nheads=8,
+            dim_feedforward=2048,
+            dec_layers=9,
+            enc_layers=6,
+            enc_dim_feedforward=1024,
+            mask_dim=256,
+            test_topk=100,
+        )
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,68 @@
+"""`MSDeformAttn`: Deformable-DETR's multi-scale deformable attention as an nn.Module."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from workbench.ops.dispatch import ms_deform_attn
+
+
+class MSDeformAttn(nn.Module):
+    """Each query attends to `n_points` learned offsets around its reference point on each of `n_levels` maps.
+
+    query (N, Lq, C), reference_points (N, Lq, L, 2) in [0, 1], value_input (N, S, C),
+    spatial_shapes (L, 2), level_start_index (L,), padding_mask (N, S) True = padded -> (N, Lq, C).
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
+                 backend: str = "auto") -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.backend = backend
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Deformable-DETR init: offsets start on a ring of directions, growing with the point index."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]
+        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        for i in range(self.n_points):
+            grid[:, :, i, :] *= i + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(self, query, reference_points, value_input, spatial_shapes, level_start_index, padding_mask=None):
+        n, lq, _ = query.shape
+        _, s, _ = value_input.shape
+        expected = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+        if expected != s:
+            raise ValueError(f"value has {s} positions but spatial_shapes sum to {expected}")
+        value = self.value_proj(value_input)
+        if padding_mask is not None:
+            value = value.masked_fill(padding_mask[..., None], 0.0)
+        value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)
+        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
+        if reference_points.shape[-1] != 2:
+            raise ValueError(f"reference_points last dim must be 2, got {reference_points.shape[-1]}")
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=self.backend)
+        return self.output_proj(out)
