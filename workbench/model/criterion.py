@@ -1,0 +1,206 @@
+"""Set criterion: match queries to targets, then sum per-term losses over the final and every aux prediction.
+
+Terms are entries of `losses` (as upstream): "labels" (loss_ce), "attributes" (loss_attr_<name>),
+"masks" (loss_mask, loss_dice). Aux stages add the suffix `_<i>`. Every produced key must have a weight in
+`weight_dict`; a missing weight raises instead of silently dropping the term.
+
+Attribute targets, decided: a query matched to an instance is trained towards that instance's value, or
+ignored where the instance is unlabeled (-1); an unmatched query is trained towards the head's "no object"
+index K with the head's `no_object_weight` -- exactly as the class head treats unmatched queries -- so the
+attribute's no-object probability is meaningful at inference (filters can drop attribute = no-object).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.config import AttributeSpec
+from workbench.model.matcher import HungarianMatcher, Target
+from workbench.model.outputs import ModelOutput
+from workbench.model.points import point_sample, uncertain_point_coords
+
+IGNORE = -1
+TERMS = ("labels", "attributes", "masks")
+
+
+def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """logits, labels (N, P) -> mean over points, sum over masks / num_masks."""
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum() / num_masks
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
+    """logits, labels (N, P) -> sum over masks of (1 - soft dice) / num_masks."""
+    probs = logits.sigmoid()
+    numerator = 2 * (probs * labels).sum(-1)
+    denominator = probs.sum(-1) + labels.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """logits (B, Q, K+1), target (B, Q) with IGNORE -> weighted mean; 0 (not NaN) when all are ignored."""
+    flat_target = target.reshape(-1)
+    valid = flat_target != IGNORE
+    per_query = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_target.clamp(min=0),
+                                reduction="none")
+    w = weight[flat_target.clamp(min=0)] * valid
+    return (per_query * w).sum() / w.sum().clamp(min=torch.finfo(w.dtype).tiny)
+
+
+class SetCriterion(nn.Module):
+    """(outputs: ModelOutput, targets) -> dict[str, 0-dim Tensor] of *unweighted* losses; `weigh` applies weights."""
+
+    def __init__(self, num_classes: int, attributes: Sequence[AttributeSpec], matcher: HungarianMatcher,
+                 weight_dict: Mapping[str, float], no_object_weight: float = 0.1,
+                 losses: Sequence[str] = TERMS, num_points: int = 12544, oversample_ratio: float = 3.0,
+                 importance_sample_ratio: float = 0.75) -> None:
+        super().__init__()
+        unknown = set(losses) - set(TERMS)
+        if unknown:
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {TERMS}")
+        self.num_classes, self.attributes, self.matcher = num_classes, tuple(attributes), matcher
+        self.weight_dict, self.losses = dict(weight_dict), tuple(losses)
+        self.num_points, self.oversample_ratio = num_points, oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = no_object_weight
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+        for a in self.attributes:
+            w = torch.ones(a.num_values + 1)
+            w[-1] = a.no_object_weight
+            self.register_buffer(f"attr_weight_{a.name}", w, persistent=False)
+        missing = [k for k in self.base_keys() if k not in self.weight_dict]
+        if missing:
+            raise KeyError(f"loss keys without a weight: {missing} (every produced loss must be weighted)")
+
+    def base_keys(self) -> list[str]:
+        keys = []
+        if "labels" in self.losses:
+            keys.append("loss_ce")
+        if "attributes" in self.losses:
+            keys += [f"loss_attr_{a.name}" for a in self.attributes]
+        if "masks" in self.losses:
+            keys += ["loss_mask", "loss_dice"]
+        return keys
+
+    # ---- input checks: fail with a message instead of a device-side assert later ----
+    def check(self, outputs: ModelOutput, targets: Sequence[Target]) -> None:
+        if outputs.class_logits.shape[-1] != self.num_classes + 1:
+            raise ValueError(f"class logits have {outputs.class_logits.shape[-1]} outputs, expected "
+                             f"num_classes + 1 = {self.num_classes + 1} (last = no object)")
+        for a in self.attributes:
+            logits = outputs.attribute_logits.get(a.name)
+            if logits is None:
+                raise KeyError(f"model outputs have no logits for attribute {a.name!r}")
+            if logits.shape[-1] != a.num_values + 1:
+                raise ValueError(f"attribute head {a.name!r} has {logits.shape[-1]} outputs, expected K+1 = "
+                                 f"{a.num_values + 1} ({a.num_values} values + no object); unmatched queries "
+                                 f"are trained towards index {a.num_values}")
+        for i, t in enumerate(targets):
+            labels = torch.as_tensor(t["labels"])
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise ValueError(f"targets[{i}]['labels'] has values {labels.unique().tolist()} outside "
+                                 f"[0, {self.num_classes})")
+            if len(t["masks"]) != len(labels):
+                raise ValueError(f"targets[{i}]: {len(t['masks'])} masks for {len(labels)} labels")
+            for a in self.attributes:
+                values = t.get("attributes", {}).get(a.name)
+                if values is None:
+                    raise KeyError(f"targets[{i}]['attributes'] has no {a.name!r} (use -1 for unlabeled)")
+                values = torch.as_tensor(values)
+                if len(values) != len(labels):
+                    raise ValueError(f"targets[{i}]['attributes'][{a.name!r}] has {len(values)} entries for "
+                                     f"{len(labels)} instances")
+                if values.numel() and (values.min() < IGNORE or values.max() >= a.num_values):
+                    raise ValueError(f"targets[{i}]['attributes'][{a.name!r}] has values {values.unique().tolist()}"
+                                     f" outside [-1, {a.num_values}) (-1 = unlabeled)")
+
+    # ---- terms ----
+    @staticmethod
+    def _src_index(indices):
+        batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        return batch, torch.cat([src for src, _ in indices])
+
+    def loss_labels(self, outputs: ModelOutput, targets, indices, num_masks, generator) -> dict[str, torch.Tensor]:
+        logits = outputs.class_logits.float()
+        target = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        batch, src = self._src_index(indices)
+        matched = [torch.as_tensor(t["labels"], device=logits.device).long()[j] for t, (_, j) in zip(targets, indices)]
+        target[batch, src] = torch.cat(matched) if matched else target.new_empty(0)
+        return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight)}
+
+    def attribute_targets(self, outputs: ModelOutput, targets, indices, name: str, num_values: int) -> torch.Tensor:
+        """(B, Q) int64: matched queries get the instance's value (or -1 = ignored), unmatched get K."""
+        device = outputs.class_logits.device
+        target = torch.full(outputs.class_logits.shape[:2], num_values, dtype=torch.int64, device=device)
+        batch, src = self._src_index(indices)
+        matched = [torch.as_tensor(t["attributes"][name], device=device).long()[j] for t, (_, j) in zip(targets, indices)]
+        target[batch, src] = torch.cat(matched) if matched else target.new_empty(0)
+        return target
+
+    def loss_attributes(self, outputs: ModelOutput, targets, indices, num_masks, generator):
+        losses = {}
+        for a in self.attributes:
+            target = self.attribute_targets(outputs, targets, indices, a.name, a.num_values)
+            weight = getattr(self, f"attr_weight_{a.name}")
+            losses[f"loss_attr_{a.name}"] = weighted_cross_entropy(outputs.attribute_logits[a.name], target, weight)
+        return losses
+
+    def loss_masks(self, outputs: ModelOutput, targets, indices, num_masks, generator):
+        batch, src = self._src_index(indices)
+        if src.numel() == 0:
+            zero = outputs.mask_logits.sum() * 0.0  # keeps the graph: zero loss, zero gradient
+            return {"loss_mask": zero, "loss_dice": zero.clone()}
+        src_masks = outputs.mask_logits[batch.to(outputs.mask_logits.device), src.to(outputs.mask_logits.device)]
+        tgt_masks = torch.cat([
+            torch.as_tensor(t["masks"], device=src_masks.device)[j] for t, (_, j) in zip(targets, indices)
+        ]).to(src_masks.dtype)
+        src_masks, tgt_masks = src_masks[:, None], tgt_masks[:, None]
+        with torch.no_grad():
+            coords = uncertain_point_coords(src_masks.float(), self.num_points, self.oversample_ratio,
+                                            self.importance_sample_ratio, generator)
+            point_labels = point_sample(tgt_masks.float(), coords)[:, 0]
+        point_logits = point_sample(src_masks.float(), coords)[:, 0]
+        return {"loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
+                "loss_dice": dice_loss(point_logits, point_labels, num_masks)}
+
+    # ---- driver ----
+    def num_masks(self, targets, device) -> float:
+        """Targets in the batch, averaged over distributed workers, at least 1."""
+        n = torch.as_tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(n)
+            n = n / dist.get_world_size()
+        return max(float(n), 1.0)
+
+    def forward(self, outputs: ModelOutput, targets: Sequence[Target],
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        self.check(outputs, targets)
+        num_masks = self.num_masks(targets, outputs.class_logits.device)
+        terms = {"labels": self.loss_labels, "attributes": self.loss_attributes, "masks": self.loss_masks}
+        losses: dict[str, torch.Tensor] = {}
+        stages = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.aux)]
+        for suffix, stage in stages:
+            indices = self.matcher(stage, targets, generator=generator)
+            for term in self.losses:
+                for key, value in terms[term](stage, targets, indices, num_masks, generator).items():
+                    losses[key + suffix] = value
+        return losses
+
+    def weigh(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Multiply each loss by its weight; a key without a weight is an error, never dropped."""
+        missing = [k for k in losses if k not in self.weight_dict]
+        if missing:
+            raise KeyError(f"loss keys without a weight: {missing}")
+        return {k: v * self.weight_dict[k] for k, v in losses.items()}
+
+
+def build_weight_dict(base: Mapping[str, float], num_aux: int) -> dict[str, float]:
+    """Base weights repeated for every aux stage (`loss_ce_0`, ..., `loss_ce_{num_aux-1}`)."""
+    weights = dict(base)
+    for i in range(num_aux):
+        weights.update({f"{k}_{i}": w for k, w in base.items()})
+    return weights

@@ -1,0 +1,146 @@
+"""`MultiTaskMask2Former`: backbone -> pixel decoder -> masked-attention decoder, plus matcher and criterion.
+
+Training mode returns only weighted 0-dim losses (a dict a train loop can sum); eval mode returns per-image
+predictions built from that image's own decoder outputs. Returning predictions while training was a seed bug.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from workbench.config import ModelConfig
+from workbench.model.backbone import build_backbone
+from workbench.model.criterion import SetCriterion, build_weight_dict
+from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
+from workbench.model.matcher import HungarianMatcher
+from workbench.model.outputs import ModelOutput
+from workbench.model.pixel_decoder import MSDeformAttnPixelDecoder
+from workbench.model.postprocess import instance_inference
+
+Batch = Sequence[dict[str, Any]]
+
+
+def build_matcher(cfg: ModelConfig) -> HungarianMatcher:
+    """Matcher costs use the loss weights (as upstream); attributes are scaled by `attribute_cost_weight`."""
+    return HungarianMatcher(
+        cost_class=cfg.loss.class_weight,
+        cost_mask=cfg.loss.mask_weight,
+        cost_dice=cfg.loss.dice_weight,
+        cost_attributes={a.name: a.weight * cfg.attribute_cost_weight for a in cfg.attributes},
+        num_points=cfg.loss.num_points,
+    )
+
+
+def build_criterion(cfg: ModelConfig, matcher: HungarianMatcher | None = None) -> SetCriterion:
+    base = {"loss_ce": cfg.loss.class_weight, "loss_mask": cfg.loss.mask_weight, "loss_dice": cfg.loss.dice_weight}
+    base.update({f"loss_attr_{a.name}": a.weight for a in cfg.attributes})
+    num_aux = cfg.dec_layers if cfg.loss.deep_supervision else 0
+    return SetCriterion(
+        num_classes=cfg.num_classes,
+        attributes=cfg.attributes,
+        matcher=matcher or build_matcher(cfg),
+        weight_dict=build_weight_dict(base, num_aux),
+        no_object_weight=cfg.loss.no_object_weight,
+        num_points=cfg.loss.num_points,
+        oversample_ratio=cfg.loss.oversample_ratio,
+        importance_sample_ratio=cfg.loss.importance_sample_ratio,
+    )
+
+
+def pad_images(images: Sequence[torch.Tensor], divisibility: int) -> torch.Tensor:
+    """List of (3, H_i, W_i) -> (B, 3, H, W) float, zero-padded bottom/right to a multiple of `divisibility`."""
+    h = max(int(im.shape[-2]) for im in images)
+    w = max(int(im.shape[-1]) for im in images)
+    h, w = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
+    out = images[0].new_zeros((len(images), 3, h, w), dtype=torch.float32)
+    for i, im in enumerate(images):
+        out[i, :, : im.shape[-2], : im.shape[-1]] = im
+    return out
+
+
+class MultiTaskMask2Former(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained_backbone)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(
+            self.backbone.out_channels, conv_dim=cfg.hidden_dim, mask_dim=cfg.mask_dim, enc_layers=cfg.enc_layers,
+            nheads=cfg.nheads, dim_feedforward=cfg.enc_dim_feedforward, n_points=cfg.enc_n_points,
+            dropout=cfg.dropout,
+        )
+        self.decoder = MultiScaleMaskedTransformerDecoder(
+            num_classes=cfg.num_classes, attributes=cfg.attributes, hidden_dim=cfg.hidden_dim,
+            num_queries=cfg.num_queries, nheads=cfg.nheads, dim_feedforward=cfg.dim_feedforward,
+            dec_layers=cfg.dec_layers, mask_dim=cfg.mask_dim, in_channels=cfg.hidden_dim, dropout=cfg.dropout,
+        )
+        self.criterion = build_criterion(cfg)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward_raw(self, images: torch.Tensor, return_aux: bool = False,
+                    return_attention: bool = False) -> ModelOutput:
+        """images: float (B, 3, H, W) RGB in 0..255, H and W multiples of 32 -> ModelOutput (see outputs.py)."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        d = self.cfg.size_divisibility
+        if images.shape[-2] % d or images.shape[-1] % d:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} must be a multiple of {d}; "
+                             f"use pad_images() or model(batch)")
+        x = (images.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+        pixel = self.pixel_decoder(self.backbone(x))
+        return self.decoder(pixel.multi_scale_features, pixel.mask_features, return_aux=return_aux,
+                            return_attention=return_attention)
+
+    def targets(self, batch: Batch, padded_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """Instances of each image with masks zero-padded to the batch's padded size, on the model's device."""
+        out = []
+        for i, item in enumerate(batch):
+            inst = item.get("instances")
+            if inst is None:
+                raise KeyError(f"batch[{i}] has no 'instances' (needed in training mode)")
+            masks = torch.as_tensor(inst["masks"], device=self.device)
+            padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
+            padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
+            attrs = inst.get("attributes", {})
+            out.append({
+                "labels": torch.as_tensor(inst["labels"], device=self.device).long(),
+                "masks": padded,
+                "attributes": {a.name: torch.as_tensor(attrs[a.name], device=self.device).long()
+                               if a.name in attrs else torch.full((masks.shape[0],), -1, device=self.device)
+                               for a in self.cfg.attributes},
+            })
+        return out
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None):
+        """Training: dict[str, 0-dim Tensor] of weighted losses. Eval: list of per-image prediction dicts."""
+        if not isinstance(batch, (list, tuple)) or not batch:
+            raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
+        images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
+        padded = pad_images(images, self.cfg.size_divisibility)
+        if self.training:
+            outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
+            losses = self.criterion.weigh(self.criterion(outputs, self.targets(batch, padded.shape[-2:]),
+                                                         generator=generator))
+            bad = [k for k, v in losses.items() if v.dim() != 0]
+            if bad:
+                raise RuntimeError(f"training losses must be 0-dim, got shapes for {bad}")
+            return losses
+        outputs = self.forward_raw(padded)
+        return self.postprocess(outputs, batch, tuple(padded.shape[-2:]))
+
+    def postprocess(self, outputs: ModelOutput, batch: Batch, padded_size: tuple[int, int]) -> list[dict]:
+        results = []
+        for b, item in enumerate(batch):
+            image_size = tuple(int(s) for s in item["image"].shape[-2:])
+            output_size = (int(item.get("height", image_size[0])), int(item.get("width", image_size[1])))
+            results.append(instance_inference(
+                outputs.class_logits[b], {k: v[b] for k, v in outputs.attribute_logits.items()},
+                outputs.mask_logits[b], padded_size, image_size, output_size, topk=self.cfg.test_topk,
+            ))
+        return results

@@ -1,0 +1,112 @@
+"""Mask2Former's pixel decoder: a deformable-attention encoder over res3-res5, then an FPN step to stride 4.
+
+Produces the per-pixel `mask_features` that query embeddings are dotted with, and the three multi-scale maps
+(strides 32, 16, 8) the transformer decoder cross-attends to, in turn.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.model.outputs import PixelDecoderOutput
+from workbench.model.position_encoding import SinePositionEncoding
+from workbench.ops import MSDeformAttn
+
+TRANSFORMER_FEATURES = ("res3", "res4", "res5")
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32 if channels % 32 == 0 else max(1, channels // 4), channels)
+
+
+def _xavier_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.kaiming_uniform_(conv.weight, a=1)  # detectron2's c2_xavier_fill
+    if conv.bias is not None:
+        nn.init.constant_(conv.bias, 0.0)
+    return conv
+
+
+class DeformableEncoderLayer(nn.Module):
+    """Post-norm: deformable self-attention over all levels, then FFN. src/pos (B, S, D)."""
+
+    def __init__(self, d_model: int, d_ffn: int, n_levels: int, n_heads: int, n_points: int, dropout: float):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(nn.Linear(d_model, d_ffn), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(d_ffn, d_model))
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+        src = self.norm1(src + self.dropout(attended))
+        return self.norm2(src + self.dropout(self.ffn(src)))
+
+
+def reference_points(spatial_shapes: torch.Tensor, batch: int, device) -> torch.Tensor:
+    """Pixel centres of every level, normalised to [0, 1], repeated for each level: (B, S, L, 2) as (x, y)."""
+    points = []
+    for h, w in spatial_shapes.tolist():
+        ys, xs = torch.meshgrid(
+            (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
+            (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
+            indexing="ij",
+        )
+        points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
+    ref = torch.cat(points, 0)  # (S, 2)
+    return ref[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
+
+
+class MSDeformAttnPixelDecoder(nn.Module):
+    """features {"res2".."res5"} -> PixelDecoderOutput(mask_features (B, mask_dim, H/4, W/4),
+    multi_scale_features [(B, D, H/32, W/32), (B, D, H/16, W/16), (B, D, H/8, W/8)])."""
+
+    def __init__(self, in_channels: dict[str, int], conv_dim: int, mask_dim: int, enc_layers: int,
+                 nheads: int, dim_feedforward: int, n_points: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        # coarsest first, as upstream: the decoder's first layer looks at stride 32
+        self.transformer_features = tuple(reversed(TRANSFORMER_FEATURES))
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(_xavier_conv(nn.Conv2d(in_channels[name], conv_dim, 1)), _group_norm(conv_dim))
+            for name in self.transformer_features
+        )
+        n_levels = len(self.transformer_features)
+        self.level_embed = nn.Parameter(torch.empty(n_levels, conv_dim))
+        nn.init.normal_(self.level_embed)
+        self.position = SinePositionEncoding(conv_dim // 2)
+        self.encoder = nn.ModuleList(
+            DeformableEncoderLayer(conv_dim, dim_feedforward, n_levels, nheads, n_points, dropout)
+            for _ in range(enc_layers)
+        )
+        self.lateral_conv = nn.Sequential(_xavier_conv(nn.Conv2d(in_channels["res2"], conv_dim, 1, bias=False)),
+                                          _group_norm(conv_dim))
+        self.output_conv = nn.Sequential(_xavier_conv(nn.Conv2d(conv_dim, conv_dim, 3, padding=1, bias=False)),
+                                         _group_norm(conv_dim), nn.ReLU(inplace=True))
+        self.mask_features = _xavier_conv(nn.Conv2d(conv_dim, mask_dim, 1))
+
+    def forward(self, features: dict[str, torch.Tensor]) -> PixelDecoderOutput:
+        srcs, pos = [], []
+        for lvl, name in enumerate(self.transformer_features):
+            x = self.input_proj[lvl](features[name])
+            srcs.append(x)
+            pos.append(self.position(x) + self.level_embed[lvl].view(1, -1, 1, 1))
+        b = srcs[0].shape[0]
+        spatial_shapes = torch.as_tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=srcs[0].device)
+        sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1])
+        level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+        src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (B, S, D)
+        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) for p in pos], 1)
+        ref = reference_points(spatial_shapes, b, src_flat.device).to(src_flat.dtype)
+        memory = src_flat
+        for layer in self.encoder:
+            memory = layer(memory, pos_flat, ref, spatial_shapes, level_start_index)
+        maps = [
+            chunk.transpose(1, 2).reshape(b, -1, int(h), int(w))
+            for chunk, (h, w) in zip(memory.split(sizes.tolist(), dim=1), spatial_shapes.tolist())
+        ]
+        lateral = self.lateral_conv(features["res2"])
+        fine = self.output_conv(lateral + F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear",
+                                                        align_corners=False))
+        return PixelDecoderOutput(mask_features=self.mask_features(fine), multi_scale_features=maps)

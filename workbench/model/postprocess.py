@@ -1,0 +1,60 @@
+"""Instance inference for one image: upstream's top-k over queries x classes, carrying attributes along.
+
+Each kept instance remembers its `query_index`, so attribute predictions come from *that query of this
+image's* decoder output, and tools can trace an instance back to its query.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_mask_logits(mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
+                       output_size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) logits at stride 4 -> (K, H_out, W_out): up to the padded input, crop padding, resize."""
+    if mask_logits.shape[0] == 0:
+        return mask_logits.new_zeros((0, *output_size))
+    x = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
+    x = x[:, :, : image_size[0], : image_size[1]]
+    if tuple(image_size) != tuple(output_size):
+        x = F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
+    return x[0]
+
+
+def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, torch.Tensor],
+                       mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
+                       output_size: tuple[int, int] | None = None, topk: int = 100) -> dict:
+    """One image's logits -> predictions.
+
+    class_logits (Q, C+1), attribute_logits {name: (Q, K+1)}, mask_logits (Q, h, w). Returns
+    masks bool (N, H, W), scores (N,) = class prob x mask score, labels (N,), class_scores (N,),
+    mask_scores (N,), query_index (N,), attributes {name: (N,)} = top real value (no-object excluded),
+    attribute_scores {name: (N,)} = its probability, attribute_no_object {name: (N,)} = no-object probability.
+    """
+    output_size = tuple(output_size or image_size)
+    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    probs = class_logits.float().softmax(-1)[:, :-1]  # (Q, C)
+    k = min(topk, probs.numel())
+    class_scores, flat = probs.flatten().topk(k, sorted=True)
+    labels = flat % num_classes
+    query_index = torch.div(flat, num_classes, rounding_mode="floor")
+    logits = resize_mask_logits(mask_logits[query_index].float(), padded_size, image_size, output_size)
+    masks = logits > 0
+    mask_scores = (logits.sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
+    attributes, attribute_scores, attribute_no_object = {}, {}, {}
+    for name, attr_logits in attribute_logits.items():
+        attr_probs = attr_logits[query_index].float().softmax(-1)  # (N, K+1)
+        value_scores, values = attr_probs[:, :-1].max(-1)
+        attributes[name], attribute_scores[name] = values, value_scores
+        attribute_no_object[name] = attr_probs[:, -1]
+    return {
+        "masks": masks,
+        "scores": class_scores * mask_scores,
+        "labels": labels,
+        "class_scores": class_scores,
+        "mask_scores": mask_scores,
+        "query_index": query_index,
+        "attributes": attributes,
+        "attribute_scores": attribute_scores,
+        "attribute_no_object": attribute_no_object,
+    }
