@@ -1,0 +1,162 @@
+"""A torch Dataset over a COCO-with-attributes file, yielding the model's batch format.
+
+    item = {"image": uint8 (3, H, W) RGB,
+            "instances": {"labels": int64 (T,), "masks": bool (T, H, W), "boxes": float32 (T, 4) xyxy,
+                          "attributes": {name: int64 (T,)}},      # every schema attribute, -1 = unlabeled
+            "image_id": int, "file_name": str, "height": int, "width": int}
+
+`labels` are category positions in the schema (0..C-1), not COCO category ids. `height`/`width` are the
+original image size (as in detectron2: predictions are resized back to it); the tensor's shape is the
+augmented size. Instances that augmentation crops to nothing are dropped together with their attributes.
+Randomness: item i in epoch e uses `numpy.random.default_rng([seed, e, i])`, so results do not depend on
+worker count or order; call `set_epoch` to get new augmentations each epoch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from workbench.data.masks import boxes_from_masks, segmentation_to_mask
+from workbench.data.problems import DataError, Problem
+from workbench.data.schema import UNLABELED, Schema, check_coco, load_coco
+
+__all__ = ["CocoAttributeDataset", "collate", "detectron2_dicts", "read_image"]
+
+BOX_MODE_XYWH_ABS = 1  # detectron2's BoxMode.XYWH_ABS
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating)."""
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def _check_schema_matches(data: dict, schema: Schema, where: str) -> None:
+    """A given schema must describe the file's vocabularies, else labels/attribute ids would mean other things."""
+    file_schema = Schema.from_coco(data, where)
+    problems = []
+    if [(c.id, c.name) for c in file_schema.categories] != [(c.id, c.name) for c in schema.categories]:
+        problems.append(Problem("schema_mismatch", f"{where}: categories",
+                                f"file has {[(c.id, c.name) for c in file_schema.categories]}, schema has "
+                                f"{[(c.id, c.name) for c in schema.categories]}"))
+    if file_schema.model_attributes() != schema.model_attributes():
+        problems.append(Problem("schema_mismatch", f"{where}: attributes",
+                                f"file has {file_schema.model_attributes()}, schema has {schema.model_attributes()}"))
+    if problems:
+        raise DataError(problems)
+
+
+def _load(coco: str | os.PathLike | dict, image_root, schema: Schema | None):
+    if isinstance(coco, dict):
+        where = "coco"
+        problems = check_coco(coco, where)
+        if problems:
+            raise DataError(problems)
+        data, root = coco, Path(image_root) if image_root is not None else Path(".")
+    else:
+        where = str(coco)
+        data = load_coco(coco)
+        root = Path(image_root) if image_root is not None else Path(coco).parent
+    if schema is None:
+        schema = Schema.from_coco(data, where)
+    else:
+        _check_schema_matches(data, schema, where)
+    return data, root, schema
+
+
+def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Schema | None = None) -> list[dict]:
+    """detectron2-style dataset dicts, for registering in `DatasetCatalog`.
+
+    Per image: `file_name` (joined with `image_root`), `height`, `width`, `image_id`, `annotations`; per
+    annotation: `segmentation` (as stored: RLE or polygons), `bbox` [x, y, w, h], `bbox_mode` (1 =
+    BoxMode.XYWH_ABS), `category_id` (contiguous 0..C-1, as detectron2's loader maps it), `iscrowd`, and
+    `attributes` {name: value id, -1 = unlabeled} for every schema attribute.
+    """
+    data, root, schema = _load(coco, image_root, schema)
+    label_of = schema.label_of()
+    by_image: dict[int, list[dict]] = {im["id"]: [] for im in data["images"]}
+    for ann in data["annotations"]:
+        attrs = ann.get("attributes", {})
+        by_image[ann["image_id"]].append({
+            "segmentation": ann["segmentation"],
+            "bbox": list(ann["bbox"]),
+            "bbox_mode": BOX_MODE_XYWH_ABS,
+            "category_id": label_of[ann["category_id"]],
+            "iscrowd": int(ann.get("iscrowd", 0)),
+            "attributes": {name: int(attrs.get(name, UNLABELED)) for name in schema.attribute_names},
+        })
+    return [
+        {"file_name": str(root / im["file_name"]), "height": im["height"], "width": im["width"],
+         "image_id": im["id"], "annotations": by_image[im["id"]]}
+        for im in data["images"]
+    ]
+
+
+class CocoAttributeDataset(Dataset):
+    """Images of a COCO-with-attributes file with their instances, augmented by `augmentation`.
+
+    coco: path or dict; image_root: folder the `file_name`s are relative to (default: the file's folder);
+    augmentation: `transforms.build_augmentation(cfg, train)` or any callable (image, masks, rng) ->
+    (image, masks); None = images as stored. schema: checked against the file when given.
+    """
+
+    def __init__(
+        self,
+        coco: str | os.PathLike | dict,
+        image_root: str | os.PathLike | None = None,
+        augmentation: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple] | None = None,
+        schema: Schema | None = None,
+        seed: int = 0,
+    ):
+        self.data, self.image_root, self.schema = _load(coco, image_root, schema)
+        self.records = detectron2_dicts(self.data, self.image_root, self.schema)
+        self.augmentation = augmentation
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        image = read_image(record["file_name"])
+        h, w = record["height"], record["width"]
+        if image.shape[:2] != (h, w):
+            raise DataError([Problem("image_size_mismatch", record["file_name"],
+                                     f"image is {image.shape[1]}x{image.shape[0]} but the annotation file says {w}x{h}")])
+        anns = [a for a in record["annotations"] if not a["iscrowd"]]
+        masks = np.stack([segmentation_to_mask(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
+        labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.attribute_names}
+        if self.augmentation is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, masks = self.augmentation(image, masks, rng)
+        keep = masks.reshape(masks.shape[0], -1).any(axis=1)  # cropped to nothing -> dropped with its attributes
+        masks = masks[keep]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "instances": {
+                "labels": torch.from_numpy(labels[keep]),
+                "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+                "boxes": torch.from_numpy(boxes_from_masks(masks)),
+                "attributes": {n: torch.from_numpy(v[keep]) for n, v in attributes.items()},
+            },
+            "image_id": int(record["image_id"]),
+            "file_name": record["file_name"],
+            "height": h,
+            "width": w,
+        }
+
+
+def collate(batch: list[dict]) -> list[dict]:
+    """DataLoader `collate_fn`: the model takes a list of per-image dicts (images differ in size)."""
+    return list(batch)

@@ -1,0 +1,66 @@
+"""Reading JSON with errors a person can act on, and writing files atomically.
+
+Atomic = write a temporary file in the destination folder, then `os.replace` it over the target: a reader (or
+a crash) never sees half a file, and a failed conversion leaves the previous output untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workbench.data.problems import DataError, Problem
+
+__all__ = ["read_json", "write_bytes_atomic", "write_json_atomic"]
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a syntax error becomes a `DataError` naming file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError([Problem("missing_file", str(path), "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError([Problem("unreadable_file", str(path), f"cannot read: {e}")]) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"{path}:{e.lineno}:{e.colno}"
+        raise DataError([Problem("json_syntax", where, f"invalid JSON: {e.msg}")]) from None
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; the result should look like any other file
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _file_mode(path: Path) -> int:
+    """The existing file's permissions, else what `open()` would give under the current umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    """Serialise first (so an unserialisable object never touches the disk), then write atomically."""
+    data = json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8")
+    write_bytes_atomic(path, data)

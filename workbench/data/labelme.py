@@ -1,0 +1,357 @@
+"""labelme JSON -> COCO-with-attributes.
+
+One labelme file per image. Each shape becomes (part of) an instance: shapes sharing a `group_id` and a
+category are parts of one object and are merged into one mask. Masks are rasterised here exactly as labelme
+draws them and stored as RLE, so `pycocotools.COCO.annToMask` returns the pixels we drew.
+
+Attributes can be written three ways; the schema's `attribute_sources` says which are allowed:
+    flags        {"red": true} or {"color=red": true}      (a bare value must be unique across attributes)
+    label        "circle color=red size=small"            (the non-`key=value` words are the category)
+    description  "color=red, size=small"                   (other words in the description are ignored)
+A missing attribute is unlabeled (-1 downstream). Every problem in every file is collected first; if there is
+any, `DataError` lists them all and nothing is written.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from workbench.data.io import read_json
+from workbench.data.masks import mask_to_rle, rle_area, rle_bbox
+from workbench.data.problems import DataError, Problem
+from workbench.data.schema import Schema, save_coco
+
+__all__ = ["convert_labelme", "labelme_files", "read_labelme_file", "shape_to_mask"]
+
+SHAPE_TYPES = ("polygon", "rectangle", "circle", "mask")
+_OUTSIDE_TOLERANCE = 1.0  # px: labelme clamps points to the image, so anything further out means a wrong size
+
+
+def labelme_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Every `*.json` under `root` (recursively, sorted), except `exclude` (e.g. the output file)."""
+    root = Path(root)
+    excluded = Path(exclude).resolve() if exclude is not None else None
+    return [p for p in sorted(root.rglob("*.json")) if excluded is None or p.resolve() != excluded]
+
+
+def shape_to_mask(shape: dict, height: int, width: int) -> np.ndarray:
+    """One labelme shape -> (H, W) bool, drawn the way labelme draws it.
+
+    Polygons and rectangles include their outline; a circle is `points[0]` = centre, `points[1]` on the rim;
+    a "mask" shape is a base64 PNG covering the inclusive box `points[0]`..`points[1]`.
+    Raises ValueError (with a message for the user) on malformed shapes.
+    """
+    kind = shape.get("shape_type") or "polygon"
+    points = shape.get("points")
+    if not isinstance(points, list) or not all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in points
+    ):
+        raise ValueError("'points' must be a list of [x, y] numbers")
+    xy = [(float(x), float(y)) for x, y in points]
+    if kind == "mask":
+        return _mask_shape(shape, xy, height, width)
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    if kind == "polygon":
+        if len(xy) < 3:
+            raise _Degenerate(f"polygon has {len(xy)} point(s); needs at least 3")
+        if _polygon_area(xy) == 0:
+            raise _Degenerate("polygon has zero area (all points on a line)")
+        draw.polygon(xy, fill=1, outline=1)
+    elif kind == "rectangle":
+        if len(xy) != 2:
+            raise ValueError(f"rectangle needs 2 points (opposite corners), got {len(xy)}")
+        (x0, y0), (x1, y1) = xy
+        if x0 == x1 or y0 == y1:
+            raise _Degenerate("rectangle has zero width or height")
+        draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=1, outline=1)
+    elif kind == "circle":
+        if len(xy) != 2:
+            raise ValueError(f"circle needs 2 points (centre, a point on the rim), got {len(xy)}")
+        (cx, cy), (px, py) = xy
+        r = math.hypot(px - cx, py - cy)
+        if r == 0:
+            raise _Degenerate("circle has zero radius")
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1, outline=1)
+    else:
+        raise ValueError(f"shape_type {kind!r} is not an instance shape; supported: {list(SHAPE_TYPES)}")
+    return np.asarray(canvas, dtype=bool)
+
+
+class _Degenerate(ValueError):
+    """A shape that encloses no area."""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _polygon_area(xy: list[tuple[float, float]]) -> float:
+    x = np.array([p[0] for p in xy])
+    y = np.array([p[1] for p in xy])
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _mask_shape(shape: dict, xy, height: int, width: int) -> np.ndarray:
+    if len(xy) != 2:
+        raise ValueError(f"mask shape needs 2 points (box corners), got {len(xy)}")
+    if not isinstance(shape.get("mask"), str):
+        raise ValueError("mask shape needs 'mask': a base64-encoded PNG")
+    try:
+        region = Image.open(io.BytesIO(base64.b64decode(shape["mask"], validate=True)))
+        region = np.asarray(region.convert("L")) > 0
+    except Exception as e:  # binascii.Error, PIL.UnidentifiedImageError, ...: all mean "not a PNG in base64"
+        raise ValueError(f"'mask' is not a base64-encoded image ({type(e).__name__}: {e})") from None
+    (x0, y0), (x1, y1) = [(int(x), int(y)) for x, y in xy]
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    if region.shape != (y1 - y0 + 1, x1 - x0 + 1):
+        raise ValueError(f"'mask' image is {region.shape[1]}x{region.shape[0]} (w x h) but its box "
+                         f"{x0},{y0}..{x1},{y1} is {x1 - x0 + 1}x{y1 - y0 + 1}")
+    full = np.zeros((height, width), dtype=bool)
+    # the part of the box inside the image
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1 + 1, width), min(y1 + 1, height)
+    if sx0 < sx1 and sy0 < sy1:
+        full[sy0:sy1, sx0:sx1] = region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
+    return full
+
+
+# --- attributes ------------------------------------------------------------------------------------------------
+_TOKEN_SPLIT = re.compile(r"[\s,;]+")
+
+
+class _Attributes:
+    """Collects attribute values for one instance from several sources, reporting unknowns and conflicts."""
+
+    def __init__(self, schema: Schema, where: str, problems: list[Problem]):
+        self.schema, self.where, self.problems = schema, where, problems
+        self.values: dict[str, str] = {}
+
+    def set(self, name: str, value: str, source: str) -> None:
+        vocab = self.schema.attribute(name)
+        if vocab is None:
+            self.problems.append(Problem("unknown_attribute", self.where,
+                                        f"unknown attribute {name!r} (from {source}); known: {self.schema.attribute_names}"))
+            return
+        if value not in vocab.values:
+            self.problems.append(Problem("unknown_attribute_value", self.where,
+                                        f"unknown value {value!r} for attribute {name!r} (from {source}); "
+                                        f"known: {list(vocab.values)}"))
+            return
+        if source not in self.schema.attribute_sources:
+            self.problems.append(Problem("source_not_allowed", self.where,
+                                        f"{name}={value} is given in the shape's {source}, but the schema's "
+                                        f"attribute_sources are {list(self.schema.attribute_sources)}"))
+            return
+        old = self.values.get(name)
+        if old is not None and old != value:
+            self.problems.append(Problem("conflicting_attribute", self.where,
+                                        f"attribute {name!r} is both {old!r} and {value!r}"))
+            return
+        self.values[name] = value
+
+    def merge(self, other: "_Attributes") -> None:
+        for name, value in other.values.items():
+            old = self.values.get(name)
+            if old is not None and old != value:
+                self.problems.append(Problem("conflicting_attribute", other.where,
+                                            f"parts of one group disagree: {name!r} is {old!r} and {value!r}"))
+            else:
+                self.values[name] = value
+
+    def ids(self) -> dict[str, int]:
+        return {a.name: a.value_id(self.values[a.name]) for a in self.schema.attributes if a.name in self.values}
+
+
+def _bare_value_owner(schema: Schema, value: str) -> list[str]:
+    return [a.name for a in schema.attributes if value in a.values]
+
+
+def _read_shape_attributes(shape: dict, schema: Schema, where: str, problems: list[Problem]) -> tuple[str, _Attributes]:
+    """-> (category name, attributes) from label tokens, flags and description."""
+    attrs = _Attributes(schema, where, problems)
+    label = shape.get("label")
+    if not isinstance(label, str) or not label.strip():
+        problems.append(Problem("bad_shape", where, f"'label' must be a non-empty string, got {label!r}"))
+        return "", attrs
+    words = []
+    for token in label.split():
+        if "=" in token:
+            name, _, value = token.partition("=")
+            attrs.set(name, value, "label")
+        else:
+            words.append(token)
+    category = " ".join(words)
+    flags = shape.get("flags") or {}
+    if not isinstance(flags, dict):
+        problems.append(Problem("bad_shape", where, f"'flags' must be an object, got {type(flags).__name__}"))
+        flags = {}
+    for flag, on in flags.items():
+        if on is not True:
+            continue
+        if "=" in flag:
+            name, _, value = flag.partition("=")
+            attrs.set(name, value, "flags")
+            continue
+        owners = _bare_value_owner(schema, flag)
+        if len(owners) == 1:
+            attrs.set(owners[0], flag, "flags")
+        elif len(owners) > 1:
+            problems.append(Problem("ambiguous_flag", where, f"flag {flag!r} is a value of {owners}; write "
+                                    f"'{owners[0]}={flag}' instead"))
+        elif "flags" in schema.attribute_sources:
+            problems.append(Problem("unknown_attribute_value", where,
+                                    f"flag {flag!r} is not an attribute value; known: {schema.model_attributes()}"))
+    description = shape.get("description")
+    if isinstance(description, str):
+        for token in _TOKEN_SPLIT.split(description):
+            if "=" in token:
+                name, _, value = token.partition("=")
+                if "description" in schema.attribute_sources or schema.attribute(name) is not None:
+                    attrs.set(name, value, "description")
+    return category, attrs
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+def _safe_image_path(image_path: Any, json_path: Path, root: Path, where: str, problems: list[Problem]) -> str | None:
+    """`imagePath` resolved against the JSON's folder -> path relative to `root` (posix), or None on error."""
+    if not isinstance(image_path, str) or not image_path:
+        problems.append(Problem("bad_format", f"{where}: imagePath", "missing or not a string"))
+        return None
+    normalised = image_path.replace("\\", "/")  # labelme on Windows writes backslashes
+    joined = os.path.normpath(os.path.join(json_path.parent.absolute(), normalised))
+    root_abs = os.path.normpath(root.absolute())
+    if os.path.commonpath([joined, root_abs]) != root_abs:
+        problems.append(Problem("unsafe_image_path", f"{where}: imagePath",
+                                f"{image_path!r} points outside the dataset folder {root}"))
+        return None
+    if not os.path.isfile(joined):
+        problems.append(Problem("missing_image", f"{where}: imagePath", f"image file {joined} not found"))
+        return None
+    return PurePosixPath(Path(os.path.relpath(joined, root_abs))).as_posix()
+
+
+def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Problem]) -> tuple[dict, list[dict]] | None:
+    """One labelme JSON -> (COCO image record without id, [COCO annotations without ids]); None if unusable.
+
+    Problems are appended to `problems` (all of them, not just the first).
+    """
+    try:
+        doc = read_json(path)
+    except DataError as e:
+        problems.extend(e.problems)
+        return None
+    where = str(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("shapes"), list):
+        problems.append(Problem("bad_format", where, "not a labelme file: expected an object with a 'shapes' list"))
+        return None
+    start = len(problems)
+    height, width = doc.get("imageHeight"), doc.get("imageWidth")
+    for key, value in (("imageHeight", height), ("imageWidth", width)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            problems.append(Problem("bad_format", f"{where}: {key}", f"must be a positive integer, got {value!r}"))
+    file_name = _safe_image_path(doc.get("imagePath"), path, root, where, problems)
+    if len(problems) > start:
+        return None
+
+    instances: dict[tuple, tuple[np.ndarray, _Attributes, int]] = {}  # key -> (mask, attributes, category id)
+    for i, shape in enumerate(doc["shapes"]):
+        w = f"{where}: shapes[{i}]"
+        if not isinstance(shape, dict):
+            problems.append(Problem("bad_shape", w, "a shape must be an object"))
+            continue
+        w = f"{where}: shapes[{i}] ({shape.get('label')!r}, {shape.get('shape_type') or 'polygon'})"
+        category_name, attrs = _read_shape_attributes(shape, schema, w, problems)
+        category = schema.category_by_name(category_name)
+        if category_name and category is None:
+            problems.append(Problem("unknown_category", w, f"unknown category {category_name!r}; known: "
+                                    f"{schema.category_names}"))
+        try:
+            mask = shape_to_mask(shape, height, width)
+        except _Degenerate as e:
+            problems.append(Problem("degenerate_shape", w, str(e)))
+            continue
+        except ValueError as e:
+            problems.append(Problem("bad_shape", w, str(e)))
+            continue
+        if shape.get("shape_type") != "mask":
+            pts = np.asarray(shape["points"], dtype=float)
+            t = _OUTSIDE_TOLERANCE
+            if (pts[:, 0] < -t).any() or (pts[:, 0] > width + t).any() or (pts[:, 1] < -t).any() or (pts[:, 1] > height + t).any():
+                problems.append(Problem("out_of_image", w, f"points outside the {width}x{height} image"))
+                continue
+        if not mask.any():
+            problems.append(Problem("empty_mask", w, "the shape covers no pixel of the image"))
+            continue
+        if category is None:
+            continue
+        group = shape.get("group_id")
+        key = (category.id, group) if group is not None else ("shape", i)
+        if key in instances:
+            prev_mask, prev_attrs, _ = instances[key]
+            prev_attrs.merge(attrs)
+            instances[key] = (prev_mask | mask, prev_attrs, category.id)
+        else:
+            instances[key] = (mask, attrs, category.id)
+    if len(problems) > start:
+        return None
+    image = {"file_name": file_name, "height": height, "width": width}
+    annotations = []
+    for mask, attrs, category_id in instances.values():
+        rle = mask_to_rle(mask)
+        annotations.append({
+            "category_id": category_id,
+            "segmentation": rle,
+            "area": float(rle_area(rle)),
+            "bbox": rle_bbox(rle),
+            "iscrowd": 0,
+            "attributes": attrs.ids(),
+        })
+    return image, annotations
+
+
+def convert_labelme(
+    labelme_dir: str | os.PathLike,
+    schema: Schema,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Convert every labelme JSON under `labelme_dir`; returns the COCO-with-attributes dict.
+
+    `file_name`s are relative to `labelme_dir` (use it as the image root). With `out`, the file is written
+    atomically, and only if no file had a problem; otherwise `DataError` lists every problem in every file.
+    """
+    root = Path(labelme_dir)
+    if not root.is_dir():
+        raise DataError([Problem("missing_file", str(root), "labelme folder not found")])
+    files = labelme_files(root, exclude=out)
+    if not files:
+        raise DataError([Problem("no_input", str(root), "no *.json files found")])
+    problems: list[Problem] = []
+    images, annotations = [], []
+    for path in tqdm(files, desc="labelme -> coco", unit="file", disable=not progress):
+        result = read_labelme_file(path, root, schema, problems)
+        if result is None:
+            continue
+        image, anns = result
+        image["id"] = len(images) + 1
+        images.append(image)
+        for ann in anns:
+            ann["id"] = len(annotations) + 1
+            ann["image_id"] = image["id"]
+            annotations.append(ann)
+    if problems:
+        raise DataError(problems)
+    coco = {"images": images, "annotations": annotations, **schema.coco_header()}
+    if out is not None:
+        save_coco(coco, out)
+    return coco

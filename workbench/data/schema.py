@@ -1,0 +1,343 @@
+"""COCO-with-attributes: the file format, its YAML schema, and load / save / format checks.
+
+A COCO-with-attributes file is a plain COCO instances JSON (pycocotools and detectron2 load it unchanged and
+ignore the extras) plus
+
+    top level:       "attributes": [{"name": "color", "values": [{"id": 0, "name": "red"}, ...]}, ...]
+    per annotation:  "attributes": {"color": 0, "size": 2}      # a missing key (or -1) = unlabeled
+
+Attribute value ids are 0..K-1 because they are the class indices of that attribute's K+1-way head (K = "no
+object"); an id outside that range is what turned into a device-side assert in the seed project, so it is an
+error here. Category ids are free (COCO style); the model's label is the category's position in the schema.
+
+The YAML schema file (see data/schema.yaml) names the vocabularies and which labelme fields may carry
+attributes:
+
+    categories: [circle, square, triangle]        # ids 1..C in this order, or [{id: 7, name: circle}, ...]
+    attributes: {color: [red, green, blue], size: [small, medium, large]}
+    attribute_sources: [flags, label, description]
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from workbench.data.io import read_json, write_json_atomic
+from workbench.data.problems import DataError, Problem
+
+__all__ = [
+    "ATTRIBUTE_SOURCES",
+    "AttributeVocab",
+    "Category",
+    "Schema",
+    "check_coco",
+    "check_coco_header",
+    "load_coco",
+    "load_schema",
+    "save_coco",
+]
+
+ATTRIBUTE_SOURCES = ("flags", "label", "description")
+UNLABELED = -1
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class AttributeVocab:
+    """One attribute and its values; the value with id k is `values[k]`."""
+
+    name: str
+    values: tuple[str, ...]
+
+    def value_id(self, value: str) -> int:
+        return self.values.index(value)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Categories (in model-label order), attribute vocabularies (in model-head order), allowed labelme sources."""
+
+    categories: tuple[Category, ...]
+    attributes: tuple[AttributeVocab, ...]
+    attribute_sources: tuple[str, ...] = ATTRIBUTE_SOURCES
+
+    def __post_init__(self) -> None:
+        problems = _check_vocabularies(self.categories, self.attributes, self.attribute_sources, "schema")
+        if problems:
+            raise DataError(problems)
+
+    # --- lookups --------------------------------------------------------------------------------------------
+    @property
+    def category_names(self) -> list[str]:
+        return [c.name for c in self.categories]
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def category_by_name(self, name: str) -> Category | None:
+        return next((c for c in self.categories if c.name == name), None)
+
+    def label_of(self) -> dict[int, int]:
+        """category id -> model label (the category's position in the schema, 0..C-1)."""
+        return {c.id: i for i, c in enumerate(self.categories)}
+
+    def attribute(self, name: str) -> AttributeVocab | None:
+        return next((a for a in self.attributes if a.name == name), None)
+
+    def model_attributes(self) -> dict[str, list[str]]:
+        """{name: [value names]} in head order: `ModelConfig.tiny(num_classes=s.num_classes, attributes=...)`."""
+        return {a.name: list(a.values) for a in self.attributes}
+
+    # --- conversions ----------------------------------------------------------------------------------------
+    def coco_header(self) -> dict[str, Any]:
+        """The `categories` and `attributes` blocks of a COCO-with-attributes file."""
+        return {
+            "categories": [{"id": c.id, "name": c.name, "supercategory": ""} for c in self.categories],
+            "attributes": [
+                {"name": a.name, "values": [{"id": k, "name": v} for k, v in enumerate(a.values)]}
+                for a in self.attributes
+            ],
+        }
+
+    @classmethod
+    def from_coco(cls, data: Mapping[str, Any], where: str = "coco") -> "Schema":
+        """The vocabularies stored in a COCO-with-attributes dict (format-checked first)."""
+        problems = check_coco_header(data, where)
+        if problems:
+            raise DataError(problems)
+        categories = tuple(Category(int(c["id"]), c["name"]) for c in data["categories"])
+        attributes = tuple(
+            AttributeVocab(a["name"], tuple(v["name"] for v in sorted(a["values"], key=lambda v: v["id"])))
+            for a in data.get("attributes", [])
+        )
+        return cls(categories, attributes)
+
+    def to_yaml(self) -> str:
+        doc = {
+            "categories": [{"id": c.id, "name": c.name} for c in self.categories],
+            "attributes": {a.name: list(a.values) for a in self.attributes},
+            "attribute_sources": list(self.attribute_sources),
+        }
+        return yaml.safe_dump(doc, sort_keys=False)
+
+
+# --- YAML schema file -----------------------------------------------------------------------------------------
+def load_schema(path: str | os.PathLike) -> Schema:
+    """Read a YAML schema file; every mistake is reported with the file and the field."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError([Problem("missing_file", str(path), "schema file not found")]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise DataError([Problem("yaml_syntax", where, f"invalid YAML: {getattr(e, 'problem', e)}")]) from None
+    return schema_from_dict(doc, str(path))
+
+
+def schema_from_dict(doc: Any, where: str = "schema") -> Schema:
+    problems: list[Problem] = []
+    if not isinstance(doc, dict):
+        raise DataError([Problem("bad_schema", where, "expected a mapping with 'categories' and 'attributes'")])
+    unknown = set(doc) - {"categories", "attributes", "attribute_sources"}
+    if unknown:
+        problems.append(Problem("bad_schema", where, f"unknown field(s) {sorted(unknown)}; expected "
+                                "categories, attributes, attribute_sources"))
+    categories: list[Category] = []
+    raw_cats = doc.get("categories")
+    if not isinstance(raw_cats, list) or not raw_cats:
+        problems.append(Problem("bad_schema", f"{where}: categories", "expected a non-empty list"))
+        raw_cats = []
+    for i, c in enumerate(raw_cats):
+        if isinstance(c, str):
+            categories.append(Category(i + 1, c))
+        elif isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str):
+            categories.append(Category(c["id"], c["name"]))
+        else:
+            problems.append(Problem("bad_schema", f"{where}: categories[{i}]",
+                                    f"expected a name or {{id: int, name: str}}, got {c!r}"))
+    attributes: list[AttributeVocab] = []
+    raw_attrs = doc.get("attributes", {}) or {}
+    if not isinstance(raw_attrs, dict):
+        problems.append(Problem("bad_schema", f"{where}: attributes", "expected a mapping name -> list of values"))
+        raw_attrs = {}
+    for name, values in raw_attrs.items():
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            problems.append(Problem("bad_schema", f"{where}: attributes.{name}", "expected a list of value names"))
+            continue
+        attributes.append(AttributeVocab(str(name), tuple(values)))
+    sources = doc.get("attribute_sources", list(ATTRIBUTE_SOURCES))
+    if not isinstance(sources, list):
+        problems.append(Problem("bad_schema", f"{where}: attribute_sources", f"expected a subset of {list(ATTRIBUTE_SOURCES)}"))
+        sources = []
+    problems += _check_vocabularies(categories, attributes, sources, where)
+    if problems:
+        raise DataError(problems)
+    return Schema(tuple(categories), tuple(attributes), tuple(sources))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_vocabularies(categories, attributes, sources, where: str) -> list[Problem]:
+    problems = []
+    ids = [c.id for c in categories]
+    names = [c.name for c in categories]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}):
+        problems.append(Problem("duplicate_id", f"{where}: categories", f"category id {dup} appears twice"))
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(Problem("duplicate_name", f"{where}: categories", f"category name {dup!r} appears twice"))
+    for c in categories:
+        if not c.name or c.name != c.name.strip() or "=" in c.name:
+            problems.append(Problem("bad_name", f"{where}: categories",
+                                    f"category name {c.name!r} must be non-empty, without '=' or edge spaces"))
+    anames = [a.name for a in attributes]
+    for dup in sorted({n for n in anames if anames.count(n) > 1}):
+        problems.append(Problem("duplicate_name", f"{where}: attributes", f"attribute {dup!r} appears twice"))
+    for a in attributes:
+        if not a.name.isidentifier():
+            problems.append(Problem("bad_name", f"{where}: attributes.{a.name}",
+                                    "attribute names must be identifiers (they become head names)"))
+        if not a.values:
+            problems.append(Problem("bad_schema", f"{where}: attributes.{a.name}", "needs at least one value"))
+        for dup in sorted({v for v in a.values if a.values.count(v) > 1}):
+            problems.append(Problem("duplicate_name", f"{where}: attributes.{a.name}", f"value {dup!r} appears twice"))
+        for v in a.values:
+            if not v or any(ch.isspace() for ch in v) or "=" in v or "," in v:
+                problems.append(Problem("bad_name", f"{where}: attributes.{a.name}",
+                                        f"value {v!r} must be a non-empty word without spaces, '=' or ','"))
+    for s in sources:
+        if s not in ATTRIBUTE_SOURCES:
+            problems.append(Problem("bad_schema", f"{where}: attribute_sources",
+                                    f"unknown source {s!r}; allowed: {list(ATTRIBUTE_SOURCES)}"))
+    return problems
+
+
+# --- COCO-with-attributes files --------------------------------------------------------------------------------
+def check_coco_header(data: Any, where: str = "coco") -> list[Problem]:
+    """Top-level structure, categories and attribute vocabularies (the part everything else depends on)."""
+    if not isinstance(data, dict):
+        return [Problem("bad_format", where, "top level must be a JSON object")]
+    problems = []
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            problems.append(Problem("bad_format", f"{where}: {key}", "missing or not a list"))
+    if "attributes" in data and not isinstance(data["attributes"], list):
+        problems.append(Problem("bad_format", f"{where}: attributes", "must be a list of {name, values}"))
+    if problems:
+        return problems
+    for i, c in enumerate(data["categories"]):
+        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
+            problems.append(Problem("bad_format", f"{where}: categories[{i}]", "needs integer 'id' and string 'name'"))
+    for i, a in enumerate(data.get("attributes", [])):
+        w = f"{where}: attributes[{i}]"
+        if not (isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("values"), list)):
+            problems.append(Problem("bad_format", w, "needs string 'name' and list 'values'"))
+            continue
+        w = f"{where}: attributes[{i}] ({a['name']})"
+        if not all(isinstance(v, dict) and _is_int(v.get("id")) and isinstance(v.get("name"), str) for v in a["values"]):
+            problems.append(Problem("bad_format", w, "every value needs integer 'id' and string 'name'"))
+            continue
+        vids = [v["id"] for v in a["values"]]
+        for dup in sorted({v for v in vids if vids.count(v) > 1}):
+            problems.append(Problem("duplicate_id", w, f"value id {dup} appears twice"))
+        if sorted(set(vids)) != list(range(len(set(vids)))):
+            problems.append(Problem("id_out_of_range", w, f"value ids must be 0..{len(vids) - 1} (head class "
+                                    f"indices), got {sorted(vids)}"))
+    if problems:
+        return problems
+    cats = [Category(c["id"], c["name"]) for c in data["categories"]]
+    attrs = [AttributeVocab(a["name"], tuple(v["name"] for v in a["values"])) for a in data.get("attributes", [])]
+    return _check_vocabularies(cats, attrs, ATTRIBUTE_SOURCES, where)
+
+
+def check_coco(data: Any, where: str = "coco") -> list[Problem]:
+    """Format and reference checks of a COCO-with-attributes dict (no geometry, no image files).
+
+    Duplicate ids, annotations pointing at unknown images/categories, unknown attribute names, attribute ids
+    outside 0..K-1 (-1 = unlabeled is allowed). `validate.py` adds geometry and image-file checks on top.
+    """
+    problems = check_coco_header(data, where)
+    if problems:
+        return problems
+    image_ids: set[int] = set()
+    for i, im in enumerate(data["images"]):
+        w = f"{where}: images[{i}]"
+        if not isinstance(im, dict) or not _is_int(im.get("id")):
+            problems.append(Problem("bad_format", w, "needs an integer 'id'"))
+            continue
+        w = f"{where}: images[{i}] (id {im['id']})"
+        if im["id"] in image_ids:
+            problems.append(Problem("duplicate_id", w, f"image id {im['id']} appears twice"))
+        image_ids.add(im["id"])
+        if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            problems.append(Problem("bad_format", w, "needs a string 'file_name'"))
+        for key in ("height", "width"):
+            if not _is_int(im.get(key)) or im[key] <= 0:
+                problems.append(Problem("bad_format", f"{w}.{key}", f"must be a positive integer, got {im.get(key)!r}"))
+    category_ids = {c["id"] for c in data["categories"]}
+    vocab = {a["name"]: len(a["values"]) for a in data.get("attributes", [])}
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(data["annotations"]):
+        w = f"{where}: annotations[{i}]"
+        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+            problems.append(Problem("bad_format", w, "needs an integer 'id'"))
+            continue
+        w = f"{where}: annotations[{i}] (id {ann['id']})"
+        if ann["id"] in ann_ids:
+            problems.append(Problem("duplicate_id", w, f"annotation id {ann['id']} appears twice"))
+        ann_ids.add(ann["id"])
+        if ann.get("image_id") not in image_ids:
+            problems.append(Problem("unknown_image", f"{w}.image_id", f"no image with id {ann.get('image_id')!r}"))
+        if ann.get("category_id") not in category_ids:
+            problems.append(Problem("unknown_category", f"{w}.category_id",
+                                    f"no category with id {ann.get('category_id')!r}; known: {sorted(category_ids)}"))
+        if "segmentation" not in ann:
+            problems.append(Problem("bad_format", w, "missing 'segmentation'"))
+        attrs = ann.get("attributes", {})
+        if not isinstance(attrs, dict):
+            problems.append(Problem("bad_format", f"{w}.attributes", "must be an object {name: value id}"))
+            continue
+        for name, value in attrs.items():
+            if name not in vocab:
+                problems.append(Problem("unknown_attribute", f"{w}.attributes.{name}",
+                                        f"attribute {name!r} is not in the file's 'attributes'; known: {list(vocab)}"))
+            elif not _is_int(value):
+                problems.append(Problem("bad_format", f"{w}.attributes.{name}", f"value id must be an integer, got {value!r}"))
+            elif not (value == UNLABELED or 0 <= value < vocab[name]):
+                problems.append(Problem("id_out_of_range", f"{w}.attributes.{name}",
+                                        f"value id {value} outside 0..{vocab[name] - 1} (or -1 = unlabeled)"))
+    return problems
+
+
+def load_coco(path: str | os.PathLike) -> dict:
+    """Read and format-check a COCO-with-attributes file; raises `DataError` listing every problem."""
+    data = read_json(path)
+    problems = check_coco(data, str(path))
+    if problems:
+        raise DataError(problems)
+    return data
+
+
+def save_coco(data: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Format-check, then write atomically: on any error the previous file (if any) stays as it was."""
+    problems = check_coco(data, str(path))
+    if problems:
+        raise DataError(problems)
+    write_json_atomic(path, data)

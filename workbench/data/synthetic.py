@@ -1,0 +1,217 @@
+"""Synthetic shapes: circles / squares / triangles with a colour and a size, written as labelme JSON + PNG.
+
+Made to be learnable by a tiny model in minutes on a CPU: small images, 2-5 objects, three well separated
+colours and three size bins whose areas do not overlap, a mild noise background, and occlusion capped so
+every object keeps most of itself visible. Objects of the same colour never touch: their shared edge would be
+invisible, an unlearnable instance boundary. Written in labelme format so the converter runs on the real
+thing: fully visible objects are "circle" / "rectangle" / "polygon" shapes, partly hidden ones a "mask" shape
+with their visible pixels, and attributes are spread over all three sources (flags, label, description).
+Everything follows from the seed (one `numpy.random.Generator` per image).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from workbench.data.io import write_bytes_atomic
+from workbench.data.labelme import shape_to_mask
+from workbench.data.schema import AttributeVocab, Category, Schema
+
+__all__ = ["SynthConfig", "SyntheticImage", "make_image", "synthesize", "synthetic_schema"]
+
+CATEGORIES = ("circle", "square", "triangle")
+COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (45, 75, 215)}
+# equivalent radius sqrt(area / pi) as a fraction of the image side; bins far apart so size is unambiguous
+SIZES = {"small": (0.055, 0.07), "medium": (0.10, 0.12), "large": (0.16, 0.19)}
+
+
+def synthetic_schema() -> Schema:
+    """The schema of the synthetic shapes (data/schema.yaml holds the same, tests check they agree)."""
+    return Schema(
+        categories=tuple(Category(i + 1, name) for i, name in enumerate(CATEGORIES)),
+        attributes=(AttributeVocab("color", tuple(COLORS)), AttributeVocab("size", tuple(SIZES))),
+    )
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Knobs of the generator. `min_visible` caps occlusion: each object keeps at least this share visible."""
+
+    image_size: int = 128
+    min_objects: int = 2
+    max_objects: int = 5
+    min_visible: float = 0.6
+    noise_std: float = 10.0
+    color_jitter: int = 15  # +- per channel around the base colour
+    placement_tries: int = 50
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError("need 1 <= min_objects <= max_objects")
+        if not 0 < self.min_visible <= 1:
+            raise ValueError("min_visible must be in (0, 1]")
+
+
+@dataclass
+class SyntheticImage:
+    """One generated image: pixels (H, W, 3) uint8, labelme shapes, and the visible masks (T, H, W) bool."""
+
+    image: np.ndarray
+    shapes: list[dict]
+    masks: np.ndarray
+    categories: list[str]
+    colors: list[str]
+    sizes: list[str]
+
+
+def _outline(category: str, cx: float, cy: float, r_eq: float, angle: float) -> list[tuple[float, float]]:
+    """Polygon of a square or triangle with the area of a circle of radius `r_eq`, rotated by `angle`."""
+    area = math.pi * r_eq**2
+    if category == "square":
+        circum = math.sqrt(area / 2.0)  # square with circumradius R has area 2 R^2
+        n = 4
+    else:  # equilateral triangle with circumradius R has area (3 sqrt 3 / 4) R^2
+        circum = math.sqrt(area / (3.0 * math.sqrt(3.0) / 4.0))
+        n = 3
+    return [(cx + circum * math.cos(angle + 2 * math.pi * k / n), cy + circum * math.sin(angle + 2 * math.pi * k / n))
+            for k in range(n)]
+
+
+def _labelme_shape(category: str, cx: float, cy: float, r_eq: float, angle: float, axis_aligned: bool) -> dict:
+    """The labelme shape of one object, points rounded as a file stores them (and as the converter reads them)."""
+    if category == "circle":
+        kind, pts = "circle", [(cx, cy), (cx + r_eq, cy)]
+    elif category == "square" and axis_aligned:
+        half = math.sqrt(math.pi) * r_eq / 2.0
+        kind, pts = "rectangle", [(cx - half, cy - half), (cx + half, cy + half)]
+    else:
+        kind, pts = "polygon", _outline(category, cx, cy, r_eq, angle)
+    return {"label": category, "points": [[round(x, 2), round(y, 2)] for x, y in pts], "group_id": None,
+            "description": "", "shape_type": kind, "flags": {}}
+
+
+def _mask_b64(mask: np.ndarray) -> tuple[list[list[float]], str]:
+    """A visible mask as labelme's "mask" shape: inclusive box corners and a base64 PNG of that box."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    buf = io.BytesIO()
+    Image.fromarray(mask[y0 : y1 + 1, x0 : x1 + 1].astype(np.uint8) * 255).save(buf, format="PNG")
+    return [[float(x0), float(y0)], [float(x1), float(y1)]], base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> SyntheticImage:
+    """Draw one image. Objects are painted in order (later ones on top); a placement that would leave any
+    object with less than `cfg.min_visible` of itself visible is retried elsewhere, then given up."""
+    s = cfg.image_size
+    base = rng.uniform(100, 160)
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    gradient = rng.uniform(-20, 20) * (xx - 0.5) + rng.uniform(-20, 20) * (yy - 0.5)
+    background = base + gradient[..., None] + rng.normal(0, cfg.noise_std, (s, s, 3))
+
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    full_masks: list[np.ndarray] = []
+    objects = []  # (category, color, size, labelme shape, full mask)
+    for _ in range(n):
+        category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
+        color = list(COLORS)[int(rng.integers(len(COLORS)))]
+        size = list(SIZES)[int(rng.integers(len(SIZES)))]
+        lo, hi = SIZES[size]
+        r_eq = rng.uniform(lo, hi) * s
+        angle = rng.uniform(0, 2 * math.pi)
+        axis_aligned = bool(rng.random() < 0.5)
+        for _try in range(cfg.placement_tries):
+            margin = r_eq * 1.6 + 1  # the triangle reaches furthest: circumradius 1.56 r_eq
+            cx, cy = rng.uniform(margin, s - margin, size=2)
+            shape = _labelme_shape(category, cx, cy, r_eq, angle, axis_aligned)
+            mask = shape_to_mask(shape, s, s)  # the converter's own rasteriser: ground truth == converted
+            same_colour = [m for m, o in zip(full_masks, objects) if o[1] == color]
+            touches_twin = any((ndimage.binary_dilation(m, iterations=2) & mask).any() for m in same_colour)
+            if not touches_twin and _occlusion_ok(full_masks + [mask], cfg.min_visible):
+                full_masks.append(mask)
+                objects.append((category, color, size, shape, mask))
+                break
+
+    image = background
+    for category, color, size, shape, mask in objects:
+        rgb = np.array(COLORS[color], dtype=np.float64) + rng.integers(-cfg.color_jitter, cfg.color_jitter + 1, 3)
+        shade = rgb + rng.normal(0, cfg.noise_std * 0.5, (int(mask.sum()), 3))
+        image[mask] = shade
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+    visible = _visible(full_masks)
+    shapes = []
+    for (category, color, size, shape, full), vis in zip(objects, visible):
+        tags = f"color={color} size={size}"
+        source = ("flags", "label", "description")[int(rng.integers(3))]  # exercise every attribute source
+        if source == "flags":
+            shape["flags"] = {color: True, f"size={size}": True}
+        elif source == "label":
+            shape["label"] = f"{category} {tags}"
+        else:
+            shape["description"] = tags
+        if not np.array_equal(vis, full):  # partly hidden: store exactly what is visible
+            shape["shape_type"] = "mask"
+            shape["points"], shape["mask"] = _mask_b64(vis)
+        shapes.append(shape)
+    return SyntheticImage(
+        image=image,
+        shapes=shapes,
+        masks=np.stack(visible) if visible else np.zeros((0, s, s), bool),
+        categories=[o[0] for o in objects],
+        colors=[o[1] for o in objects],
+        sizes=[o[2] for o in objects],
+    )
+
+
+def _visible(full_masks: list[np.ndarray]) -> list[np.ndarray]:
+    covered = np.zeros_like(full_masks[0]) if full_masks else None
+    out = []
+    for m in reversed(full_masks):  # later objects are on top
+        out.append(m & ~covered)
+        covered = covered | m
+    return out[::-1]
+
+
+def _occlusion_ok(full_masks: list[np.ndarray], min_visible: float) -> bool:
+    return all(v.sum() >= min_visible * m.sum() for v, m in zip(_visible(full_masks), full_masks))
+
+
+def labelme_document(sample: SyntheticImage, image_name: str) -> dict:
+    h, w = sample.image.shape[:2]
+    return {"version": "5.4.1", "flags": {}, "shapes": sample.shapes, "imagePath": image_name,
+            "imageData": None, "imageHeight": h, "imageWidth": w}
+
+
+def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: SynthConfig = SynthConfig(),
+               progress: bool = True) -> list[Path]:
+    """Write `num_images` PNG + labelme JSON pairs (`shapes_00000.png/json`, ...) and `schema.yaml` to
+    `out_dir`; each file is written atomically. Image i depends only on (seed, i). Returns the JSON paths."""
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out / "schema.yaml", synthetic_schema().to_yaml().encode("utf-8"))
+    paths = []
+    for i in tqdm(range(num_images), desc="synth", unit="image", disable=not progress):
+        sample = make_image(np.random.default_rng([seed, i]), cfg)
+        stem = f"shapes_{i:05d}"
+        buf = io.BytesIO()
+        Image.fromarray(sample.image).save(buf, format="PNG")
+        write_bytes_atomic(out / f"{stem}.png", buf.getvalue())
+        doc = labelme_document(sample, f"{stem}.png")
+        write_bytes_atomic(out / f"{stem}.json", json.dumps(doc, indent=2).encode("utf-8"))
+        paths.append(out / f"{stem}.json")
+    return paths
