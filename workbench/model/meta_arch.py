@@ -124,9 +124,9 @@ class MultiTaskMask2Former(nn.Module):
         images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
         padded = pad_images(images, self.cfg.size_divisibility)
         if self.training:
+            targets = self.targets(batch, padded.shape[-2:])
             outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
-            losses = self.criterion.weigh(self.criterion(outputs, self.targets(batch, padded.shape[-2:]),
-                                                         generator=generator))
+            losses = self.criterion.weigh(self.criterion(outputs, targets, generator=generator))
             bad = [k for k, v in losses.items() if v.dim() != 0]
             if bad:
                 raise RuntimeError(f"training losses must be 0-dim, got shapes for {bad}")

@@ -1,0 +1,66 @@
+import dataclasses
+import pathlib
+import re
+
+import pytest
+
+import workbench as wb
+from workbench.config import AttributeSpec, LossConfig, ModelConfig
+
+PACKAGE = pathlib.Path(wb.__file__).parent
+
+
+def test_presets():
+    tiny = ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g", "b"]})
+    assert 32 <= tiny.hidden_dim <= 64 and tiny.dec_layers == 2 and tiny.num_queries == 10
+    assert tiny.attributes == (AttributeSpec("color", ("r", "g", "b")),)
+    coco = ModelConfig.coco_r50()
+    assert (coco.num_queries, coco.dec_layers, coco.enc_layers, coco.hidden_dim, coco.nheads) == (100, 9, 6, 256, 8)
+    assert coco.backbone == "resnet50" and coco.num_classes == 80
+    assert (coco.loss.class_weight, coco.loss.mask_weight, coco.loss.dice_weight) == (2.0, 5.0, 5.0)
+    assert (coco.loss.num_points, coco.loss.oversample_ratio, coco.loss.importance_sample_ratio) == (12544, 3.0, 0.75)
+    assert coco.loss.no_object_weight == 0.1
+
+
+def test_frozen():
+    cfg = ModelConfig.tiny()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.num_queries = 5  # type: ignore[misc]
+
+
+def _fields(cls):
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+@pytest.mark.parametrize("cls", [AttributeSpec, LossConfig, ModelConfig])
+def test_no_dead_keys(cls):
+    """Every config field is read somewhere in the package outside config.py."""
+    sources = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py") if p.name != "config.py")
+    dead = [name for name in _fields(cls) if not re.search(rf"\.{name}\b", sources)]
+    assert not dead, f"{cls.__name__} fields never read: {dead}"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(num_classes=0), "num_classes"),
+    (dict(num_classes=3, hidden_dim=30, nheads=4), "divisible"),
+    (dict(num_classes=3, attributes={"a": [], }), "empty"),
+    (dict(num_classes=3, attributes={"a": ["x", "x"]}), "duplicate"),
+    (dict(num_classes=3, attributes={"not valid": ["x"]}), "identifier"),
+    (dict(num_classes=3, attribute_cost_weight=-1), "attribute_cost_weight"),
+])
+def test_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_loss_validation():
+    with pytest.raises(ValueError, match="num_points"):
+        LossConfig(num_points=0)
+
+
+def test_attribute_lookup():
+    cfg = ModelConfig.tiny(attributes={"color": ["r"], "size": ["s", "l"]})
+    assert cfg.attribute_names == ("color", "size")
+    assert cfg.attribute("size").num_values == 2
+    with pytest.raises(KeyError, match="known"):
+        cfg.attribute("shape")

@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+import workbench as wb
+from workbench.harness import synthetic
+from workbench.model.criterion import SetCriterion, weighted_cross_entropy
+from workbench.model.matcher import HungarianMatcher
+from workbench.model.meta_arch import build_criterion
+from workbench.model.outputs import ModelOutput
+
+
+def empty_targets(n, size=32):
+    return [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, size, size, dtype=torch.bool),
+             "attributes": {"color": torch.zeros(0, dtype=torch.long), "size": torch.zeros(0, dtype=torch.long)}}
+            for _ in range(n)]
+
+
+def planted_problem(**kw):
+    return synthetic.planted_problem(num_classes=3, **kw)
+
+
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+def test_empty_targets_zero_mask_and_dice_finite_class(tiny_cfg):
+    p = planted_problem()
+    losses = build_criterion(tiny_cfg)(p.outputs, empty_targets(2), generator=gen())
+    assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
+    assert torch.isfinite(losses["loss_ce"]) and losses["loss_ce"] > 0
+    for name in ("color", "size"):  # unmatched queries are pushed to no-object: finite, non-zero
+        assert torch.isfinite(losses[f"loss_attr_{name}"]) and losses[f"loss_attr_{name}"] > 0
+
+
+def test_correct_predictions_score_lower_than_wrong(tiny_cfg):
+    good = planted_problem(confidence=6.0)
+    bad = planted_problem(confidence=0.3)
+    c = build_criterion(tiny_cfg)
+    lg, lb = c(good.outputs, good.targets, generator=gen()), c(bad.outputs, bad.targets, generator=gen())
+    assert set(lg) == {"loss_ce", "loss_attr_color", "loss_attr_size", "loss_mask", "loss_dice"}
+    assert all(lg[k] < lb[k] for k in lg)
+
+
+def test_unmatched_queries_get_attribute_no_object_target(tiny_cfg):
+    p = planted_problem(batch=1, num_queries=6, num_targets=2, seed=4)
+    p.targets[0]["attributes"]["color"] = torch.tensor([2, -1])
+    c = build_criterion(tiny_cfg)
+    indices = p.assignment
+    target = c.attribute_targets(p.outputs, p.targets, indices, "color", 3)
+    (q, t), = indices
+    expected = torch.full((1, 6), 3)  # K = 3 is "no object"
+    expected[0, q] = p.targets[0]["attributes"]["color"][t]
+    assert torch.equal(target, expected)
+    assert (target == -1).sum() == 1  # the unlabeled instance's query is ignored
+
+
+def test_unlabeled_attribute_is_ignored_by_the_loss(tiny_cfg):
+    p = planted_problem(batch=1, num_queries=6, num_targets=2, seed=4)
+    p.targets[0]["attributes"]["color"] = torch.tensor([-1, 1])
+    c = build_criterion(tiny_cfg)
+    (q, t), = p.assignment
+    unlabeled_query = q[t.tolist().index(0)]
+    before = c(p.outputs, p.targets, generator=gen())["loss_attr_color"]
+    p.outputs.attribute_logits["color"][0, unlabeled_query] = torch.tensor([9.0, -9.0, 3.0, -4.0])
+    after = c(p.outputs, p.targets, generator=gen())["loss_attr_color"]
+    assert after.item() == pytest.approx(before.item(), abs=1e-7)
+
+
+def test_all_ignored_cross_entropy_is_zero_not_nan():
+    logits = torch.randn(1, 3, 4)
+    loss = weighted_cross_entropy(logits, torch.full((1, 3), -1), torch.ones(4))
+    assert loss.item() == 0.0
+
+
+def test_head_sized_k_instead_of_k_plus_one_is_caught(tiny_cfg):
+    """Seed bug 2: a K-way head hits a device assert on the no-object target; we raise first."""
+    p = planted_problem()
+    p.outputs.attribute_logits["color"] = p.outputs.attribute_logits["color"][..., :3]
+    with pytest.raises(ValueError, match=r"K\+1"):
+        build_criterion(tiny_cfg)(p.outputs, p.targets)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("labels", 7, "labels"), ("color", 3, "color"), ("size", -2, "size")])
+def test_out_of_range_targets_name_the_field(tiny_cfg, field, value, match):
+    p = planted_problem()
+    if field == "labels":
+        p.targets[0]["labels"][0] = value
+    else:
+        p.targets[0]["attributes"][field][0] = value
+    with pytest.raises(ValueError, match=match):
+        build_criterion(tiny_cfg)(p.outputs, p.targets)
+
+
+def test_every_loss_key_needs_a_weight(tiny_cfg):
+    with pytest.raises(KeyError, match="loss_dice"):
+        SetCriterion(3, tiny_cfg.attributes, HungarianMatcher(), {"loss_ce": 1, "loss_mask": 1,
+                     "loss_attr_color": 1, "loss_attr_size": 1})
+    c = build_criterion(tiny_cfg.replace(loss=wb.LossConfig(deep_supervision=False, num_points=64)))
+    with pytest.raises(KeyError, match="loss_ce_0"):
+        c.weigh({"loss_ce_0": torch.tensor(1.0)})
+
+
+def test_aux_losses_for_every_stage(tiny_cfg):
+    p = planted_problem()
+    o = p.outputs
+    o.aux = [ModelOutput(o.class_logits.clone(), {k: v.clone() for k, v in o.attribute_logits.items()},
+                         o.mask_logits.clone()) for _ in range(tiny_cfg.dec_layers)]
+    c = build_criterion(tiny_cfg)
+    losses = c.weigh(c(o, p.targets, generator=gen()))
+    assert {k for k in losses if k.endswith("_1")} == {"loss_ce_1", "loss_attr_color_1", "loss_attr_size_1",
+                                                        "loss_mask_1", "loss_dice_1"}
+    assert losses["loss_ce_0"].item() == pytest.approx(losses["loss_ce"].item())
+    assert losses["loss_ce"].item() == pytest.approx(2.0 * c(o, p.targets, generator=gen())["loss_ce"].item())
+
+
+def test_gradients_reach_every_head(tiny_model):
+    from workbench.harness.synthetic import synthetic_batch
+    batch = synthetic_batch(3, {"color": 3, "size": 3}, batch=2, size=64)
+    tiny_model.train()
+    sum(tiny_model(batch, generator=gen()).values()).backward()
+    heads = {"class": tiny_model.decoder.class_head, "mask": tiny_model.decoder.mask_embed,
+             **{f"attr {k}": v for k, v in tiny_model.decoder.attribute_heads.items()}}
+    for name, head in heads.items():
+        grads = [p.grad for p in head.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), name
+    assert tiny_model.backbone.stem[0][0].weight.grad.abs().sum() > 0
