@@ -29,9 +29,14 @@ def add_parser(sub) -> None:
 
 
 def run_synth(args) -> int:
+    from workbench.data.problems import DataError
     from workbench.data.synthetic import SynthConfig, synthesize
 
-    paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size))
+    try:
+        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(paths)} labelme files + images and schema.yaml to {args.out}")
     return 0
 

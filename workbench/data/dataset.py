@@ -34,7 +34,7 @@ BOX_MODE_XYWH_ABS = 1  # detectron2's BoxMode.XYWH_ABS
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating)."""
     with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # a writable copy (torch wants one)
 
 
 def _check_schema_matches(data: dict, schema: Schema, where: str) -> None:

@@ -6,6 +6,8 @@ The converter stores every instance as compressed RLE: it is exact (what we rast
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -32,7 +34,11 @@ def _as_rle(segmentation, height: int, width: int):
 
 def segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
     """COCO segmentation (polygons, RLE or compressed RLE) -> (H, W) bool, the same pixels as `annToMask`."""
-    return mask_utils.decode(_as_rle(segmentation, height, width)).astype(bool)
+    rle = _as_rle(segmentation, height, width)
+    with warnings.catch_warnings():
+        # pycocotools' compiled decode predates numpy 2's `copy` keyword and warns on every call; harmless
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy", category=DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
 
 
 def rle_area(rle: dict) -> int:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from workbench.data.io import write_bytes_atomic
 from workbench.data.labelme import shape_to_mask
+from workbench.data.problems import DataError, Problem
 from workbench.data.schema import AttributeVocab, Category, Schema
 
 __all__ = ["SynthConfig", "SyntheticImage", "make_image", "synthesize", "synthetic_schema"]
@@ -202,12 +203,17 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     out = Path(out_dir)
+    stems = [f"shapes_{i:05d}" for i in range(num_images)]
+    stale = sorted(set(p.stem for p in out.glob("*.json")) - set(stems)) if out.is_dir() else []
+    if stale:  # the converter reads every JSON in the folder: leftovers would silently join the dataset
+        raise DataError([Problem("stale_output", str(out), f"{len(stale)} other JSON file(s) already there (e.g. "
+                                 f"{stale[0]}.json); write into an empty folder")])
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "schema.yaml", synthetic_schema().to_yaml().encode("utf-8"))
     paths = []
     for i in tqdm(range(num_images), desc="synth", unit="image", disable=not progress):
         sample = make_image(np.random.default_rng([seed, i]), cfg)
-        stem = f"shapes_{i:05d}"
+        stem = stems[i]
         buf = io.BytesIO()
         Image.fromarray(sample.image).save(buf, format="PNG")
         write_bytes_atomic(out / f"{stem}.png", buf.getvalue())

@@ -144,7 +144,7 @@ class ResizeShortestEdge:
     max_size: int
 
     def get_transform(self, height, width, rng):
-        target = self.sizes[int(rng.integers(len(self.sizes)))]
+        target = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(rng.integers(len(self.sizes)))]
         if target == 0:
             return None
         scale = target / min(height, width)
