@@ -1,0 +1,389 @@
+"""Evaluation of instance predictions against a COCO-with-attributes file: segm AP, attributes, joint AP.
+
+`evaluate_predictions(coco_gt, predictions, schema, eval_cfg)` takes one prediction dict per image (the format
+of `model/postprocess.instance_inference`, torch or numpy) and reports:
+
+segm AP  pycocotools COCOeval, iouType "segm": AP (IoU .50:.95), AP50, AP75, APs, APm, APl in percent, over
+         the images present in `predictions` (as detectron2 does), at most `max_dets` instances per image.
+         Per-category AP too. A value is None where COCOeval has nothing to average (no GT in that area range).
+
+attribute accuracy and confusion, on true positives: a TP is a detection that COCOeval's own matching at
+         IoU 0.50 (greedy by ranking score, same category, area "all", not on a crowd region) pairs with a GT.
+         For each attribute, a TP whose GT leaves that attribute unlabeled (key missing or -1) is excluded and
+         counted in `unlabeled`. The predicted value is the top real value, or "no_object" when that
+         attribute's no-object prob exceeds the top real value's prob; "no_object" is always wrong. The
+         confusion matrix is K x (K+1): rows = GT value, columns = predicted value then no_object.
+
+joint AP COCOeval segm in which a detection may only match a GT of its category whose every *labeled*
+         attribute it predicts exactly (implemented as IoU := 0 for other pairs, so COCO's greedy matching,
+         thresholds, crowd and area handling are otherwise unchanged). A detection with a wrong attribute
+         therefore counts as a false positive and, unless another detection gets it right, its GT as a miss.
+         Unlabeled GT attributes impose no condition (wildcard): such a GT is still a positive for its
+         category and labeled attributes, and is never missed *because of* the unlabeled one. A GT with no
+         labeled attribute counts exactly as in segm AP. Crowd regions are unaffected.
+
+Ranking (`EvalConfig.scoring`), filters, duplicate suppression and `max_dets` are applied first, per image, by
+`engine/scoring.select_instances`; the ranking score is the score COCOeval sees, so every number above uses it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from workbench.config import EvalConfig
+from workbench.data.io import read_json, write_json_atomic
+from workbench.data.masks import segmentation_to_mask
+from workbench.data.problems import DataError, Problem
+from workbench.data.schema import UNLABELED, Schema, check_coco, load_coco
+from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
+
+__all__ = [
+    "AP_KEYS",
+    "AttributeResult",
+    "EvalResult",
+    "evaluate_predictions",
+    "read_metrics_json",
+    "write_metrics_json",
+]
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+TP_IOU = 0.5
+NO_OBJECT = "no_object"
+
+
+# --- result ----------------------------------------------------------------------------------------------------
+@dataclass
+class AttributeResult:
+    """One attribute on true positives. accuracy = correct / count (None when count is 0).
+
+    confusion[g][p]: TPs with GT value g and predicted value p; column K (the last) is "no_object".
+    unlabeled: TPs whose GT leaves this attribute unlabeled (excluded from accuracy and confusion).
+    """
+
+    name: str
+    values: list[str]
+    accuracy: float | None
+    correct: int
+    count: int
+    unlabeled: int
+    confusion: list[list[int]]
+
+
+@dataclass
+class EvalResult:
+    """Everything `evaluate_predictions` measured. AP values are percentages (0-100), accuracies fractions."""
+
+    segm: dict[str, float | None]
+    joint: dict[str, float | None]
+    per_category_ap: dict[str, float | None]
+    attributes: dict[str, AttributeResult]
+    max_dets: int
+    tp_iou: float
+    counts: dict[str, int]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable (no NaN: undefined values are None)."""
+        return _json_safe(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EvalResult":
+        attributes = {name: AttributeResult(**a) for name, a in data["attributes"].items()}
+        return cls(**{**data, "attributes": attributes})
+
+    def table(self):
+        """pandas DataFrame, one row per metric: metric, value, detail (AP in %, accuracy as a fraction)."""
+        import pandas as pd
+
+        rows = []
+        for group, values in (("segm", self.segm), ("joint", self.joint)):
+            for key in AP_KEYS:
+                rows.append((f"{group} {key}", values.get(key), _ap_detail(key, self.max_dets)))
+        for name, ap in self.per_category_ap.items():
+            rows.append((f"segm AP [{name}]", ap, _ap_detail("AP", self.max_dets)))
+        for name, a in self.attributes.items():
+            rows.append((f"{name} accuracy", a.accuracy,
+                         f"{a.correct}/{a.count} true positives (IoU>={self.tp_iou:g}), {a.unlabeled} unlabeled excluded"))
+        frame = pd.DataFrame(rows, columns=["metric", "value", "detail"])
+        frame["value"] = frame["value"].astype(float)  # None -> NaN
+        return frame
+
+    def confusion_table(self, name: str):
+        """pandas DataFrame of one attribute's confusion matrix: rows GT value, columns predicted value."""
+        import pandas as pd
+
+        a = self.attributes[name]
+        return pd.DataFrame(a.confusion, index=pd.Index(a.values, name=f"{name} (GT)"),
+                            columns=pd.Index([*a.values, NO_OBJECT], name="predicted"))
+
+
+def _ap_detail(key: str, max_dets: int) -> str:
+    iou = {"AP50": "IoU=.50", "AP75": "IoU=.75"}.get(key, "IoU=.50:.95")
+    area = {"APs": "small", "APm": "medium", "APl": "large"}.get(key, "all")
+    return f"{iou}, area={area}, maxDets={max_dets}"
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isnan(obj) else float(obj)
+    return obj
+
+
+def write_metrics_json(result: EvalResult, path: str | os.PathLike) -> None:
+    """Write `result.to_dict()` to `path` atomically (temporary file in the same folder + os.replace)."""
+    write_json_atomic(path, result.to_dict(), indent=2)
+
+
+def read_metrics_json(path: str | os.PathLike) -> EvalResult:
+    return EvalResult.from_dict(read_json(path))
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------
+def _load_ground_truth(coco_gt: str | os.PathLike | Mapping, schema: Schema | None) -> tuple[dict, Schema, str]:
+    if isinstance(coco_gt, Mapping):
+        where, data = "coco_gt", dict(coco_gt)
+        problems = check_coco(data, where)
+        if problems:
+            raise DataError(problems)
+    else:
+        where, data = str(coco_gt), load_coco(coco_gt)
+    file_schema = Schema.from_coco(data, where)
+    if schema is None:
+        return data, file_schema, where
+    problems = []
+    if [(c.id, c.name) for c in file_schema.categories] != [(c.id, c.name) for c in schema.categories]:
+        problems.append(Problem("schema_mismatch", f"{where}: categories",
+                                f"file has {[(c.id, c.name) for c in file_schema.categories]}, schema has "
+                                f"{[(c.id, c.name) for c in schema.categories]}"))
+    if file_schema.model_attributes() != schema.model_attributes():
+        problems.append(Problem("schema_mismatch", f"{where}: attributes",
+                                f"file has {file_schema.model_attributes()}, schema has {schema.model_attributes()}"))
+    if problems:
+        raise DataError(problems)
+    return data, schema, where
+
+
+def _coco_from(dataset: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _gt_coco(data: dict) -> COCO:
+    """A COCO object over copies of the annotations (COCOeval rewrites them), re-numbered 1..n.
+
+    COCOeval uses 0 for "unmatched", so a file with annotation id 0 would break its matching; the original id
+    is kept as `source_id`. Missing `area` / `iscrowd` are filled in.
+    """
+    images = {im["id"]: im for im in data["images"]}
+    anns = []
+    for i, ann in enumerate(data["annotations"], start=1):
+        ann = dict(ann, id=i, source_id=ann["id"])
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            im = images[ann["image_id"]]
+            ann["area"] = float(segmentation_to_mask(ann["segmentation"], im["height"], im["width"]).sum())
+        anns.append(ann)
+    return _coco_from({"images": list(data["images"]), "categories": list(data["categories"]), "annotations": anns})
+
+
+def _check_prediction(pred: dict, image_id: Any, image: dict, schema: Schema) -> None:
+    where = f"predictions[{image_id!r}]"
+    masks = pred.get("masks")
+    if masks is None or "labels" not in pred:
+        raise KeyError(f"{where}: needs 'masks' and 'labels' (has {sorted(pred)})")
+    if masks.ndim != 3 or masks.shape[1:] != (image["height"], image["width"]):
+        raise ValueError(f"{where}.masks: expected (N, {image['height']}, {image['width']}) at the original image "
+                         f"size (file {image.get('file_name')!r}), got {tuple(masks.shape)}")
+    labels = np.asarray(pred["labels"])
+    if labels.shape != (masks.shape[0],):
+        raise ValueError(f"{where}.labels: expected shape ({masks.shape[0]},), got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= schema.num_classes):
+        raise ValueError(f"{where}.labels: must be category positions 0..{schema.num_classes - 1} (not COCO ids), "
+                         f"got values {sorted(set(labels.tolist()))}")
+
+
+# --- joint matching --------------------------------------------------------------------------------------------
+def _attributes_agree(dt: dict, gt: dict, attribute_names: tuple[str, ...]) -> bool:
+    if gt.get("iscrowd"):
+        return True
+    labels = gt.get("attributes") or {}
+    for name in attribute_names:
+        value = labels.get(name, UNLABELED)
+        if value is not None and value != UNLABELED and dt["attributes"][name] != value:
+            return False
+    return True
+
+
+class _JointCOCOeval(COCOeval):
+    """COCOeval in which a (detection, GT) pair whose labeled attributes disagree has IoU 0 (cannot match)."""
+
+    def __init__(self, coco_gt: COCO, coco_dt: COCO, attribute_names: tuple[str, ...]):
+        super().__init__(coco_gt, coco_dt, "segm")
+        self.attribute_names = attribute_names
+
+    def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
+        ious = super().computeIoU(imgId, catId)
+        gts, dts = self._gts[imgId, catId], self._dts[imgId, catId]
+        if len(gts) == 0 or len(dts) == 0:
+            return ious
+        order = np.argsort([-d["score"] for d in dts], kind="mergesort")  # the row order of super()'s result
+        dts = [dts[i] for i in order][: self.params.maxDets[-1]]
+        agree = np.array([[_attributes_agree(d, g, self.attribute_names) for g in gts] for d in dts], dtype=float)
+        return np.asarray(ious) * agree
+
+
+def _run_cocoeval(evaluator: COCOeval, image_ids: list[int], max_dets: int) -> COCOeval:
+    evaluator.params.imgIds = image_ids
+    evaluator.params.maxDets = [max_dets]
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator
+
+
+def _summarize(evaluator: COCOeval) -> dict[str, float | None]:
+    """COCOeval.summarize()'s AP lines (in percent) without its printing, at the single maxDets used."""
+    p = evaluator.params
+    precision = evaluator.eval["precision"]  # (T, R, K, A, M)
+    area = {label: i for i, label in enumerate(p.areaRngLbl)}
+
+    def mean(t=None, a="all", k=slice(None)):
+        x = precision[:, :, k, area[a], -1]
+        if t is not None:
+            x = x[np.isclose(p.iouThrs, t)]
+        x = x[x > -1]
+        return None if x.size == 0 else float(np.mean(x) * 100)
+
+    return {"AP": mean(), "AP50": mean(t=0.5), "AP75": mean(t=0.75),
+            "APs": mean(a="small"), "APm": mean(a="medium"), "APl": mean(a="large")}
+
+
+# --- the evaluation --------------------------------------------------------------------------------------------
+def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapping[Any, Mapping[str, Any]],
+                         schema: Schema | None = None, eval_cfg: EvalConfig | None = None) -> EvalResult:
+    """Evaluate per-image predictions against a COCO-with-attributes file (see the module docstring).
+
+    coco_gt: path or dict (format-checked). predictions: {image_id: prediction dict} with masks bool (N, H, W)
+    at the GT image's size, scores/labels/class_scores/mask_scores (N,), attributes/attribute_scores/
+    attribute_no_object {name: (N,)} for every schema attribute; torch tensors are moved to CPU numpy. Only
+    the images in `predictions` are evaluated (an image with N=0 is evaluated and predicted nothing).
+    schema: checked against the file's vocabularies; None = the file's. eval_cfg: None = `EvalConfig()`.
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    data, schema, where = _load_ground_truth(coco_gt, schema)
+    images = {im["id"]: im for im in data["images"]}
+    if not predictions:
+        raise ValueError("predictions is empty: nothing to evaluate")
+    names = tuple(schema.attribute_names)
+    num_values = {a.name: len(a.values) for a in schema.attributes}
+
+    detections: list[dict] = []
+    counts = {"images": 0, "predictions": 0, "removed_score_threshold": 0, "removed_no_object": 0,
+              "removed_duplicate": 0, "removed_max_dets": 0}
+    image_ids = []
+    for key, raw in predictions.items():
+        image_id = int(key)
+        if image_id not in images:
+            raise KeyError(f"predictions[{key!r}]: no image with that id in {where}")
+        if image_id in image_ids:
+            raise KeyError(f"predictions[{key!r}]: image id {image_id} given twice")
+        pred = to_numpy(raw)
+        _check_prediction(pred, key, images[image_id], schema)
+        image_ids.append(image_id)
+        counts["images"] += 1
+        counts["predictions"] += int(pred["masks"].shape[0])
+        selection = select_instances(pred, eval_cfg, names)
+        for step, n in selection.removed.items():
+            counts[f"removed_{step}"] += n
+        kept = take({k: v for k, v in pred.items() if k != "masks"}, selection.index)  # masks are in rles
+        values = predicted_attribute_values(kept, names, num_values) if names else {}
+        for j, (rle, score) in enumerate(zip(selection.rles, selection.scores)):
+            detections.append({
+                "id": len(detections) + 1,
+                "image_id": image_id,
+                "category_id": schema.categories[int(kept["labels"][j])].id,
+                "segmentation": rle,
+                "area": float(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+                "score": float(score),
+                "attributes": {n: int(values[n][j]) for n in names},
+            })
+    image_ids = sorted(set(image_ids))
+    counts["evaluated"] = len(detections)
+    evaluated = set(image_ids)
+    counts["ground_truth"] = sum(1 for a in data["annotations"] if a["image_id"] in evaluated and not a.get("iscrowd", 0))
+
+    gt = _gt_coco(data)
+    dt = _coco_from({"images": list(data["images"]), "categories": list(data["categories"]),
+                     "annotations": detections})
+    main = _run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
+    joint = _run_cocoeval(_JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
+
+    per_category = {}
+    for k, category in enumerate(schema.categories):
+        x = main.eval["precision"][:, :, k, 0, -1]
+        x = x[x > -1]
+        per_category[category.name] = None if x.size == 0 else float(np.mean(x) * 100)
+
+    pairs = _true_positives(main)
+    counts["true_positives"] = len(pairs)
+    attributes = {a.name: _attribute_result(a.name, list(a.values), pairs, gt, dt) for a in schema.attributes}
+    return EvalResult(
+        segm=_summarize(main),
+        joint=_summarize(joint),
+        per_category_ap=per_category,
+        attributes=attributes,
+        max_dets=eval_cfg.max_dets,
+        tp_iou=TP_IOU,
+        counts=counts,
+        config=asdict(eval_cfg),
+    )
+
+
+def _true_positives(evaluator: COCOeval) -> list[tuple[int, int]]:
+    """(detection id, GT id) pairs COCOeval matched at IoU 0.50, area "all", not on crowd regions."""
+    t = int(np.flatnonzero(np.isclose(evaluator.params.iouThrs, TP_IOU))[0])
+    all_area = evaluator.params.areaRng[evaluator.params.areaRngLbl.index("all")]
+    pairs = []
+    for e in evaluator.evalImgs:
+        if e is None or list(e["aRng"]) != list(all_area):
+            continue
+        for d, (dt_id, gt_id) in enumerate(zip(e["dtIds"], e["dtMatches"][t])):
+            if gt_id > 0 and not e["dtIgnore"][t, d]:
+                pairs.append((int(dt_id), int(gt_id)))
+    return pairs
+
+
+def _attribute_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> AttributeResult:
+    k = len(values)
+    confusion = np.zeros((k, k + 1), dtype=np.int64)
+    unlabeled = 0
+    for dt_id, gt_id in pairs:
+        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
+        if truth is None or truth == UNLABELED:
+            unlabeled += 1
+            continue
+        confusion[truth, dt.anns[dt_id]["attributes"][name]] += 1
+    count = int(confusion.sum())
+    correct = int(np.trace(confusion[:, :k]))
+    return AttributeResult(name=name, values=values, accuracy=correct / count if count else None, correct=correct,
+                           count=count, unlabeled=unlabeled, confusion=confusion.tolist())
