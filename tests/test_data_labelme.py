@@ -140,10 +140,11 @@ TRIANGLE = [[1, 1], [9, 1], [5, 9]]
 BAD_INPUTS = {
     "unknown_category": [shape("horse", TRIANGLE)],
     "unknown_attribute": [shape("cat weight=heavy", TRIANGLE)],
+    "bad_shape": [shape("", TRIANGLE)],
     "unknown_attribute_value": [shape("cat color=purple", TRIANGLE)],
     "conflicting_attribute": [shape("cat color=red", TRIANGLE, flags={"blue": True})],
     "degenerate_shape": [shape("cat", [[1, 1], [9, 1]])],
-    "bad_shape": [shape("cat", [[1, 1], [9, 1]], "line")],
+    "unsupported_shape": [shape("cat", [[1, 1], [9, 1]], "line")],
     "out_of_image": [shape("cat", [[1, 1], [90, 1], [5, 9]])],
     "empty_mask": [shape("cat", [[0, 0], [1, 0]], "mask", mask=b64_png(np.zeros((1, 2), bool)))],
 }
@@ -159,6 +160,13 @@ def test_each_bad_shape_gets_its_error_and_nothing_is_written(tmp_path, code):
     assert e.value.codes == [code]
     assert "bad.json: shapes[0]" in str(e.value)
     assert not out.exists()
+
+
+def test_label_with_only_attributes_names_no_category(tmp_path):
+    write_labelme(tmp_path, "a", [shape("color=red", TRIANGLE)])
+    with pytest.raises(DataError) as e:
+        convert_labelme(tmp_path, schema(), progress=False)
+    assert e.value.codes == ["unknown_category"] and "unknown category ''" in str(e.value)
 
 
 def test_collinear_polygon_and_mask_of_wrong_size(tmp_path):
@@ -180,6 +188,22 @@ def test_image_paths_outside_the_folder_or_missing_are_rejected(tmp_path, image_
         convert_labelme(folder, schema(), out=folder / "coco.json", progress=False)
     assert e.value.codes == [code]
     assert not (folder / "coco.json").exists()
+
+
+def test_two_files_for_one_image_and_embedded_image_data(tmp_path):
+    write_labelme(tmp_path, "a", [shape("cat", TRIANGLE)])
+    write_labelme(tmp_path, "b", [shape("dog", TRIANGLE)], image_path="a.png")
+    write_labelme(tmp_path, "c", [shape("dog", TRIANGLE)], image_path="gone.png", imageData="iVBORw0KGgo=")
+    with pytest.raises(DataError) as e:
+        convert_labelme(tmp_path, schema(), progress=False)
+    assert e.value.codes == ["duplicate_image", "missing_image"]
+    assert "already annotated by" in str(e.value) and "embeds imageData" in str(e.value)
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    path = write_labelme(tmp_path, "a", [shape("cat", TRIANGLE)])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(convert_labelme(tmp_path, schema(), progress=False)["annotations"]) == 1
 
 
 def test_json_syntax_error_names_file_line_and_column_and_keeps_previous_output(tmp_path):

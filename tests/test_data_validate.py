@@ -79,6 +79,7 @@ BAD = {
     "id_out_of_range": lambda d, images: d["annotations"][0]["attributes"].update(color=3),
     "duplicate_id": lambda d, images: d["annotations"].append(dict(d["annotations"][0])),
     "degenerate_polygon": _set_ann(0, segmentation=[[1, 1, 5, 5]]),
+    "duplicate_image": lambda d, images: d["images"][1].update(file_name=d["images"][0]["file_name"]),
     "out_of_image": _set_ann(0, segmentation=[[1, 1, 500, 1, 5, 9]]),
     "zero_area_mask": _blank_rle,
     "mask_size_mismatch": lambda d, images: d["annotations"][0]["segmentation"].update(size=[10, 10]),

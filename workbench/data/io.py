@@ -20,7 +20,7 @@ def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file; a syntax error becomes a `DataError` naming file, line and column."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate the byte-order mark some Windows editors add
     except FileNotFoundError:
         raise DataError([Problem("missing_file", str(path), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as e:

@@ -83,12 +83,16 @@ def shape_to_mask(shape: dict, height: int, width: int) -> np.ndarray:
             raise _Degenerate("circle has zero radius")
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1, outline=1)
     else:
-        raise ValueError(f"shape_type {kind!r} is not an instance shape; supported: {list(SHAPE_TYPES)}")
+        raise _Unsupported(f"shape_type {kind!r} is not an instance shape; supported: {list(SHAPE_TYPES)}")
     return np.asarray(canvas, dtype=bool)
 
 
 class _Degenerate(ValueError):
     """A shape that encloses no area."""
+
+
+class _Unsupported(ValueError):
+    """A labelme shape that is not a region (line, linestrip, point, ...)."""
 
 
 def _is_number(v: Any) -> bool:
@@ -222,7 +226,8 @@ def _read_shape_attributes(shape: dict, schema: Schema, where: str, problems: li
 
 
 # --- files ------------------------------------------------------------------------------------------------------
-def _safe_image_path(image_path: Any, json_path: Path, root: Path, where: str, problems: list[Problem]) -> str | None:
+def _safe_image_path(image_path: Any, json_path: Path, root: Path, where: str, problems: list[Problem],
+                     embedded: bool = False) -> str | None:
     """`imagePath` resolved against the JSON's folder -> path relative to `root` (posix), or None on error."""
     if not isinstance(image_path, str) or not image_path:
         problems.append(Problem("bad_format", f"{where}: imagePath", "missing or not a string"))
@@ -235,7 +240,8 @@ def _safe_image_path(image_path: Any, json_path: Path, root: Path, where: str, p
                                 f"{image_path!r} points outside the dataset folder {root}"))
         return None
     if not os.path.isfile(joined):
-        problems.append(Problem("missing_image", f"{where}: imagePath", f"image file {joined} not found"))
+        hint = "; the JSON embeds imageData: save that image at this path" if embedded else ""
+        problems.append(Problem("missing_image", f"{where}: imagePath", f"image file {joined} not found{hint}"))
         return None
     return PurePosixPath(Path(os.path.relpath(joined, root_abs))).as_posix()
 
@@ -259,7 +265,7 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
     for key, value in (("imageHeight", height), ("imageWidth", width)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             problems.append(Problem("bad_format", f"{where}: {key}", f"must be a positive integer, got {value!r}"))
-    file_name = _safe_image_path(doc.get("imagePath"), path, root, where, problems)
+    file_name = _safe_image_path(doc.get("imagePath"), path, root, where, problems, embedded=bool(doc.get("imageData")))
     if len(problems) > start:
         return None
 
@@ -272,13 +278,16 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
         w = f"{where}: shapes[{i}] ({shape.get('label')!r}, {shape.get('shape_type') or 'polygon'})"
         category_name, attrs = _read_shape_attributes(shape, schema, w, problems)
         category = schema.category_by_name(category_name)
-        if category_name and category is None:
+        if category is None and isinstance(shape.get("label"), str) and shape["label"].strip():
             problems.append(Problem("unknown_category", w, f"unknown category {category_name!r}; known: "
                                     f"{schema.category_names}"))
         try:
             mask = shape_to_mask(shape, height, width)
         except _Degenerate as e:
             problems.append(Problem("degenerate_shape", w, str(e)))
+            continue
+        except _Unsupported as e:
+            problems.append(Problem("unsupported_shape", w, str(e)))
             continue
         except ValueError as e:
             problems.append(Problem("bad_shape", w, str(e)))
@@ -338,11 +347,17 @@ def convert_labelme(
         raise DataError([Problem("no_input", str(root), "no *.json files found")])
     problems: list[Problem] = []
     images, annotations = [], []
+    json_of_image: dict[str, Path] = {}
     for path in tqdm(files, desc="labelme -> coco", unit="file", disable=not progress):
         result = read_labelme_file(path, root, schema, problems)
         if result is None:
             continue
         image, anns = result
+        if image["file_name"] in json_of_image:  # two annotation files would split one image's instances
+            problems.append(Problem("duplicate_image", f"{path}: imagePath", f"{image['file_name']} is already "
+                                    f"annotated by {json_of_image[image['file_name']]}"))
+            continue
+        json_of_image[image["file_name"]] = path
         image["id"] = len(images) + 1
         images.append(image)
         for ann in anns:

@@ -202,7 +202,15 @@ def validate_coco(
             continue  # already reported by check_coco
         instances_per_image[ann["image_id"]] += 1
         report.problems += _annotation_problems(ann, usable_images[ann["image_id"]], f"{coco}: annotations[{i}] (id {ann.get('id')})")
+    first_with_file: dict[str, int] = {}
     for i, im in enumerate(data["images"]):
+        name = im.get("file_name") if isinstance(im, dict) else None
+        if isinstance(name, str) and name in first_with_file:
+            report.problems.append(Problem("duplicate_image", f"{coco}: images[{i}] (id {im.get('id')})",
+                                           f"{name} is also images[{first_with_file[name]}]: its instances would "
+                                           "be split over two records"))
+        elif isinstance(name, str):
+            first_with_file[name] = i
         if isinstance(im, dict) and instances_per_image.get(im.get("id"), 1) == 0:
             report.problems.append(Problem("empty_image", f"{coco}: images[{i}] (id {im['id']}, {im.get('file_name')})",
                                            "no instances", severity="warning"))
