@@ -23,7 +23,7 @@ def test_criterion_report_has_every_term():
     assert set(rep.data["losses"]) == {"loss_ce", "loss_attr_color", "loss_attr_size", "loss_mask", "loss_dice"}
 
 
-def test_demo_command(capsys):
-    assert main(["demo"]) == 0
+def test_components_command(capsys):
+    assert main(["components"]) == 0
     out = capsys.readouterr().out
     assert "Hungarian matcher" in out and "all components ok" in out

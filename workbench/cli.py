@@ -10,6 +10,7 @@ import sys
 COMMANDS = [
     "workbench.harness.cli",
     "workbench.data.cli",
+    "workbench.engine.cli",
 ]
 
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-__all__ = ["AttributeSpec", "LossConfig", "ModelConfig"]
+__all__ = ["AttributeSpec", "AugmentConfig", "DataConfig", "LossConfig", "ModelConfig", "SolverConfig"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,55 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SolverConfig:
+    """Optimisation (engine/trainer.py). `base_lr` is for `reference_batch` images per step: with
+    `scale_lr` the trainer uses base_lr * batch_size / reference_batch (the linear scaling rule) and prints it.
+    Defaults are upstream Mask2Former's COCO schedule (AdamW 1e-4 at batch 16, poly, clip 0.01)."""
+
+    base_lr: float = 1e-4
+    reference_batch: int = 16
+    batch_size: int = 16
+    scale_lr: bool = True
+    weight_decay: float = 0.05
+    backbone_lr_multiplier: float = 0.1
+    max_iter: int = 368750
+    warmup_iters: int = 10
+    warmup_factor: float = 1.0
+    schedule: str = "poly"  # "poly" | "step"
+    poly_power: float = 0.9
+    steps: tuple[int, ...] = (327778, 355092)
+    gamma: float = 0.1
+    clip_grad_norm: float = 0.01  # upstream clips the full model's gradient norm; 0 = off
+    amp: str = "off"  # "off" | "bf16" | "fp16", CUDA only
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        if self.batch_size <= 0 or self.reference_batch <= 0:
+            raise ValueError("solver.batch_size and solver.reference_batch must be > 0")
+        if self.base_lr <= 0 or self.max_iter <= 0:
+            raise ValueError("solver.base_lr and solver.max_iter must be > 0")
+        if self.schedule not in ("poly", "step"):
+            raise ValueError(f"solver.schedule must be 'poly' or 'step', got {self.schedule!r}")
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"solver.amp must be off|bf16|fp16, got {self.amp!r}")
+        if self.checkpoint_period <= 0 or self.log_period <= 0:
+            raise ValueError("solver.checkpoint_period and solver.log_period must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the COCO-with-attributes files are. Image `file_name`s are relative to `image_root` for both
+    splits; empty = each JSON's own folder (where `workbench data convert` puts them). `val` may be empty."""
+
+    train: str = ""
+    val: str = ""
+    image_root: str = ""
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Training augmentation (data/transforms.py). Defaults are upstream Mask2Former's COCO instance recipes.
 
@@ -232,6 +281,26 @@ class AugmentConfig:
         values = dict(image_size=image_size, min_scale=0.9, max_scale=1.1, test_shortest_edge=0)
         values.update(overrides)
         return cls(**values)
+
+
+def _default_eval():
+    return EvalConfig()  # noqa: F821 -- defined below; looked up when a RunConfig is made
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: what `workbench train --config FILE.yaml` reads (see config_file.py).
+
+    `model.num_classes` / `model.attributes` left out of the YAML are taken from the training data's schema.
+    """
+
+    model: ModelConfig
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    eval: "EvalConfig" = field(default_factory=_default_eval)  # noqa: F821
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; the CLI's --device overrides it
 
 
 @dataclass(frozen=True)

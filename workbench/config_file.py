@@ -1,0 +1,114 @@
+"""YAML config files <-> the frozen dataclasses in config.py.
+
+Unknown keys are errors that name the full key path (`model.loss.num_pointz`), so a typo never silently
+falls back to a default. `model.preset: tiny | coco_r50` starts from that preset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from workbench import config as C
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _convert(tp, value, path: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        return from_dict(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return value if value is None else _convert(args[0], value, path)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_convert(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, data: Mapping[str, Any], path: str = ""):
+    """Build dataclass `cls` from a mapping; nested dataclasses recurse; unknown keys raise with their path."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls, vars(C))
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = ", ".join(f"{path}.{k}" if path else k for k in unknown)
+        raise ConfigError(f"unknown config key(s): {where}; known under {path or 'top level'}: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from err
+
+
+def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapping[str, Any] | None = None):
+    data = dict(data)
+    preset = data.pop("preset", None)
+    for key, value in (defaults or {}).items():
+        data.setdefault(key, value)
+    if "attributes" in data and isinstance(data["attributes"], Mapping):
+        data["attributes"] = [{"name": k, "values": list(v)} for k, v in data["attributes"].items()]
+    if preset is None:
+        return from_dict(C.ModelConfig, data, path)
+    if preset not in ("tiny", "coco_r50"):
+        raise ConfigError(f"{path}.preset: expected 'tiny' or 'coco_r50', got {preset!r}")
+    base = dataclasses.asdict(getattr(C.ModelConfig, preset)(num_classes=data.get("num_classes", 1)))
+    loss = {**base.pop("loss"), **data.pop("loss", {})}
+    return from_dict(C.ModelConfig, {**base, **data, "loss": loss}, path)
+
+
+def run_config_from_dict(data: Mapping[str, Any], model_defaults: Mapping[str, Any] | None = None) -> C.RunConfig:
+    """`model_defaults` (e.g. num_classes and attributes from the dataset schema) fill keys the file omits."""
+    data = dict(data)
+    if "model" not in data:
+        raise ConfigError("config has no 'model' section")
+    model = model_from_dict(data.pop("model") or {}, "model", model_defaults)
+    hints = typing.get_type_hints(C.RunConfig, vars(C))
+    unknown = [k for k in data if k not in hints]
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {sorted(hints)}")
+    kwargs = {k: _convert(hints[k], v, k) for k, v in data.items()}
+    return C.RunConfig(model=model, **kwargs)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def to_dict(cfg) -> dict:
+    """Dataclass -> plain dict (tuples as lists) for YAML/JSON."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

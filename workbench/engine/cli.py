@@ -1,0 +1,99 @@
+"""`workbench train | eval | predict`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: synthesise, convert, validate, train, evaluate, draw")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data-dir", default="data/generated/demo")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: GPU when present)")
+    p.add_argument("--max-iter", type=int, default=None, help="training steps (default: the demo's)")
+    p.set_defaults(func=run_demo)
+
+    p = sub.add_parser("train", help="train a model from a YAML config into a run directory")
+    p.add_argument("--config", required=True, help="YAML mapping onto RunConfig (model/solver/data/augment/eval)")
+    p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, checkpoints)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's, else auto)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation on data.val after training")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("eval", help="evaluate a run: segm AP, joint AP, per-attribute accuracy")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val)")
+    p.add_argument("--images", default=None, help="image folder for --data (default: the file's folder)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--scoring", choices=["main", "product", "mean"], default=None)
+    p.add_argument("--dedupe-iou", type=float, default=None)
+    p.add_argument("--json", action="store_true", help="print metrics as JSON instead of a table")
+    p.set_defaults(func=run_eval)
+
+    p = sub.add_parser("predict", help="draw each instance's mask, category and attributes on images")
+    p.add_argument("--run", required=True)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output folder for PNG overlays")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run_predict)
+
+
+def run_demo(args) -> int:
+    from workbench.engine.demo import DEMO_MAX_ITER, run_demo as demo
+
+    return demo(args.out, args.data_dir, device=args.device, max_iter=args.max_iter or DEMO_MAX_ITER)
+
+
+def load_train_config(path: str):
+    """YAML -> RunConfig; num_classes/attributes default to the training data's schema."""
+    from workbench.config_file import read_yaml, run_config_from_dict
+    from workbench.data.schema import Schema, load_coco
+
+    doc = read_yaml(path)
+    defaults = {}
+    train_json = (doc.get("data") or {}).get("train")
+    model = doc.get("model") or {}
+    if train_json and ("num_classes" not in model or "attributes" not in model):
+        schema = Schema.from_coco(load_coco(train_json), train_json)
+        defaults = {"num_classes": len(schema.categories), "attributes": schema.model_attributes()}
+    return run_config_from_dict(doc, model_defaults=defaults)
+
+
+def run_train(args) -> int:
+    from workbench.engine.pipeline import train_and_evaluate
+
+    cfg = load_train_config(args.config)
+    train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval)
+    return 0
+
+
+def run_eval(args) -> int:
+    import dataclasses
+
+    from workbench.device import resolve_device
+    from workbench.engine.evaluate import write_metrics_json
+    from workbench.engine.inference import eval_dataset, evaluate_model, load_run
+
+    run = load_run(args.run, device=resolve_device(args.device or "auto"))
+    eval_cfg = run.cfg.eval
+    if args.scoring:
+        eval_cfg = dataclasses.replace(eval_cfg, scoring=args.scoring)
+    if args.dedupe_iou is not None:
+        eval_cfg = dataclasses.replace(eval_cfg, dedupe_iou=args.dedupe_iou)
+    dataset = eval_dataset(run.cfg, args.data, args.images)
+    result = evaluate_model(run.model, args.data or run.cfg.data.val, dataset, eval_cfg, progress=not args.json)
+    write_metrics_json(result, Path(args.run) / "metrics.json")
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table().to_string(index=False))
+    return 0
+
+
+def run_predict(args) -> int:
+    from workbench.device import resolve_device
+    from workbench.engine.pipeline import draw_predictions
+    from workbench.engine.inference import load_run
+
+    run = load_run(args.run, device=resolve_device(args.device or "auto"))
+    for path in draw_predictions(run, args.images, args.out):
+        print(path)
+    return 0

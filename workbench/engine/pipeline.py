@@ -1,0 +1,87 @@
+"""The main job, end to end: train, evaluate on the held-out split, draw overlays and the loss curve.
+
+`workbench train` and `make demo` both go through `train_and_evaluate`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from workbench.config import RunConfig
+from workbench.engine.inference import LoadedRun, eval_dataset, evaluate_model
+from workbench.engine.trainer import TrainResult, train
+
+
+def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str | None = None, resume: bool = False,
+                       evaluate: bool = True, dataset=None, progress: bool = True, num_overlays: int = 6):
+    """Train, then (on the main process, when data.val is set) write metrics.json, loss_curve.png and
+    overlays/ into `run_dir`. Returns (TrainResult, EvalResult or None)."""
+    from workbench.engine.evaluate import write_metrics_json
+    from workbench.inspect.draw import plot_loss_curve
+
+    result: TrainResult = train(cfg, run_dir, dataset=dataset, device=device, resume=resume, progress=progress)
+    run_dir = Path(run_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result, None
+    if (run_dir / "metrics.jsonl").is_file():
+        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
+    if not (evaluate and cfg.data.val):
+        return result, None
+    val = eval_dataset(cfg)
+    metrics = evaluate_model(result.model, cfg.data.val, val, cfg.eval, progress=progress)
+    write_metrics_json(metrics, run_dir / "metrics.json")
+    run = LoadedRun(cfg, result.model, run_dir)
+    draw_dataset_overlays(run, val, run_dir / "overlays", limit=num_overlays)
+    print(metrics.table().to_string(index=False), flush=True)
+    return result, metrics
+
+
+def _schema_names(run: LoadedRun) -> tuple[list[str], dict[str, list[str]]]:
+    categories = [f"class{i}" for i in range(run.cfg.model.num_classes)]
+    if run.cfg.data.train and Path(run.cfg.data.train).is_file():
+        from workbench.data.schema import Schema, load_coco
+
+        schema = Schema.from_coco(load_coco(run.cfg.data.train), run.cfg.data.train)
+        categories = [c.name for c in schema.categories]
+    return categories, {a.name: list(a.values) for a in run.cfg.model.attributes}
+
+
+@torch.no_grad()
+def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
+    from workbench.engine.scoring import select_instances, take, to_numpy
+    from workbench.inspect.draw import draw_instances, save_png
+
+    categories, attributes = _schema_names(run)
+    pred = run.model([item])[0]
+    sel = select_instances(pred, run.cfg.eval, list(attributes))
+    kept = take(to_numpy(pred), sel.index)
+    kept["scores"] = sel.scores
+    keep = sel.scores >= max(0.3, run.cfg.eval.score_threshold)  # draw the confident ones only
+    image = item["image"].permute(1, 2, 0).numpy()
+    h, w = kept["masks"].shape[-2:] if len(kept["masks"]) else image.shape[:2]
+    if image.shape[:2] != (h, w):
+        image = np.asarray(torch.nn.functional.interpolate(
+            item["image"][None].float(), size=(h, w), mode="bilinear")[0].permute(1, 2, 0).clamp(0, 255).byte())
+    save_png(draw_instances(image, kept, categories, attributes, index=np.flatnonzero(keep)), out_path)
+    return out_path
+
+
+def draw_dataset_overlays(run: LoadedRun, dataset, out_dir: Path, limit: int = 6) -> list[Path]:
+    return [_draw(run, dataset[i], out_dir / f"{dataset[i].get('image_id', i)}.png")
+            for i in range(min(limit, len(dataset)))]
+
+
+def draw_predictions(run: LoadedRun, image_paths: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
+    """PNG overlays for arbitrary image files (`workbench predict`)."""
+    from workbench.data.dataset import read_image
+
+    out = []
+    for path in image_paths:
+        image = read_image(path)
+        item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+        out.append(_draw(run, item, Path(out_dir) / (Path(path).stem + ".png")))
+    return out

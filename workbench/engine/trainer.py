@@ -1,0 +1,249 @@
+"""Training loop: AdamW (backbone lr x 0.1), warmup + poly/step, gradient clipping, AMP on CUDA, checkpoints
+that resume bit-for-bit, a NaN guard that names the step, term and images, and DistributedDataParallel when
+started by `torchrun` (WORLD_SIZE > 1).
+
+Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step), last.pt (resumable),
+model_final.pt (weights + config), nan_batch_step<N>.pt (only when a loss went non-finite).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.config import RunConfig, SolverConfig
+from workbench.config_file import dump_yaml, to_dict
+from workbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from workbench.engine.schedule import lr_factor, scaled_lr
+from workbench.model import MultiTaskMask2Former, build_model
+
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun describes in the environment; single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -> list[dict]:
+    """Backbone at lr x backbone_lr_multiplier; no weight decay on norm layers and embeddings (as upstream)."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else 1.0)
+            decay = 0.0 if isinstance(module, NORM_TYPES) or "level_embed" in name else solver.weight_decay
+            groups.setdefault((group_lr, decay), []).append(param)
+    return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
+
+
+class EpochBatches:
+    """Deterministic batches: epoch e is a permutation drawn from (seed, e); rank r takes every world-th item.
+
+    Starting at any global step reproduces the same batches, which is what makes resume exact.
+    """
+
+    def __init__(self, dataset_len: int, batch_size: int, seed: int, dist_info: DistInfo) -> None:
+        if batch_size % dist_info.world_size:
+            raise ValueError(f"solver.batch_size {batch_size} must be divisible by the {dist_info.world_size} processes")
+        self.per_process = batch_size // dist_info.world_size
+        self.steps_per_epoch = dataset_len // batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"dataset has {dataset_len} images, fewer than one batch of {batch_size}")
+        self.batch_size, self.seed, self.dist = batch_size, seed, dist_info
+        self.dataset_len = dataset_len
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def indices(self, step: int) -> list[int]:
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        perm = torch.randperm(self.dataset_len, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+        chunk = perm[offset * self.batch_size : (offset + 1) * self.batch_size]
+        return chunk[self.dist.rank :: self.dist.world_size].tolist()
+
+
+def iterate(dataset, batches: EpochBatches, start: int, stop: int, num_workers: int) -> Iterator[tuple[int, list]]:
+    """(step, batch) for steps [start, stop), one DataLoader per epoch so `set_epoch` reaches the workers."""
+    from torch.utils.data import DataLoader
+
+    from workbench.data.dataset import collate
+
+    step = start
+    while step < stop:
+        epoch = batches.epoch_of(step)
+        epoch_end = min(stop, (epoch + 1) * batches.steps_per_epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        plan = [batches.indices(s) for s in range(step, epoch_end)]
+        loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=num_workers)
+        for batch in loader:
+            yield step, batch
+            step += 1
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Point-sampling randomness of one step, independent of everything before it (exact resume)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int, batch: list[dict], run_dir: Path | None) -> None:
+    """Stop on a NaN/inf loss: say which step, terms and images, and save the batch for inspection."""
+    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+    if not bad:
+        return
+    ids = [item.get("image_id", i) for i, item in enumerate(batch)]
+    saved = ""
+    if run_dir is not None:
+        path = run_dir / f"nan_batch_step{step}.pt"
+        save_checkpoint(path, {"step": step, "terms": bad, "image_ids": ids,
+                               "batch": [{"image": b["image"], "instances": b.get("instances", {})} for b in batch]})
+        saved = f"; batch saved to {path}"
+    raise NonFiniteLossError(f"non-finite loss at step {step}: terms {bad}; image ids {ids}{saved}")
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+@dataclass
+class TrainResult:
+    model: MultiTaskMask2Former
+    run_dir: Path
+    steps: int
+    seconds: float
+    lr: float
+    last_losses: dict[str, float]
+
+
+def write_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str | None = None,
+          resume: bool = False, progress: bool = True, max_iter: int | None = None) -> TrainResult:
+    """Train `cfg` into `run_dir`. `dataset` defaults to cfg.data.train with cfg.augment's training recipe;
+    `max_iter` stops early (the schedule still follows cfg.solver.max_iter), used by resume tests."""
+    from workbench.device import resolve_device
+
+    run_dir = Path(run_dir)
+    dev = resolve_device(device if device is not None else cfg.device)
+    info = init_distributed(dev)
+    if dev.type == "cuda" and info.world_size > 1:
+        dev = torch.device("cuda", info.local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    solver = cfg.solver
+    if dataset is None:
+        dataset = build_train_dataset(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(dev)
+    lr = scaled_lr(solver)
+    optimizer = torch.optim.AdamW(param_groups(model, solver, lr.lr), lr=lr.lr, weight_decay=solver.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(solver, s))
+    amp_dtype = autocast_dtype(solver.amp, dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    batches = EpochBatches(len(dataset), solver.batch_size, cfg.seed, info)
+    start = 0
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "last.pt"
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, map_location=dev)
+        if ckpt["config"]["model"] != to_dict(cfg.model):
+            raise ValueError(f"{ckpt_path}: its model config differs from the one given; refusing to resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start = int(ckpt["step"])
+    elif info.is_main:
+        dump_yaml(cfg, run_dir / "config.yaml")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if info.is_main:
+        print(f"[workbench] device {dev}, {info.world_size} process(es); {lr.message}", flush=True)
+    net: nn.Module = model
+    if info.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    stop = min(solver.max_iter, max_iter or solver.max_iter)
+    bar = tqdm(total=stop, initial=start, desc="train", disable=not (progress and info.is_main), dynamic_ncols=True)
+    started, last = time.perf_counter(), {}
+    for step, batch in iterate(dataset, batches, start, stop, solver.num_workers):
+        net.train()
+        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            losses = net(batch, generator=step_generator(cfg.seed, step))
+        check_finite(losses, step, batch, run_dir if info.is_main else None)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if solver.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), solver.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        done = step + 1
+        last = {k: v.item() for k, v in losses.items() if not k[-1].isdigit()}
+        last["total"] = total.item()
+        if info.is_main:
+            bar.update(1)
+            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, refresh=False)
+            if done % solver.log_period == 0 or done == stop:
+                write_jsonl(run_dir / "metrics.jsonl", {"step": done, "lr": max(g["lr"] for g in optimizer.param_groups),
+                                                         "time": time.perf_counter() - started, **last})
+            if done % solver.checkpoint_period == 0 or done == stop:
+                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                            "rng": rng_state(), "step": done, "config": to_dict(cfg)})
+    bar.close()
+    if info.is_main:
+        save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
+    seconds = time.perf_counter() - started
+    return TrainResult(model, run_dir, stop, seconds, lr.lr, last)
+
+
+def build_train_dataset(cfg: RunConfig):
+    from workbench.data.dataset import CocoAttributeDataset
+    from workbench.data.transforms import build_augmentation
+
+    if not cfg.data.train:
+        raise ValueError("data.train is empty: set the COCO-with-attributes training file in the config")
+    return CocoAttributeDataset(cfg.data.train, cfg.data.image_root or None,
+                                augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed)
