@@ -115,7 +115,8 @@ def _mask_b64(mask: np.ndarray) -> tuple[list[list[float]], str]:
 
 def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> SyntheticImage:
     """Draw one image. Objects are painted in order (later ones on top); a placement that would leave any
-    object with less than `cfg.min_visible` of itself visible is retried elsewhere, then given up."""
+    object with less than `cfg.min_visible` of itself visible is retried elsewhere, then a different object
+    is drawn instead."""
     s = cfg.image_size
     base = rng.uniform(100, 160)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
@@ -125,7 +126,9 @@ def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Sy
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     full_masks: list[np.ndarray] = []
     objects = []  # (category, color, size, labelme shape, full mask)
-    for _ in range(n):
+    for _ in range(3 * n):  # a new object (colour, size, ...) whenever one finds no place
+        if len(objects) == n:
+            break
         category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
         color = list(COLORS)[int(rng.integers(len(COLORS)))]
         size = list(SIZES)[int(rng.integers(len(SIZES)))]
