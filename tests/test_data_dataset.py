@@ -186,11 +186,12 @@ def test_dataset_feeds_the_tiny_model_for_one_training_step(coco_path):
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
-def test_synth_refuses_a_folder_with_other_json_files(tmp_path, capsys):
+def test_synth_refuses_leftovers_of_a_bigger_run(tmp_path, capsys):
     from workbench.cli import main
 
     assert main(["data", "synth", str(tmp_path), "--images", "3", "--seed", "1", "--size", "64"]) == 0
     assert len(list(tmp_path.glob("*.json"))) == 3
+    (tmp_path / "coco.json").write_text("{}")  # a converted file next to them is not a leftover
     assert main(["data", "synth", str(tmp_path), "--images", "3", "--seed", "2", "--size", "64"]) == 0  # same names
     assert main(["data", "synth", str(tmp_path), "--images", "2", "--size", "64"]) == 1  # shapes_00002 would linger
     assert "stale_output" in capsys.readouterr().err

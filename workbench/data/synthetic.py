@@ -207,10 +207,10 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     out = Path(out_dir)
     stems = [f"shapes_{i:05d}" for i in range(num_images)]
-    stale = sorted(set(p.stem for p in out.glob("*.json")) - set(stems)) if out.is_dir() else []
-    if stale:  # the converter reads every JSON in the folder: leftovers would silently join the dataset
-        raise DataError([Problem("stale_output", str(out), f"{len(stale)} other JSON file(s) already there (e.g. "
-                                 f"{stale[0]}.json); write into an empty folder")])
+    stale = sorted(set(p.stem for p in out.glob("shapes_*.json")) - set(stems)) if out.is_dir() else []
+    if stale:  # the converter reads every JSON in the folder: leftovers of a bigger run would join the dataset
+        raise DataError([Problem("stale_output", str(out), f"{len(stale)} file(s) from an earlier, bigger run "
+                                 f"(e.g. {stale[0]}.json); remove them or use an empty folder")])
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / "schema.yaml", synthetic_schema().to_yaml().encode("utf-8"))
     paths = []
