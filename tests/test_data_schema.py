@@ -74,6 +74,8 @@ def small_coco():
 @pytest.mark.parametrize("mutate, code", [
     (lambda d: d["annotations"][0].update(category_id=9), "unknown_category"),
     (lambda d: d["annotations"][0].update(image_id=9), "unknown_image"),
+    (lambda d: d["annotations"][0].update(image_id=[1]), "unknown_image"),
+    (lambda d: d["annotations"][0].update(category_id="1"), "unknown_category"),
     (lambda d: d["annotations"][0]["attributes"].update(shape=0), "unknown_attribute"),
     (lambda d: d["annotations"][0]["attributes"].update(color=3), "id_out_of_range"),
     (lambda d: d["annotations"][0]["attributes"].update(color=-2), "id_out_of_range"),

@@ -136,3 +136,28 @@ def test_vocabulary_must_agree_with_the_schema(dataset):
                               "attributes": {"color": ["red", "green", "blue"], "size": ["small", "large"]}})
     report = validate_coco(path, schema=other, progress=False)
     assert report.codes == {"unknown_category", "unknown_attribute_value"}
+
+
+IMAGE = {"id": 1, "file_name": "a.png", "height": 5, "width": 5}
+CATEGORIES = [{"id": 1, "name": "a"}]
+
+
+@pytest.mark.parametrize("doc, code", [
+    ([], "bad_format"),
+    ({"images": [1], "annotations": [1], "categories": []}, "bad_format"),
+    ({"images": [{**IMAGE, "height": "5"}], "annotations": [], "categories": CATEGORIES}, "bad_format"),
+    ({"images": [IMAGE], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": 5}],
+      "categories": CATEGORIES}, "bad_format"),
+    ({"images": [IMAGE], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "attributes": [0],
+                                          "segmentation": [[1, 1, 4, 1, 2, 4]]}], "categories": CATEGORIES}, "bad_format"),
+    ({"images": [IMAGE], "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                                          "segmentation": {"size": [5, 5], "counts": "not rle!"}}],
+      "categories": CATEGORIES}, "bad_format"),
+    ({"images": [IMAGE], "annotations": [{"id": 1, "image_id": [1], "category_id": 1, "segmentation": []}],
+      "categories": CATEGORIES}, "unknown_image"),
+])
+def test_malformed_files_are_reported_not_crashed_on(tmp_path, doc, code):
+    path = tmp_path / "coco.json"
+    rewrite(path, doc)
+    report = validate_coco(path, progress=False)
+    assert not report.ok and code in report.codes

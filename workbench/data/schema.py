@@ -303,9 +303,9 @@ def check_coco(data: Any, where: str = "coco") -> list[Problem]:
         if ann["id"] in ann_ids:
             problems.append(Problem("duplicate_id", w, f"annotation id {ann['id']} appears twice"))
         ann_ids.add(ann["id"])
-        if ann.get("image_id") not in image_ids:
+        if not _is_int(ann.get("image_id")) or ann["image_id"] not in image_ids:
             problems.append(Problem("unknown_image", f"{w}.image_id", f"no image with id {ann.get('image_id')!r}"))
-        if ann.get("category_id") not in category_ids:
+        if not _is_int(ann.get("category_id")) or ann["category_id"] not in category_ids:
             problems.append(Problem("unknown_category", f"{w}.category_id",
                                     f"no category with id {ann.get('category_id')!r}; known: {sorted(category_ids)}"))
         if "segmentation" not in ann:

@@ -66,8 +66,9 @@ def summary_table(data: dict, schema: Schema) -> pd.DataFrame:
     names = {c.id: c.name for c in schema.categories}
     counts = pd.DataFrame(0, index=[c.name for c in schema.categories], columns=pd.MultiIndex.from_tuples(columns))
     for ann in data["annotations"]:
-        row = names.get(ann.get("category_id"))
-        if row is None:
+        category_id = ann.get("category_id") if isinstance(ann, dict) else None
+        row = names.get(category_id) if isinstance(category_id, int) else None
+        if row is None:  # malformed annotations are reported elsewhere; the table counts the usable ones
             continue
         counts.loc[row, ("instances", "")] += 1
         attrs = ann.get("attributes", {}) if isinstance(ann.get("attributes"), dict) else {}
@@ -198,7 +199,8 @@ def validate_coco(
                      if all(isinstance(im.get(k), int) and im[k] > 0 for k in ("height", "width"))}
     instances_per_image = dict.fromkeys(images_by_id, 0)
     for i, ann in enumerate(tqdm(data["annotations"], desc="annotations", unit="ann", disable=not progress)):
-        if not isinstance(ann, dict) or ann.get("image_id") not in usable_images or "segmentation" not in ann:
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if not isinstance(image_id, int) or image_id not in usable_images or "segmentation" not in ann:
             continue  # already reported by check_coco
         instances_per_image[ann["image_id"]] += 1
         report.problems += _annotation_problems(ann, usable_images[ann["image_id"]], f"{coco}: annotations[{i}] (id {ann.get('id')})")
