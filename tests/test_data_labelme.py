@@ -169,6 +169,18 @@ def test_label_with_only_attributes_names_no_category(tmp_path):
     assert e.value.codes == ["unknown_category"] and "unknown category ''" in str(e.value)
 
 
+@pytest.mark.parametrize("bad", [
+    {"points": "1,2 3,4"}, {"points": [[1, 2, 3]]}, {"points": [[1, "a"], [2, 2], [3, 1]]},
+    {"points": [[1, 1], [float("nan"), 2], [3, 1]]}, {"label": 5}, {"flags": ["red"]}, {"group_id": [1]},
+    {"shape_type": "mask", "points": [[1, 1], [2, 2]], "mask": "not base64!"},
+])
+def test_malformed_shapes_are_reported(tmp_path, bad):
+    write_labelme(tmp_path, "a", [{**shape("cat", TRIANGLE), **bad}])
+    with pytest.raises(DataError) as e:
+        convert_labelme(tmp_path, schema(), progress=False)
+    assert e.value.codes == ["bad_shape"]
+
+
 def test_collinear_polygon_and_mask_of_wrong_size(tmp_path):
     write_labelme(tmp_path, "a", [shape("cat", [[1, 1], [5, 5], [9, 9]]),
                                   shape("dog", [[0, 0], [3, 3]], "mask", mask=b64_png(np.ones((2, 2), bool)))])

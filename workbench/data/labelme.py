@@ -304,6 +304,9 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
         if category is None:
             continue
         group = shape.get("group_id")
+        if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
+            problems.append(Problem("bad_shape", w, f"'group_id' must be an integer or null, got {group!r}"))
+            continue
         key = (category.id, group) if group is not None else ("shape", i)
         if key in instances:
             prev_mask, prev_attrs, _ = instances[key]
