@@ -101,7 +101,8 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
 class CocoAttributeDataset(Dataset):
     """Images of a COCO-with-attributes file with their instances, augmented by `augmentation`.
 
-    coco: path or dict; image_root: folder the `file_name`s are relative to (default: the file's folder);
+    coco: path or dict; image_root: folder the `file_name`s are relative to (default: the JSON's folder, or
+    the working directory for a dict); iscrowd annotations are skipped, as upstream's instance mappers do;
     augmentation: `transforms.build_augmentation(cfg, train)` or any callable (image, masks, rng) ->
     (image, masks); None = images as stored. schema: checked against the file when given.
     """
