@@ -55,8 +55,11 @@ class LossConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
+    boundary_weight: float = 0.0  # boundary-aware mask loss (model/boundary_loss.py); 0 = off, term not computed
 
     def __post_init__(self) -> None:
+        if self.boundary_weight < 0:
+            raise ValueError("LossConfig.boundary_weight must be >= 0 (0 = off)")
         if self.num_points <= 0:
             raise ValueError("LossConfig.num_points must be > 0 (0 points give NaN costs)")
         if self.oversample_ratio < 1:

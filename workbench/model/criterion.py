@@ -1,8 +1,9 @@
 """Set criterion: match queries to targets, then sum per-term losses over the final and every aux prediction.
 
 Terms are entries of `losses` (as upstream): "labels" (loss_ce), "attributes" (loss_attr_<name>),
-"masks" (loss_mask, loss_dice). Aux stages add the suffix `_<i>`. Every produced key must have a weight in
-`weight_dict`; a missing weight raises instead of silently dropping the term.
+"masks" (loss_mask, loss_dice) and, opt-in, "boundary" (loss_boundary, see boundary_loss.py). Aux stages add
+the suffix `_<i>`. Every produced key must have a weight in `weight_dict`; a missing weight raises instead of
+silently dropping the term.
 
 Attribute targets, decided: a query matched to an instance is trained towards that instance's value, or
 ignored where the instance is unlabeled (-1); an unmatched query is trained towards the head's "no object"
@@ -19,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.config import AttributeSpec
+from workbench.model.boundary_loss import boundary_loss
 from workbench.model.matcher import HungarianMatcher, Target
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample, uncertain_point_coords
 
 IGNORE = -1
-TERMS = ("labels", "attributes", "masks")
+TERMS = ("labels", "attributes", "masks", "boundary")  # every known term
+DEFAULT_TERMS = ("labels", "attributes", "masks")  # "boundary" is opt-in (LossConfig.boundary_weight > 0)
 
 
 def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -55,7 +58,7 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, attributes: Sequence[AttributeSpec], matcher: HungarianMatcher,
                  weight_dict: Mapping[str, float], no_object_weight: float = 0.1,
-                 losses: Sequence[str] = TERMS, num_points: int = 12544, oversample_ratio: float = 3.0,
+                 losses: Sequence[str] = DEFAULT_TERMS, num_points: int = 12544, oversample_ratio: float = 3.0,
                  importance_sample_ratio: float = 0.75) -> None:
         super().__init__()
         unknown = set(losses) - set(TERMS)
@@ -84,6 +87,8 @@ class SetCriterion(nn.Module):
             keys += [f"loss_attr_{a.name}" for a in self.attributes]
         if "masks" in self.losses:
             keys += ["loss_mask", "loss_dice"]
+        if "boundary" in self.losses:
+            keys.append("loss_boundary")
         return keys
 
     # ---- input checks: fail with a message instead of a device-side assert later ----
@@ -167,6 +172,18 @@ class SetCriterion(nn.Module):
         return {"loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
                 "loss_dice": dice_loss(point_logits, point_labels, num_masks)}
 
+    def loss_boundary(self, outputs: ModelOutput, targets, indices, num_masks, generator):
+        """Edge maps of matched masks at the prediction's resolution (targets area-resized to it)."""
+        batch, src = self._src_index(indices)
+        if src.numel() == 0:
+            return {"loss_boundary": outputs.mask_logits.sum() * 0.0}
+        src_masks = outputs.mask_logits[batch.to(outputs.mask_logits.device), src.to(outputs.mask_logits.device)]
+        tgt_masks = torch.cat([
+            torch.as_tensor(t["masks"], device=src_masks.device)[j] for t, (_, j) in zip(targets, indices)
+        ]).float()
+        tgt_masks = F.adaptive_avg_pool2d(tgt_masks[:, None], src_masks.shape[-2:])[:, 0]
+        return {"loss_boundary": boundary_loss(src_masks.float(), tgt_masks, num_masks)}
+
     # ---- driver ----
     def num_masks(self, targets, device) -> float:
         """Targets in the batch, averaged over distributed workers, at least 1."""
@@ -180,7 +197,8 @@ class SetCriterion(nn.Module):
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         self.check(outputs, targets)
         num_masks = self.num_masks(targets, outputs.class_logits.device)
-        terms = {"labels": self.loss_labels, "attributes": self.loss_attributes, "masks": self.loss_masks}
+        terms = {"labels": self.loss_labels, "attributes": self.loss_attributes, "masks": self.loss_masks,
+                 "boundary": self.loss_boundary}
         losses: dict[str, torch.Tensor] = {}
         stages = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.aux)]
         for suffix, stage in stages:

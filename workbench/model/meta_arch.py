@@ -12,7 +12,7 @@ from torch import nn
 
 from workbench.config import ModelConfig
 from workbench.model.backbone import build_backbone
-from workbench.model.criterion import SetCriterion, build_weight_dict
+from workbench.model.criterion import DEFAULT_TERMS, SetCriterion, build_weight_dict
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.matcher import HungarianMatcher
 from workbench.model.outputs import ModelOutput
@@ -36,12 +36,17 @@ def build_matcher(cfg: ModelConfig) -> HungarianMatcher:
 def build_criterion(cfg: ModelConfig, matcher: HungarianMatcher | None = None) -> SetCriterion:
     base = {"loss_ce": cfg.loss.class_weight, "loss_mask": cfg.loss.mask_weight, "loss_dice": cfg.loss.dice_weight}
     base.update({f"loss_attr_{a.name}": a.weight for a in cfg.attributes})
+    losses = DEFAULT_TERMS
+    if cfg.loss.boundary_weight > 0:  # 0 = off: the term is not computed at all, so no key lacks a weight
+        losses += ("boundary",)
+        base["loss_boundary"] = cfg.loss.boundary_weight
     num_aux = cfg.dec_layers if cfg.loss.deep_supervision else 0
     return SetCriterion(
         num_classes=cfg.num_classes,
         attributes=cfg.attributes,
         matcher=matcher or build_matcher(cfg),
         weight_dict=build_weight_dict(base, num_aux),
+        losses=losses,
         no_object_weight=cfg.loss.no_object_weight,
         num_points=cfg.loss.num_points,
         oversample_ratio=cfg.loss.oversample_ratio,
