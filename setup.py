@@ -18,8 +18,6 @@ import datetime
 import json
 import os
 import platform
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,50 +51,15 @@ def env_flag(name: str) -> bool | None:
     raise SystemExit(f"[workbench build] {name}={os.environ[name]!r}: expected 0, 1 or auto")
 
 
-def is_cuda_home(path: str | os.PathLike | None) -> bool:
-    if not path:
-        return False
-    p = Path(path)
-    has_headers = (p / "include" / "cuda_runtime.h").exists() or any(p.glob("targets/*/include/cuda_runtime.h"))
-    return (p / "bin" / "nvcc").exists() and has_headers
+def load_toolkit_module():
+    """workbench/ops/toolkit.py by path: the package itself (and torch) must not be imported to find CUDA."""
+    import importlib.util
 
-
-def toolkit_root_of(nvcc: str) -> Path | None:
-    """The toolkit an `nvcc` belongs to. `nvcc -dryrun` prints TOP=<root>/bin/.., which also sees through the
-    wrapper scripts some images put on PATH (where realpath(nvcc)/../.. would be wrong)."""
-    try:
-        out = subprocess.run([nvcc, "-dryrun", "--version"], capture_output=True, text=True, timeout=60)
-        match = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.M)
-        if match:
-            return Path(match.group(1).strip()).resolve()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return Path(nvcc).resolve().parent.parent
-
-
-def find_cuda_home() -> tuple[str | None, str]:
-    """(toolkit root or None, how it was found) in the order users expect."""
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        value = os.environ.get(var)
-        if value:
-            if is_cuda_home(value):
-                return value, f"${var}"
-            say(f"${var}={value} has no bin/nvcc and include/cuda_runtime.h; ignoring it")
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        root = toolkit_root_of(nvcc)
-        if root and is_cuda_home(root):
-            return str(root), f"derived from nvcc on PATH ({nvcc})"
-    for candidate in ("/usr/local/cuda", *sorted(map(str, Path("/usr/local").glob("cuda-*")), reverse=True)):
-        if is_cuda_home(candidate):
-            return candidate, f"found at {candidate}"
-    return None, "no nvcc on PATH, CUDA_HOME/CUDA_PATH unset, nothing in /usr/local/cuda*"
-
-
-def nvcc_version(cuda_home: str) -> str:
-    out = subprocess.run([str(Path(cuda_home) / "bin" / "nvcc"), "--version"], capture_output=True, text=True)
-    match = re.search(r"release (\d+\.\d+)", out.stdout)
-    return match.group(1) if match else "unknown"
+    spec = importlib.util.spec_from_file_location("_workbench_toolkit", ROOT / "workbench" / "ops" / "toolkit.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the class is created
+    spec.loader.exec_module(module)
+    return module
 
 
 def git_commit() -> str:
@@ -131,7 +94,10 @@ def extension_modules(cmdclass: dict) -> list:
         ) from exc
 
     want_cuda = env_flag("WORKBENCH_BUILD_CUDA")
-    cuda_home, how = find_cuda_home()
+    toolkit, notes = load_toolkit_module().find_toolkit()
+    for note in notes:
+        say(note)
+    cuda_home, how = toolkit.home, toolkit.how
     with_cuda = False
     if want_cuda is not False:
         problems = []
@@ -140,7 +106,7 @@ def extension_modules(cmdclass: dict) -> list:
         if cuda_home is None:
             problems.append(f"no CUDA toolkit found ({how})")
         if not problems:
-            build_cuda, torch_cuda = nvcc_version(cuda_home), torch.version.cuda
+            build_cuda, torch_cuda = toolkit.version or "unknown", torch.version.cuda
             if build_cuda.split(".")[0] != torch_cuda.split(".")[0]:
                 problems.append(
                     f"nvcc {build_cuda} ({cuda_home}) does not match torch's CUDA {torch_cuda}; "
@@ -170,7 +136,7 @@ def extension_modules(cmdclass: dict) -> list:
         "torch_cuda": torch.version.cuda,
         "with_cuda": with_cuda,
         "cuda_archs": archs,
-        "nvcc": nvcc_version(cuda_home) if with_cuda else None,
+        "nvcc": toolkit.version if with_cuda else None,
         "cuda_home": cuda_home if with_cuda else None,
         "python": platform.python_version(),
         "compiler": os.environ.get("CXX", "c++"),

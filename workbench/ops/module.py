@@ -12,6 +12,9 @@ from workbench.ops.dispatch import ms_deform_attn
 class MSDeformAttn(nn.Module):
     """Each query attends to `n_points` learned offsets around its reference point on each of `n_levels` maps.
 
+    backend="auto" runs the compiled kernel for the input's device (workbench._C), else the reference with a
+    warning; see `workbench.ops.ms_deform_attn`.
+
     query (N, Lq, C), reference_points (N, Lq, L, 2) in [0, 1], value_input (N, S, C),
     spatial_shapes (L, 2), level_start_index (L,), padding_mask (N, S) True = padded -> (N, Lq, C).
     """
@@ -64,5 +67,9 @@ class MSDeformAttn(nn.Module):
             raise ValueError(f"reference_points last dim must be 2, got {reference_points.shape[-1]}")
         normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=self.backend)
+        # The kernels want one dtype (autocast may leave value in half and the locations in float) and the
+        # level bookkeeping on value's device; all of it contiguous.
+        out = ms_deform_attn(
+            value.contiguous(), spatial_shapes.to(value.device), level_start_index.to(value.device),
+            locations.to(value.dtype).contiguous(), weights.to(value.dtype).contiguous(), backend=self.backend)
         return self.output_proj(out)
