@@ -9,6 +9,7 @@ import sys
 # and an optional part (detectron2 adapter) never breaks the others.
 COMMANDS = [
     "workbench.harness.cli",
+    "workbench.ops.doctor",
     "workbench.data.cli",
     "workbench.engine.cli",
 ]
