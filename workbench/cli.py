@@ -12,6 +12,7 @@ COMMANDS = [
     "workbench.ops.doctor",
     "workbench.data.cli",
     "workbench.engine.cli",
+    "workbench.ablation.cli",
 ]
 
 

@@ -1,0 +1,291 @@
+"""Ablation grids: a base run config, axes over config fields by dotted path, and seeds.
+
+A grid file (YAML):
+
+    base: configs/small.yaml          # a `workbench train --config` file (relative to this file), or a mapping
+    axes:                             # any RunConfig field by dotted path -> the values to try
+      model.num_queries: [10, 50, 100]
+      model.loss.boundary_weight: [0, 1]
+    seeds: 3                          # a count (seeds 0..n-1) or a list; default 3
+    synthetic:                        # optional: synthetic shapes as data (fills data.train / data.val)
+      train_images: 40
+      val_images: 20
+      image_size: 96
+      dir: runs/ablation/data         # default: <out>/data
+
+Cells are the cartesian product of the axes times the seeds; `Grid.cells()` builds and validates every cell's
+RunConfig up front, so a bad value fails before anything trains, with the cell and key named.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from workbench import config as C
+from workbench.config_file import ConfigError, read_yaml, run_config_from_dict, to_dict
+
+__all__ = ["Axis", "Cell", "Grid", "GridError", "SyntheticData", "load_grid"]
+
+DEFAULT_SEEDS = 3
+GRID_KEYS = ("base", "axes", "seeds", "synthetic")
+RAW_ONLY_KEYS = {"model.preset"}  # YAML keys that are not dataclass fields but `workbench train` accepts
+
+
+class GridError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One ablated field: `path` into RunConfig (e.g. "model.loss.boundary_weight") and its values."""
+
+    path: str
+    values: tuple
+    label: str = ""  # short column name: the last path component unless two axes share it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(self.values))
+        object.__setattr__(self, "label", self.label or self.path)
+
+
+@dataclass(frozen=True)
+class SyntheticData:
+    """Synthetic shapes (data/synthetic.py) generated once into `dir` and used as data.train / data.val."""
+
+    train_images: int = 40
+    val_images: int = 20
+    image_size: int = 96
+    dir: str = ""  # empty = <out>/data
+
+    def __post_init__(self) -> None:
+        if self.train_images < 1 or self.val_images < 1:
+            raise GridError("synthetic.train_images and synthetic.val_images must be >= 1")
+        if self.image_size < 32:
+            raise GridError(f"synthetic.image_size must be >= 32, got {self.image_size}")
+
+    def folder(self, out: str | Path) -> Path:
+        return Path(self.dir) if self.dir else Path(out) / "data"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: the axes' values (a table row, `key`) and a seed. Its run directory is `<out>/<name>`."""
+
+    key: str  # e.g. "num_queries=10__boundary_weight=1"; "base" when there are no axes
+    values: dict  # {axis path: value}
+    seed: int
+    config: C.RunConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.key}/seed{self.seed}"
+
+    @property
+    def train_key(self) -> str:
+        """Equal for cells that train the same model (they differ only in `eval` settings or device)."""
+        doc = to_dict(self.config)
+        doc.pop("eval"), doc.pop("device")
+        return json.dumps(doc, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Grid:
+    base: dict  # the base config as a YAML mapping (as `workbench train --config` reads it)
+    axes: tuple[Axis, ...] = ()
+    seeds: tuple[int, ...] = tuple(range(DEFAULT_SEEDS))
+    synthetic: SyntheticData | None = None
+    source: str = "grid"  # where it came from, for messages
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], source: str = "grid", root: str | Path = ".") -> "Grid":
+        """Parse a grid mapping (see the module docstring); `root` resolves a relative `base:` path."""
+        if not isinstance(doc, Mapping):
+            raise GridError(f"{source}: expected a mapping with keys {list(GRID_KEYS)}")
+        unknown = [k for k in doc if k not in GRID_KEYS]
+        if unknown:
+            raise GridError(f"{source}: unknown key(s) {unknown}; known: {list(GRID_KEYS)}")
+        if "base" not in doc:
+            raise GridError(f"{source}: no 'base' (a run config mapping or the path of a config file)")
+        base = doc["base"]
+        if isinstance(base, (str, Path)):
+            path = Path(base) if Path(base).is_absolute() else Path(root) / base
+            if not path.is_file():
+                raise GridError(f"{source}: base: config file {path} not found (relative paths are relative to "
+                                f"the grid file's folder)")
+            base = read_yaml(path)
+        if not isinstance(base, Mapping):
+            raise GridError(f"{source}: base must be a mapping or a file path, got {type(base).__name__}")
+        axes = _parse_axes(doc.get("axes") or {}, source)
+        seeds = _parse_seeds(doc.get("seeds", DEFAULT_SEEDS), source)
+        synthetic = doc.get("synthetic")
+        if synthetic is not None:
+            if not isinstance(synthetic, Mapping):
+                raise GridError(f"{source}: synthetic must be a mapping, e.g. {{train_images: 40, val_images: 20}}")
+            names = {f.name for f in dataclasses.fields(SyntheticData)}
+            bad = [k for k in synthetic if k not in names]
+            if bad:
+                raise GridError(f"{source}: unknown key(s) synthetic.{', synthetic.'.join(bad)}; known: {sorted(names)}")
+            synthetic = SyntheticData(**synthetic)
+        return cls(base=copy.deepcopy(dict(base)), axes=axes, seeds=seeds, synthetic=synthetic, source=source)
+
+    def to_dict(self) -> dict:
+        """The resolved grid (base inlined) as a mapping `Grid.from_dict` reads back; written to <out>/grid.yaml."""
+        doc: dict[str, Any] = {"base": copy.deepcopy(self.base),
+                               "axes": {a.path: list(a.values) for a in self.axes},
+                               "seeds": list(self.seeds)}
+        if self.synthetic is not None:
+            doc["synthetic"] = dataclasses.asdict(self.synthetic)
+        return doc
+
+    def with_seeds(self, seeds: int | Sequence[int]) -> "Grid":
+        return dataclasses.replace(self, seeds=_parse_seeds(seeds, self.source))
+
+    def keys(self) -> list[tuple[str, dict]]:
+        """(row key, {path: value}) for each combination of axis values, in grid order."""
+        combos = itertools.product(*(a.values for a in self.axes))
+        rows = []
+        for combo in combos:
+            values = dict(zip((a.path for a in self.axes), combo))
+            parts = [f"{a.label}={_slug(v)}" for a, v in zip(self.axes, combo)]
+            rows.append(("__".join(parts) or "base", values))
+        names = [k for k, _ in rows]
+        dupes = sorted({k for k in names if names.count(k) > 1})
+        if dupes:
+            raise GridError(f"{self.source}: axis values that give the same folder name {dupes}; make them distinct")
+        return rows
+
+    def cells(self, out: str | Path = ".") -> list[Cell]:
+        """Every (axes combination, seed) with its validated RunConfig; `out` locates synthetic data."""
+        defaults = self._model_defaults()
+        cells = []
+        for key, values in self.keys():
+            for seed in self.seeds:
+                doc = copy.deepcopy(self.base)
+                for path, value in values.items():
+                    _set_path(doc, path, copy.deepcopy(value))
+                doc["seed"] = seed
+                if self.synthetic is not None:
+                    folder = self.synthetic.folder(out)
+                    doc["data"] = {**(doc.get("data") or {}), "train": str(folder / "train" / "coco.json"),
+                                   "val": str(folder / "val" / "coco.json"), "image_root": ""}
+                try:
+                    cfg = run_config_from_dict(doc, model_defaults=defaults)
+                except (ConfigError, TypeError, ValueError) as err:
+                    raise GridError(f"{self.source}: cell {key} (seed {seed}): {err}") from err
+                if not cfg.data.val:
+                    raise GridError(f"{self.source}: cell {key}: data.val is empty; an ablation needs an "
+                                    "evaluation split (set data.val in the base config, or a synthetic: section)")
+                cells.append(Cell(key, values, seed, cfg))
+        return cells
+
+    def _model_defaults(self) -> dict:
+        """num_classes / attributes for a base that leaves them out: from the synthetic or training schema."""
+        model = self.base.get("model") or {}
+        if "num_classes" in model and "attributes" in model:
+            return {}
+        from workbench.data.schema import Schema, load_coco
+
+        if self.synthetic is not None:
+            from workbench.data.synthetic import synthetic_schema
+
+            schema = synthetic_schema()
+        else:
+            train = (self.base.get("data") or {}).get("train")
+            if not train:
+                return {}
+            if not Path(train).is_file():
+                raise GridError(f"{self.source}: base data.train {train} not found (needed for num_classes and "
+                                "attributes, which the base's model section leaves out)")
+            schema = Schema.from_coco(load_coco(train), train)
+        return {"num_classes": len(schema.categories), "attributes": schema.model_attributes()}
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} not found")
+    return Grid.from_dict(read_yaml(path), source=str(path), root=path.parent)
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------------
+def check_path(path: str) -> None:
+    """Raise GridError unless `path` names a RunConfig field (dotted, e.g. "model.loss.boundary_weight")."""
+    if path in RAW_ONLY_KEYS:
+        return
+    if path == "seed":
+        raise GridError("axis 'seed': list seeds under the grid's 'seeds:' key, not as an axis")
+    cls: Any = C.RunConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise GridError(f"axis {path!r}: {'.'.join(parts[:i])} is a value, not a section with field {part!r}")
+        hints = typing.get_type_hints(cls, vars(C))
+        if part not in hints:
+            raise GridError(f"axis {path!r}: unknown config field {where!r}; known under "
+                            f"{'.'.join(parts[:i]) or 'top level'}: {sorted(hints)}")
+        cls = hints[part]
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        raise GridError(f"axis {path!r} is a whole section; ablate its fields ({path}.<field>) instead")
+
+
+def _parse_axes(axes: Any, source: str) -> tuple[Axis, ...]:
+    if not isinstance(axes, Mapping):
+        raise GridError(f"{source}: axes must map dotted config paths to lists of values")
+    parsed = []
+    for path, values in axes.items():
+        check_path(str(path))
+        if not isinstance(values, (list, tuple)) or len(values) == 0:
+            raise GridError(f"{source}: axes.{path} must be a non-empty list of values, got {values!r}")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise GridError(f"{source}: axes.{path} lists a value twice: {list(values)}")
+        parsed.append(str(path))
+    tails = [p.split(".")[-1] for p in parsed]
+    return tuple(Axis(p, tuple(axes[p]), label=t if tails.count(t) == 1 else p) for p, t in zip(parsed, tails))
+
+
+def _parse_seeds(seeds: Any, source: str) -> tuple[int, ...]:
+    if isinstance(seeds, bool):
+        raise GridError(f"{source}: seeds must be a count or a list of integers, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise GridError(f"{source}: seeds must be >= 1, got {seeds}")
+        return tuple(range(seeds))
+    if (isinstance(seeds, (list, tuple)) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        return tuple(seeds)
+    raise GridError(f"{source}: seeds must be a count or a list of distinct integers, got {seeds!r}")
+
+
+def _set_path(doc: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = doc
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise GridError(f"axis {path!r}: the base config's {part!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _slug(value: Any) -> str:
+    """A value as a folder-name-safe string: true/false, 0.5, none, [1, 2] -> 1-2."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "-".join(_slug(v) for v in value) or "empty"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "-", str(value)).strip("-")
+    return text or "value"
