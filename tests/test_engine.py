@@ -1,0 +1,195 @@
+"""Trainer, schedule, checkpoints and config files."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.config import DataConfig, RunConfig, SolverConfig
+from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
+from workbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from workbench.engine.schedule import lr_factor, scaled_lr
+from workbench.engine.trainer import NonFiniteLossError, param_groups, train
+from workbench.harness.synthetic import synthetic_batch
+
+ATTRS = {"color": ["r", "g", "b"], "size": ["s", "m", "l"]}
+
+
+def run_cfg(**solver):
+    args = dict(base_lr=1e-3, batch_size=2, max_iter=4, warmup_iters=2, checkpoint_period=2, log_period=1)
+    args.update(solver)
+    model = wb.ModelConfig.tiny(num_classes=3, attributes=ATTRS, loss=wb.LossConfig(num_points=64))
+    return RunConfig(model=model, solver=SolverConfig(**args), device="cpu")
+
+
+def dataset(n=6):
+    return synthetic_batch(3, {"color": 3, "size": 3}, batch=n, size=64, seed=0)
+
+
+# ---- lr scaling and schedule ----
+@pytest.mark.parametrize("batch,expected", [(16, 1e-4), (2, 1.25e-5), (32, 2e-4)])
+def test_linear_scaling_rule(batch, expected):
+    s = scaled_lr(SolverConfig(base_lr=1e-4, batch_size=batch, reference_batch=16))
+    assert s.lr == pytest.approx(expected)
+    assert f"batch {batch} / reference 16" in s.message
+
+
+def test_scaling_can_be_turned_off():
+    s = scaled_lr(SolverConfig(base_lr=1e-4, batch_size=2, scale_lr=False))
+    assert s.lr == 1e-4 and "off" in s.message
+
+
+def test_warmup_then_poly_and_step():
+    poly = SolverConfig(max_iter=100, warmup_iters=10, warmup_factor=0.1, poly_power=0.9)
+    assert lr_factor(poly, 0) == pytest.approx(0.1)
+    assert lr_factor(poly, 10) == pytest.approx((1 - 10 / 100) ** 0.9)
+    assert lr_factor(poly, 100) == 0.0
+    step = SolverConfig(schedule="step", steps=(5, 8), gamma=0.1, warmup_iters=0)
+    assert [round(lr_factor(step, s), 6) for s in (4, 5, 8)] == [1.0, 0.1, 0.01]
+
+
+def test_trainer_applies_and_prints_the_scaled_lr(tmp_path, capsys):
+    result = train(run_cfg(max_iter=1), tmp_path / "run", dataset=dataset(), progress=False)
+    assert result.lr == pytest.approx(1e-3 * 2 / 16)
+    assert "linear scaling rule" in capsys.readouterr().out
+
+
+def test_backbone_gets_lower_lr_and_norms_no_decay():
+    cfg = run_cfg()
+    model = wb.build_model(cfg.model)
+    groups = param_groups(model, cfg.solver, 1.0)
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    for g in groups:
+        in_backbone = {id(p) in backbone_ids for p in g["params"]}
+        assert len(in_backbone) == 1
+        assert g["lr"] == (0.1 if in_backbone.pop() else 1.0)
+    norm_weight = model.decoder.decoder_norm.weight
+    assert next(g for g in groups if any(p is norm_weight for p in g["params"]))["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+# ---- resume, NaN guard, checkpoints ----
+def test_resume_is_bit_for_bit(tmp_path):
+    data = dataset()
+    straight = train(run_cfg(), tmp_path / "a", dataset=data, progress=False).model.state_dict()
+    train(run_cfg(), tmp_path / "b", dataset=data, progress=False, max_iter=2)
+    resumed = train(run_cfg(), tmp_path / "b", dataset=data, progress=False, resume=True).model.state_dict()
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [eval(line.replace("null", "None"))["step"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    train(run_cfg(max_iter=2), tmp_path / "r", dataset=dataset(), progress=False)
+    other = run_cfg()
+    other = RunConfig(model=other.model.replace(num_queries=7), solver=other.solver, device="cpu")
+    with pytest.raises(ValueError, match="differs"):
+        train(other, tmp_path / "r", dataset=dataset(), progress=False, resume=True)
+
+
+def test_nan_loss_names_step_term_and_images_and_saves_the_batch(tmp_path, monkeypatch):
+    data = dataset()
+    for i, item in enumerate(data):
+        item["image_id"] = 100 + i
+    real_forward = wb.model.MultiTaskMask2Former.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, generator=None):
+        losses = real_forward(self, batch, generator)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            losses["loss_dice"] = losses["loss_dice"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(wb.model.MultiTaskMask2Former, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 1: terms \['loss_dice'\]; image ids \[\d+, \d+\]") as err:
+        train(run_cfg(), tmp_path / "n", dataset=data, progress=False)
+    saved = load_checkpoint(tmp_path / "n" / "nan_batch_step1.pt")
+    assert saved["terms"] == ["loss_dice"] and str(saved["image_ids"][0]) in str(err.value)
+    assert saved["batch"][0]["image"].dtype == torch.uint8
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "hook": pickle.Pickler}, path)  # a class: needs unpickling code to load
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(path)
+
+
+def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]  # temp file cleaned up
+
+
+def test_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    script = textwrap.dedent(f"""
+        import torch, sys
+        from workbench.engine.checkpoint import save_checkpoint
+        big = torch.randn(4_000_000)
+        step = 0
+        while True:
+            step += 1
+            save_checkpoint({str(path)!r}, {{"step": step, "w": big}})
+            if step == 1:
+                print("saved", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "saved"
+        import time
+        time.sleep(0.3)  # let it be in the middle of another save
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] >= 1 and ckpt["w"].numel() == 4_000_000
+
+
+# ---- config files ----
+def test_yaml_config_round_trip_and_unknown_keys(tmp_path):
+    text = """
+model: {preset: tiny, num_classes: 3, attributes: {color: [r, g, b]}, loss: {num_points: 64}}
+solver: {batch_size: 2, base_lr: 0.001}
+data: {train: t.json}
+"""
+    (tmp_path / "c.yaml").write_text(text)
+    cfg = run_config_from_dict(read_yaml(tmp_path / "c.yaml"))
+    assert cfg.model.hidden_dim == wb.ModelConfig.tiny().hidden_dim and cfg.model.loss.num_points == 64
+    assert cfg.model.attribute("color").values == ("r", "g", "b")
+    assert cfg.solver.batch_size == 2 and cfg.data == DataConfig(train="t.json")
+    with pytest.raises(ConfigError, match=r"model\.loss\.num_pointz"):
+        run_config_from_dict({"model": {"num_classes": 3, "loss": {"num_pointz": 3}}})
+    with pytest.raises(ConfigError, match=r"solver\.bach_size"):
+        run_config_from_dict({"model": {"num_classes": 3}, "solver": {"bach_size": 3}})
+    with pytest.raises(ConfigError, match=r"solver\.batch_size: expected int"):
+        run_config_from_dict({"model": {"num_classes": 3}, "solver": {"batch_size": "two"}})
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model:\n  num_classes: [3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+:\d+"):
+        read_yaml(tmp_path / "bad.yaml")
+
+
+def test_model_defaults_come_from_the_data():
+    cfg = run_config_from_dict({"model": {"preset": "tiny"}},
+                               model_defaults={"num_classes": 4, "attributes": {"size": ["s", "l"]}})
+    assert cfg.model.num_classes == 4 and cfg.model.attribute_names == ("size",)
