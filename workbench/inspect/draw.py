@@ -33,8 +33,10 @@ def instance_caption(i: int, pred: Mapping, categories: Sequence[str],
 
 def draw_instances(image: np.ndarray, pred: Mapping, categories: Sequence[str],
                    attributes: Mapping[str, Sequence[str]], index: Sequence[int] | None = None,
-                   alpha: float = 0.45) -> np.ndarray:
-    """image (H, W, 3) uint8 -> (H, W, 3) uint8 with each selected instance's mask tinted and captioned."""
+                   alpha: float = 0.45, captions: Sequence[str] | None = None) -> np.ndarray:
+    """image (H, W, 3) uint8 -> (H, W, 3) uint8 with each selected instance's mask tinted and captioned.
+
+    captions: one text per instance of `pred` (default `instance_caption`), e.g. for ground truth."""
     masks = _numpy(pred["masks"]).astype(bool)
     index = range(len(masks)) if index is None else index
     canvas = image.astype(np.float32).copy()
@@ -49,7 +51,7 @@ def draw_instances(image: np.ndarray, pred: Mapping, categories: Sequence[str],
             continue
         colour = tuple(int(c) for c in PALETTE[n % len(PALETTE)])
         draw.rectangle([xs.min(), ys.min(), xs.max(), ys.max()], outline=colour)
-        text = instance_caption(i, pred, categories, attributes)
+        text = captions[i] if captions is not None else instance_caption(i, pred, categories, attributes)
         x, y = int(xs.min()), max(0, int(ys.min()) - 11)
         draw.rectangle([x, y, x + 6 * len(text), y + 10], fill=(0, 0, 0))
         draw.text((x + 1, y), text, fill=colour)

@@ -1,0 +1,85 @@
+"""What the notebooks share, so each of them stays a few calls long: a small synthetic dataset, a small run
+config, and training with a live loss plot."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from workbench.config import AugmentConfig, DataConfig, EvalConfig, LossConfig, ModelConfig, RunConfig, SolverConfig
+
+__all__ = ["display_figure", "small_run_config", "small_shapes_data", "train_live"]
+
+
+def small_shapes_data(work_dir: str | os.PathLike, train_images: int = 32, val_images: int = 8,
+                      image_size: int = 64, progress: bool = False) -> tuple[Path, Path]:
+    """Synthetic shapes as labelme files -> COCO-with-attributes -> validated, for a train and a val split
+    (different seeds) under `work_dir`/{train,val}. Returns the two coco.json paths. Raises if validation
+    finds an error. Deterministic: rerunning with the same arguments rewrites the same files."""
+    from workbench.data.labelme import convert_labelme
+    from workbench.data.synthetic import SynthConfig, synthesize, synthetic_schema
+    from workbench.data.validate import validate_coco
+
+    schema = synthetic_schema()
+    paths = []
+    for split, n, seed in (("train", train_images, 1), ("val", val_images, 2)):
+        folder = Path(work_dir) / split
+        synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size), progress=progress)
+        convert_labelme(folder, schema, folder / "coco.json", progress=progress)
+        report = validate_coco(folder / "coco.json", images=folder, schema=schema, progress=progress)
+        if not report.ok:
+            raise RuntimeError(f"validation of {folder / 'coco.json'} failed:\n{report}")
+        paths.append(folder / "coco.json")
+    return paths[0], paths[1]
+
+
+def small_run_config(train_json: str | os.PathLike, val_json: str | os.PathLike = "", max_iter: int = 30,
+                     image_size: int = 64, batch_size: int = 4, base_lr: float = 4e-3, seed: int = 0,
+                     eval_cfg: EvalConfig | None = None, **model_overrides) -> RunConfig:
+    """`ModelConfig.tiny` (hidden 32, 10 queries, 2 decoder layers) on the shapes schema, CPU-sized.
+
+    base_lr is for the reference batch of 16 (scaled by batch_size / 16 as usual); log every 5 steps so the
+    live plot has points."""
+    from workbench.data.synthetic import synthetic_schema
+
+    schema = synthetic_schema()
+    values = dict(loss=LossConfig(num_points=256))
+    values.update(model_overrides)
+    model = ModelConfig.tiny(num_classes=len(schema.categories), attributes=schema.model_attributes(), **values)
+    solver = SolverConfig(base_lr=base_lr, batch_size=batch_size, max_iter=max_iter,
+                          warmup_iters=min(10, max(1, max_iter // 5)), warmup_factor=0.1,
+                          checkpoint_period=max(1, max_iter), log_period=max(1, min(5, max_iter // 4)))
+    return RunConfig(model=model, solver=solver, data=DataConfig(train=str(train_json), val=str(val_json)),
+                     augment=AugmentConfig.synthetic(image_size=image_size), eval=eval_cfg or EvalConfig(),
+                     seed=seed, device="cpu")
+
+
+def display_figure(fig, handle=None):
+    """Show a matplotlib Figure in a notebook (or update the display `handle`); returns the handle. Outside
+    IPython it does nothing and returns None."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return None
+    if get_ipython() is None:
+        return None
+    if handle is None:
+        return display(fig, display_id=True)
+    handle.update(fig)
+    return handle
+
+
+def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, dataset=None, progress: bool = True):
+    """`engine.trainer.train` in `chunks` pieces (each resumes the last exactly), redrawing the loss curve
+    from metrics.jsonl after each piece. Returns the final `TrainResult` (same weights as one call)."""
+    from workbench.engine.trainer import train
+    from workbench.inspect.figures import loss_curve_figure
+
+    total = cfg.solver.max_iter
+    chunks = max(1, min(chunks, total))
+    bounds = [round(total * (k + 1) / chunks) for k in range(chunks)]
+    handle, result = None, None
+    for k, stop in enumerate(bounds):
+        result = train(cfg, run_dir, dataset=dataset, resume=k > 0, progress=progress, max_iter=stop)
+        handle = display_figure(loss_curve_figure(Path(run_dir) / "metrics.jsonl"), handle)
+    return result

@@ -1,0 +1,318 @@
+"""Per-query inspection of one image: what every query predicts, at every decoder layer, and what it matched.
+
+`inspect_item(model, item)` runs the model once (`forward_raw(return_aux=True, return_attention=True)`), runs
+the Hungarian matcher against the item's ground truth when it has some, and keeps everything as numpy in an
+`ImageQueries`. The plain functions below turn that into what the inspector widget shows:
+
+    query_table(q, ...)      one row per query: main class and attribute top-1 with probabilities (including
+                             each head's no-object), mask score, ranking scores, matched GT and IoU, duplicate
+                             flags and whether the query survives the score threshold / duplicate suppression
+    distributions(q, i)      the full main and attribute distributions of query i, no-object included
+    layer_masks(q, i)        query i's mask probability after every decoder stage
+    attention_masks(q, i)    which positions query i's next cross-attention may look at, per stage
+
+The kept set comes from `engine.scoring.select_instances`, the same code evaluation uses, so what the
+inspector keeps is what COCOeval would see.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.config import EvalConfig
+from workbench.engine.scoring import encode_masks, mask_iou, ranking_scores, select_instances
+from workbench.model.meta_arch import pad_images
+from workbench.model.postprocess import resize_mask_logits
+
+__all__ = [
+    "NO_OBJECT",
+    "ImageQueries",
+    "attention_masks",
+    "distributions",
+    "duplicate_flags",
+    "inspect_item",
+    "layer_masks",
+    "query_prediction",
+    "query_table",
+]
+
+NO_OBJECT = "no object"
+
+
+@dataclass
+class ImageQueries:
+    """One image as the model sees it, query by query. Q queries, L decoder layers, C classes, T targets.
+
+    image            (H, W, 3) uint8, the image fed to the model
+    categories       C names; attribute_values {name: K_name value names}
+    class_probs      (Q, C+1) softmax, last column = no object
+    attribute_probs  {name: (Q, K+1)} softmax, last column = that head's no object
+    stage_mask_logits (L+1, Q, H, W) float32 at image size; stage 0 = the learnable queries before the first
+                     layer, stage L = the final prediction
+    stage_attention  L+1 arrays (Q, h_s, w_s) bool: True = position masked out for the cross-attention of the
+                     layer after stage s (the last one would feed a layer the model does not have)
+    gt               None or {"labels": (T,), "masks": (T, H, W) bool, "attributes": {name: (T,)}}
+    matched_gt       (Q,) int64, the target each query was matched to by the model's matcher, -1 = unmatched
+    """
+
+    image: np.ndarray
+    categories: list[str]
+    attribute_values: dict[str, list[str]]
+    class_probs: np.ndarray
+    attribute_probs: dict[str, np.ndarray]
+    stage_mask_logits: np.ndarray
+    stage_attention: list[np.ndarray]
+    gt: dict[str, Any] | None = None
+    matched_gt: np.ndarray | None = None
+    image_id: Any = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_queries(self) -> int:
+        return self.class_probs.shape[0]
+
+    @property
+    def num_stages(self) -> int:
+        return self.stage_mask_logits.shape[0]
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.attribute_probs)
+
+    @property
+    def mask_logits(self) -> np.ndarray:
+        """(Q, H, W) final-stage mask logits at image size."""
+        return self.stage_mask_logits[-1]
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(Q, H, W) bool final masks (logit > 0, as postprocessing)."""
+        return self.mask_logits > 0
+
+    @property
+    def mask_scores(self) -> np.ndarray:
+        """(Q,) mean foreground probability inside each mask (upstream's mask score; 0 for an empty mask)."""
+        probs, masks = _sigmoid(self.mask_logits), self.masks
+        return (probs * masks).reshape(len(masks), -1).sum(1) / (masks.reshape(len(masks), -1).sum(1) + 1e-6)
+
+    @property
+    def rles(self) -> list:
+        if "rles" not in self._cache:
+            self._cache["rles"] = encode_masks(self.masks)
+        return self._cache["rles"]
+
+    @property
+    def pairwise_iou(self) -> np.ndarray:
+        """(Q, Q) mask IoU between the queries' final masks."""
+        if "pairwise_iou" not in self._cache:
+            self._cache["pairwise_iou"] = mask_iou(self.rles, self.rles)
+        return self._cache["pairwise_iou"]
+
+    @property
+    def matched_iou(self) -> np.ndarray:
+        """(Q,) mask IoU between each matched query's final mask and its target; NaN where unmatched."""
+        out = np.full(self.num_queries, np.nan)
+        if self.gt is None or self.matched_gt is None:
+            return out
+        gt_rles = encode_masks(np.asarray(self.gt["masks"], dtype=bool))
+        for q in np.flatnonzero(self.matched_gt >= 0):
+            out[q] = mask_iou([self.rles[q]], [gt_rles[self.matched_gt[q]]])[0, 0]
+        return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def _names(model, categories, attribute_values, item) -> tuple[list[str], dict[str, list[str]]]:
+    cfg = model.cfg
+    if categories is None:
+        categories = [f"class{i}" for i in range(cfg.num_classes)]
+    if attribute_values is None:
+        attribute_values = {a.name: list(a.values) for a in cfg.attributes}
+    if len(categories) != cfg.num_classes:
+        raise ValueError(f"{len(categories)} category names for a model with num_classes={cfg.num_classes}")
+    for a in cfg.attributes:
+        if len(attribute_values.get(a.name, ())) != a.num_values:
+            raise ValueError(f"attribute {a.name!r}: expected {a.num_values} value names, got "
+                             f"{attribute_values.get(a.name)}")
+    return list(categories), {k: list(v) for k, v in attribute_values.items()}
+
+
+@torch.no_grad()
+def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | None = None,
+                 attribute_values: Mapping[str, Sequence[str]] | None = None, match: bool = True,
+                 seed: int = 0) -> ImageQueries:
+    """Run `model` on one dataset item {"image": uint8 (3, H, W), "instances": ... (optional)}.
+
+    Masks are brought to the item's image size, so they line up with the item's ground-truth masks. With
+    `match` and instances present, the model's own matcher (its configured costs, point sampling seeded by
+    `seed`) assigns queries to targets exactly as in training. The model's train/eval mode is restored.
+    """
+    categories, attribute_values = _names(model, categories, attribute_values, item)
+    image = torch.as_tensor(item["image"])
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"item['image'] must be (3, H, W), got {tuple(image.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        padded = pad_images([image.to(model.device)], model.cfg.size_divisibility)
+        raw = model.forward_raw(padded, return_aux=True, return_attention=True)
+        matched = None
+        gt = None
+        if item.get("instances") is not None:
+            inst = item["instances"]
+            gt = {"labels": np.asarray(torch.as_tensor(inst["labels"]).cpu()),
+                  "masks": np.asarray(torch.as_tensor(inst["masks"]).bool().cpu()),
+                  "attributes": {n: np.asarray(torch.as_tensor(v).cpu())
+                                 for n, v in inst.get("attributes", {}).items()}}
+            if match:
+                targets = model.targets([item], tuple(padded.shape[-2:]))
+                rows, cols = model.criterion.matcher(raw, targets, generator=torch.Generator(
+                    device=model.device).manual_seed(seed))[0]
+                matched = np.full(raw.num_queries, -1, dtype=np.int64)
+                matched[rows.numpy()] = cols.numpy()
+    finally:
+        model.train(was_training)
+    stages = list(raw.aux) + [raw]
+    size = tuple(int(s) for s in image.shape[-2:])
+    padded_size = tuple(int(s) for s in padded.shape[-2:])
+    logits = np.stack([resize_mask_logits(s.mask_logits[0].float(), padded_size, size, size).cpu().numpy()
+                       for s in stages])
+    attention = [s.attention_mask[0].cpu().numpy() if s.attention_mask is not None else None for s in stages]
+    return ImageQueries(
+        image=image.permute(1, 2, 0).cpu().numpy().astype(np.uint8),
+        categories=categories,
+        attribute_values=attribute_values,
+        class_probs=raw.class_logits[0].float().softmax(-1).cpu().numpy().astype(np.float64),
+        attribute_probs={n: v[0].float().softmax(-1).cpu().numpy().astype(np.float64)
+                         for n, v in raw.attribute_logits.items()},
+        stage_mask_logits=logits.astype(np.float32),
+        stage_attention=attention,
+        gt=gt,
+        matched_gt=matched,
+        image_id=item.get("image_id"),
+    )
+
+
+def query_prediction(q: ImageQueries) -> dict[str, Any]:
+    """All Q queries as one numpy prediction dict (the keys `instance_inference` returns), each query with
+    its top real class: what `engine.scoring` ranks, thresholds and deduplicates."""
+    real = q.class_probs[:, :-1]
+    labels = real.argmax(1)
+    class_scores = real.max(1)
+    mask_scores = q.mask_scores
+    attributes, attribute_scores, attribute_no_object = {}, {}, {}
+    for name, probs in q.attribute_probs.items():
+        attributes[name] = probs[:, :-1].argmax(1)
+        attribute_scores[name] = probs[:, :-1].max(1)
+        attribute_no_object[name] = probs[:, -1]
+    return {
+        "masks": q.masks,
+        "scores": class_scores * mask_scores,
+        "labels": labels,
+        "class_scores": class_scores,
+        "mask_scores": mask_scores,
+        "query_index": np.arange(q.num_queries),
+        "attributes": attributes,
+        "attribute_scores": attribute_scores,
+        "attribute_no_object": attribute_no_object,
+    }
+
+
+def duplicate_flags(pairwise_iou: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, the higher-ranked query its mask overlaps most, if that IoU >= iou_threshold.
+
+    pairwise_iou (Q, Q), scores (Q,) ranking scores -> (duplicate_of (Q,) int64 with -1 = none,
+    overlap (Q,) the max IoU with any higher-ranked query, 0 for the top one). Ties keep query order.
+    """
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    duplicate_of = np.full(len(order), -1, dtype=np.int64)
+    overlap = np.zeros(len(order))
+    for rank, qi in enumerate(order):
+        if rank == 0:
+            continue
+        above = order[:rank]
+        best = above[np.argmax(pairwise_iou[qi, above])]
+        overlap[qi] = pairwise_iou[qi, best]
+        if overlap[qi] >= iou_threshold:
+            duplicate_of[qi] = best
+    return duplicate_of, overlap
+
+
+def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float = 0.0,
+                duplicate_iou: float | None = 0.8, drop_no_object: bool = False) -> pd.DataFrame:
+    """One row per query (index "query"), ranked by `scoring` (see `EvalConfig`), best first.
+
+    Columns: class, p_class (its probability), p_no_object (the class head's), then per attribute <name>,
+    p_<name>, p_<name>_no_object; mask_score, mask_area (pixels), score (class x mask, upstream's),
+    combined (the `scoring` ranking score), rank (1 = best), matched_gt (target index, -1 = unmatched or no
+    GT), gt_class, iou (with the matched target), duplicate_of (-1 = none), overlap (max IoU with a
+    higher-ranked query), duplicate (overlap >= duplicate_iou), kept (survives `select_instances` with this
+    threshold, no-object filter and duplicate suppression).
+    """
+    pred = query_prediction(q)
+    names = q.attribute_names
+    combined = ranking_scores(pred, scoring, names)
+    frame = pd.DataFrame(index=pd.RangeIndex(q.num_queries, name="query"))
+    frame["class"] = [q.categories[i] for i in pred["labels"]]
+    frame["p_class"] = pred["class_scores"]
+    frame["p_no_object"] = q.class_probs[:, -1]
+    for name in names:
+        values = q.attribute_values[name]
+        frame[name] = [values[i] for i in pred["attributes"][name]]
+        frame[f"p_{name}"] = pred["attribute_scores"][name]
+        frame[f"p_{name}_no_object"] = pred["attribute_no_object"][name]
+    frame["mask_score"] = pred["mask_scores"]
+    frame["mask_area"] = q.masks.reshape(q.num_queries, -1).sum(1)
+    frame["score"] = pred["scores"]
+    frame["combined"] = combined
+    frame["rank"] = pd.Series(combined).rank(ascending=False, method="first").astype(int).to_numpy()
+    matched = q.matched_gt if q.matched_gt is not None else np.full(q.num_queries, -1)
+    frame["matched_gt"] = matched
+    frame["gt_class"] = [q.categories[int(q.gt["labels"][t])] if t >= 0 and q.gt is not None else ""
+                         for t in matched]
+    frame["iou"] = q.matched_iou
+    threshold = 1.0 if duplicate_iou is None else duplicate_iou
+    duplicate_of, overlap = duplicate_flags(q.pairwise_iou, combined, threshold)
+    frame["duplicate_of"] = duplicate_of if duplicate_iou is not None else -1
+    frame["overlap"] = overlap
+    frame["duplicate"] = frame["duplicate_of"] >= 0
+    eval_cfg = EvalConfig(scoring=scoring, dedupe_iou=duplicate_iou, score_threshold=score_threshold,
+                          drop_no_object=drop_no_object, max_dets=max(1, q.num_queries))
+    kept = select_instances(pred, eval_cfg, names).index
+    frame["kept"] = np.isin(np.arange(q.num_queries), kept)
+    return frame.sort_values("rank")
+
+
+def distributions(q: ImageQueries, query: int) -> dict[str, pd.Series]:
+    """{"class": (C+1,), <attribute>: (K+1,)} probability Series of one query, labelled, no-object last."""
+    out = {"class": pd.Series(q.class_probs[query], index=[*q.categories, NO_OBJECT], name="class")}
+    for name, probs in q.attribute_probs.items():
+        out[name] = pd.Series(probs[query], index=[*q.attribute_values[name], NO_OBJECT], name=name)
+    return out
+
+
+def layer_masks(q: ImageQueries, query: int) -> np.ndarray:
+    """(L+1, H, W) mask probability of one query after each stage (0 = learnable queries, L = final)."""
+    return _sigmoid(q.stage_mask_logits[:, query])
+
+
+def attention_masks(q: ImageQueries, query: int) -> list[np.ndarray | None]:
+    """Per stage, (h_s, w_s) bool: True = the position the *next* layer's cross-attention may look at.
+
+    This is the complement of the model's attention mask (True = masked out). A query whose mask blocks
+    every position attends everywhere instead (the decoder's guard), which is shown as all True.
+    """
+    out = []
+    for att in q.stage_attention:
+        if att is None:
+            out.append(None)
+            continue
+        allowed = ~att[query]
+        out.append(np.ones_like(allowed) if not allowed.any() else allowed)
+    return out

@@ -1,0 +1,52 @@
+"""pandas views of annotations: what a labelme file says shape by shape, and what a dataset item holds."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["instances_table", "labelme_shapes_table"]
+
+
+def labelme_shapes_table(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per shape of a labelme JSON: label, shape_type, group_id, points, flags set, description --
+    the three places attributes may hide (flags, "label" suffixes, description)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    rows = []
+    for i, shape in enumerate(doc.get("shapes", [])):
+        flags = shape.get("flags") or {}
+        rows.append({
+            "shape": i,
+            "label": shape.get("label"),
+            "shape_type": shape.get("shape_type", "polygon"),
+            "group_id": shape.get("group_id"),
+            "points": len(shape.get("points") or []),
+            "flags": ", ".join(k for k, v in flags.items() if v),
+            "description": shape.get("description") or "",
+        })
+    return pd.DataFrame(rows).set_index("shape") if rows else pd.DataFrame(
+        columns=["label", "shape_type", "group_id", "points", "flags", "description"])
+
+
+def instances_table(item: Mapping[str, Any], categories: Sequence[str],
+                    attribute_values: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """One row per instance of a dataset item: category, each attribute's value ("unlabeled" for -1), area
+    in pixels and box."""
+    inst = item["instances"]
+    labels = np.asarray(inst["labels"])
+    masks = np.asarray(inst["masks"], dtype=bool)
+    rows = []
+    for t in range(len(labels)):
+        row = {"instance": t, "category": categories[int(labels[t])]}
+        for name, values in attribute_values.items():
+            v = int(np.asarray(inst["attributes"][name])[t])
+            row[name] = values[v] if v >= 0 else "unlabeled"
+        ys, xs = np.nonzero(masks[t])
+        row["area"] = int(masks[t].sum())
+        row["box (x0, y0, x1, y1)"] = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(xs) else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("instance") if rows else pd.DataFrame()
