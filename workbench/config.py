@@ -88,8 +88,9 @@ class ModelConfig:
 
     num_classes: int
     attributes: tuple[AttributeSpec, ...] = ()
-    backbone: str = "resnet50"  # "resnet50" | "tiny" (see model/backbone.py)
+    backbone: str = "resnet50"  # "resnet50" | "mobilenet_v3_large" | "tiny" (see model/backbone.py)
     pretrained_backbone: bool = False  # load torchvision weights from the local cache (never downloads)
+    backbone_norm: str = "auto"  # "auto" (frozen BN when pretrained, as upstream) | "bn" | "frozen_bn"
     hidden_dim: int = 256
     num_queries: int = 100
     nheads: int = 8
@@ -120,6 +121,8 @@ class ModelConfig:
             raise ValueError("dec_layers must be >= 1 and enc_layers >= 0")
         if self.attribute_cost_weight < 0:
             raise ValueError("attribute_cost_weight must be >= 0")
+        if self.backbone_norm not in ("auto", "bn", "frozen_bn"):
+            raise ValueError(f"backbone_norm must be 'auto', 'bn' or 'frozen_bn', got {self.backbone_norm!r}")
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
