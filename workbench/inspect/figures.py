@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from workbench.inspect.draw import draw_instances
+from workbench.inspect.draw import PALETTE, draw_instances
 from workbench.inspect.queries import ImageQueries, attention_masks, distributions, layer_masks
 
 __all__ = [
@@ -34,9 +34,10 @@ def to_png(fig: Figure, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 40, 40), alpha: float = 0.5) -> np.ndarray:
+def _spotlight(image: np.ndarray, mask: np.ndarray, dim: float = 0.3) -> np.ndarray:
+    """The image with everything outside `mask` darkened: the mask stands out and keeps its own colours."""
     out = image.astype(np.float32).copy()
-    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(colour, dtype=np.float32)
+    out[~mask] *= dim
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -62,7 +63,8 @@ def _bars(ax, series, highlight_last: bool = True) -> None:
 
 
 def query_figure(q: ImageQueries, query: int, row: Mapping | None = None) -> Figure:
-    """One query: its final mask over the image (matched GT outlined in green), the full main and attribute
+    """One query: its final mask over the image (outside darkened, outline yellow; matched GT outlined in
+    green), the full main and attribute
     distributions (no-object grey, top-1 orange), its mask probability after every decoder stage, and where
     the next layer's cross-attention may look (white) per stage."""
     stages = q.num_stages
@@ -71,10 +73,10 @@ def query_figure(q: ImageQueries, query: int, row: Mapping | None = None) -> Fig
     fig = Figure(figsize=(1.9 * cols, 5.6), layout="constrained")
     grid = fig.add_gridspec(3, cols)
     ax = fig.add_subplot(grid[0, 0])
-    image = _overlay(q.image, q.masks[query])
+    image = _spotlight(q.image, q.masks[query])
     if q.gt is not None and q.matched_gt is not None and q.matched_gt[query] >= 0:
-        edge = _outline(q.gt["masks"][q.matched_gt[query]])
-        image[edge] = (40, 220, 40)
+        image[_outline(q.gt["masks"][q.matched_gt[query]])] = (40, 220, 40)
+    image[_outline(q.masks[query])] = (255, 230, 0)
     ax.imshow(image, interpolation="nearest")
     title = f"query {query}"
     if row is not None:
@@ -98,25 +100,33 @@ def query_figure(q: ImageQueries, query: int, row: Mapping | None = None) -> Fig
             frac = 100 * allowed[s].mean()
             ax.set_title(f"attn -> layer {s + 1}\n{frac:.0f}% visible" if s < stages - 1
                          else f"attn (unused)\n{frac:.0f}% visible", fontsize=7)
-        ax.axis("off")
+            ax.set_xticks([])
+            ax.set_yticks([])  # keep the frame: an all-visible (white) mask must still show as a square
+        else:
+            ax.axis("off")
     return fig
 
 
 def kept_instances_image(q: ImageQueries, table, min_side: int = 256) -> np.ndarray:
     """(H', W', 3) uint8: the image (upscaled to at least `min_side`) with every kept query (table["kept"])
-    drawn and captioned "class attr/attr score q<query>", best first."""
+    outlined, boxed and captioned "class attr/attr score q<query>", best first. Outlines, not tints: a tint
+    would change the colours the `color` attribute is about."""
     k = max(1, -(-min_side // min(q.image.shape[:2])))
     by_query = table.sort_index()
+    masks = _upscale_masks(q.masks, k)
     pred = {
-        "masks": _upscale_masks(q.masks, k),
+        "masks": masks,
         "labels": np.array([q.categories.index(c) for c in by_query["class"]]),
         "scores": by_query["combined"].to_numpy(),
         "query_index": np.arange(q.num_queries),
         "attributes": {n: np.array([q.attribute_values[n].index(v) for v in by_query[n]])
                        for n in q.attribute_names},
     }
-    return draw_instances(_upscale(q.image, k), pred, q.categories, q.attribute_values,
-                          index=list(table.index[table["kept"]]))
+    index = list(table.index[table["kept"]])
+    image = _upscale(q.image, k).copy()
+    for n, i in enumerate(index):
+        image[_outline(masks[i])] = PALETTE[n % len(PALETTE)].astype(np.uint8)
+    return draw_instances(image, pred, q.categories, q.attribute_values, index=index, alpha=0.0)
 
 
 def cost_matrix_figure(costs: Mapping[str, np.ndarray], assignments: Mapping[str, tuple] | None = None,
