@@ -32,7 +32,17 @@ def _fields(cls):
     return [f.name for f in dataclasses.fields(cls)]
 
 
-@pytest.mark.parametrize("cls", [AttributeSpec, LossConfig, ModelConfig])
+CONFIG_CLASSES = [obj for obj in vars(wb.config).values()
+                  if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == "workbench.config"]
+
+
+def test_every_config_class_is_checked():
+    names = {c.__name__ for c in CONFIG_CLASSES}
+    assert {"AttributeSpec", "LossConfig", "ModelConfig", "SolverConfig", "DataConfig", "AugmentConfig",
+            "EvalConfig", "RunConfig"} <= names
+
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES, ids=lambda c: c.__name__)
 def test_no_dead_keys(cls):
     """Every config field is read somewhere in the package outside config.py."""
     sources = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py") if p.name != "config.py")
