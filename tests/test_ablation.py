@@ -212,6 +212,22 @@ def test_aggregation_is_exact_mean_and_sample_std(tmp_path):
     shown = format_table(table.reset_index(), ["boundary_weight"], ["AP", "size acc"])
     assert list(shown["AP"]) == ["20.0 ± 10.0", "42.0 ± 2.8"]
     assert list(shown["seeds"]) == ["3", "2 (1 failed)"] and list(shown["size acc"]) == ["–", "–"]
+    assert list(table["size acc n"]) == [0, 0] and list(table["AP n"]) == [3, 2]
+
+
+def test_a_metric_defined_for_fewer_seeds_says_so(tmp_path):
+    g = grid({"model.num_queries": [5]}, seeds=3)
+
+    class SomeWithoutTP(FakeCell):  # seed 2 had no true positive: its accuracies are undefined (None)
+        def __call__(self, cell, run_dir):
+            super().__call__(cell, run_dir)
+            (run_dir / "metrics.json").write_text(json.dumps(fake_metrics(5.0, color=None if cell.seed == 2 else 0.25 * (1 + cell.seed))))
+
+    run_grid(g, tmp_path, progress=False, cell_fn=SomeWithoutTP())
+    table = aggregate(collect_runs(g, tmp_path), ["num_queries"])
+    assert table.loc[0, "color acc n"] == 2 and table.loc[0, "color acc mean"] == pytest.approx(37.5)
+    shown = format_table(table, ["num_queries"], ["AP", "color acc"])
+    assert shown.loc[0, "color acc"] == "37.5 ± 17.7 (n=2)" and shown.loc[0, "AP"] == "5.0 ± 0.0"
 
 
 def test_exports_parse_back(tmp_path):
@@ -229,7 +245,8 @@ def test_exports_parse_back(tmp_path):
     header = [c.strip() for c in rows[0].strip("|").split("|")]
     assert header[:3] == ["boundary_weight", "seeds", "AP"] and "train time (s)" in header
     assert len(rows) == 2 + 2 and all(r.count("|") == len(header) + 1 for r in rows)
-    assert "20.0 ± 10.0" in rows[2] and md[0].startswith("<!-- workbench ablate; environment:")
+    assert "20.0 ± 10.0" in rows[2] and md[0].startswith("<!-- workbench ablate; environment")
+    assert '"ops_backend_used"' in md[0] and '"git_commit"' in md[0]
 
     meta = json.loads(paths["metadata"].read_text())
     assert meta["consistent_environment"] and meta["runs"] == {"done": 5, "failed": 1, "missing": 0}
@@ -307,3 +324,38 @@ def test_example_grid_file_is_valid():
     assert len(g.seeds) >= 3 and g.synthetic is not None
     assert any(a.path == "model.loss.boundary_weight" for a in g.axes)
     assert len(g.cells("/nonexistent")) == len(g.seeds) * 8
+
+
+# ---- the real thing, small: train once, evaluate under two scorings ---------------------------------------------
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_real_cells_train_once_per_model_and_evaluate_each_eval_setting(tmp_path, one_thread):
+    base = {"model": {"preset": "tiny", "num_queries": 6, "test_topk": 6, "dec_layers": 1,
+                      "loss": {"num_points": 64, "boundary_weight": 1.0}},
+            "solver": {"batch_size": 2, "max_iter": 2, "warmup_iters": 0, "checkpoint_period": 100, "log_period": 1},
+            "augment": {"image_size": 64, "min_scale": 0.9, "max_scale": 1.1, "test_shortest_edge": 0},
+            "device": "cpu"}
+    g = Grid.from_dict({"base": base, "axes": {"eval.scoring": ["main", "product"]}, "seeds": 1,
+                        "synthetic": {"train_images": 4, "val_images": 2, "image_size": 64}})
+    outcomes = run_grid(g, tmp_path, progress=False)
+    assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
+    main_dir, product_dir = (o.run_dir for o in outcomes)
+    for d in (main_dir, product_dir):  # normal run directories
+        assert {"config.yaml", "model_final.pt", "metrics.json", "train.json", "status.json"} <= {p.name for p in d.iterdir()}
+    assert json.loads((product_dir / "train.json").read_text())["trained_in"] == "../../scoring=main/seed0"
+    assert not (product_dir / "last.pt").exists()  # not trained again
+    assert "loss_boundary" in (main_dir / "metrics.jsonl").read_text()
+    assert json.loads((product_dir / "metrics.json").read_text())["config"]["scoring"] == "product"
+    paths = write_tables(g, tmp_path)
+    table = pd.read_csv(paths["csv"])
+    assert list(table["scoring"]) == ["main", "product"] and list(table["seeds"]) == [1, 1]
+    assert table["train time (s) mean"].nunique() == 1  # the one training, reported for both rows

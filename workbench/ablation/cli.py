@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (rerun with the same folder to resume)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the base config's, else auto)")
     p.add_argument("--seeds", type=int, default=None, help="override the grid's seeds with 0..N-1")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (torch.set_num_threads); 1 is often fastest for tiny models")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p.add_argument("--tables-only", action="store_true", help="only (re)write the tables from finished cells")
     p.set_defaults(func=run_ablate)
@@ -24,6 +26,10 @@ def run_ablate(args) -> int:
     from workbench.ablation.tables import write_tables
 
     grid = load_grid(args.grid)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)  # recorded in the fingerprint (torch_threads)
     if args.seeds is not None:
         grid = grid.with_seeds(args.seeds)
     out = Path(args.out)

@@ -98,7 +98,7 @@ def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) 
     for split, n, seed in (("train", spec.train_images, 1), ("val", spec.val_images, 2)):
         split_dir = folder / split
         synthesize(split_dir, n, seed=seed, cfg=SynthConfig(image_size=spec.image_size), progress=progress)
-        convert_labelme(split_dir, schema, split_dir / "coco.json", progress=progress)
+        convert_labelme(split_dir, schema, split_dir / "coco.json", progress=False)  # fast next to synthesis
         report = validate_coco(split_dir / "coco.json", images=split_dir, schema=schema)
         if not report.ok:
             raise RuntimeError(f"validation of {split_dir / 'coco.json'} failed:\n{report}")

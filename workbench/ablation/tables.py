@@ -77,7 +77,8 @@ def collect_runs(grid: Grid, out: str | Path) -> pd.DataFrame:
 
 def aggregate(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
     """Per cell (rows with the same "cell", in first-seen order): axis values, `seeds` (finished), `failed`,
-    and `<metric> mean` / `<metric> std` over finished seeds (std: sample, ddof=1)."""
+    and `<metric> mean` / `<metric> std` / `<metric> n` over the finished seeds where the metric is defined
+    (std: sample, ddof=1; an attribute accuracy is undefined for a run without true positives)."""
     rows = []
     for key, group in runs.groupby("cell", sort=False):
         done = group[group["status"] == "done"]
@@ -87,6 +88,7 @@ def aggregate(runs: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
             values = pd.to_numeric(done[m], errors="coerce").dropna()
             row[f"{m} mean"] = float(values.mean()) if len(values) else math.nan
             row[f"{m} std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{m} n"] = int(len(values))  # seeds where the metric is defined (accuracy needs a TP)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -97,13 +99,16 @@ def _number(x: float, digits: int) -> str:
 
 def format_table(table: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str], digits: int = 1,
                  latex: bool = False) -> pd.DataFrame:
-    """Strings for display: axis values, seeds, then "mean ± std" per metric ("–" where undefined)."""
+    """Strings for display: axis values, seeds, then "mean ± std" per metric ("–" where undefined), with
+    "(n=k)" where the metric is defined for fewer seeds than finished."""
     pm = r" $\pm$ " if latex else f" {PLUS_MINUS} "
     shown = pd.DataFrame({a: table[a].map(_value_text) for a in axes})
     shown["seeds"] = [f"{s}" + (f" ({f} failed)" if f else "") for s, f in zip(table["seeds"], table["failed"])]
     for m in metrics:
+        counts = table[f"{m} n"] if f"{m} n" in table else table["seeds"]
         shown[m] = [_number(mu, digits) + ("" if math.isnan(sd) else pm + _number(sd, digits))
-                    for mu, sd in zip(table[f"{m} mean"], table[f"{m} std"])]
+                    + (f" (n={n})" if 0 < n < seeds else "")
+                    for mu, sd, n, seeds in zip(table[f"{m} mean"], table[f"{m} std"], counts, table["seeds"])]
     return shown
 
 
@@ -240,7 +245,9 @@ def write_tables(grid: Grid, out: str | Path, digits: int = 1) -> dict[str, Path
     table.to_csv(paths["csv"], index=False)
     runs.to_csv(paths["runs_csv"], index=False)
     shown = format_table(table, axes, metrics, digits)
-    comment = "workbench ablate; environment: " + json.dumps(fingerprints[0] if len(fingerprints) == 1 else fingerprints)
+    compact = [{k: v for k, v in fp.items() if k != "ops_backend"} for fp in fingerprints]
+    comment = ("workbench ablate; environment (full: ablation.json): "
+               + json.dumps(compact[0] if len(compact) == 1 else compact))
     paths["markdown"].write_text(to_markdown(shown, caption, comment, metrics))
     latex_shown = format_table(table, axes, metrics, digits, latex=True)
     paths["latex"].write_text(to_latex(latex_shown, caption, comments=[comment], metrics=metrics))

@@ -24,26 +24,33 @@ import torch.nn.functional as F
 __all__ = ["KERNELS", "boundary_loss", "edge_map"]
 
 EPS = 1e-6
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
-_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 KERNELS = ("laplacian", "sobel")
 
 
 def edge_map(masks: torch.Tensor, kernel: str = "laplacian") -> torch.Tensor:
-    """masks (N, H, W), values in [0, 1] (binary or probabilities) -> boundary map (N, H, W) in [0, 1]."""
+    """masks (N, H, W), values in [0, 1] (binary or probabilities) -> boundary map (N, H, W) in [0, 1].
+
+    The 3x3 filters are written as shifted slices rather than conv2d: for the small mask maps of a training
+    step this is several times faster on CPU, and it is the same arithmetic.
+    """
     if kernel not in KERNELS:
         raise ValueError(f"edge kernel must be one of {KERNELS}, got {kernel!r}")
     if masks.dim() != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {tuple(masks.shape)}")
     x = masks if masks.is_floating_point() else masks.float()
-    x = F.pad(x[:, None], (1, 1, 1, 1), mode="replicate")
-    if kernel == "laplacian":
-        edges = F.conv2d(x, _LAPLACIAN.to(x)[None, None]).abs()
-    else:
-        weights = torch.stack([_SOBEL_X, _SOBEL_X.T])[:, None].to(x)  # (2, 1, 3, 3)
-        g = F.conv2d(x, weights)
-        edges = (g.pow(2).sum(1, keepdim=True) + EPS**2).sqrt() / 4  # eps: finite gradient on flat regions
-    return edges[:, 0].clamp(max=1.0)
+    p = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (N, H+2, W+2)
+
+    def at(dy: int, dx: int) -> torch.Tensor:  # the neighbour at offset (dy, dx) of every pixel, (N, H, W)
+        h, w = x.shape[-2:]
+        return p[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+    if kernel == "laplacian":  # [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
+        edges = (at(-1, 0) + at(1, 0) + at(0, -1) + at(0, 1) - 4 * x).abs()
+    else:  # Sobel: gx = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], gy its transpose
+        gx = at(-1, 1) + 2 * at(0, 1) + at(1, 1) - at(-1, -1) - 2 * at(0, -1) - at(1, -1)
+        gy = at(1, -1) + 2 * at(1, 0) + at(1, 1) - at(-1, -1) - 2 * at(-1, 0) - at(-1, 1)
+        edges = (gx.pow(2) + gy.pow(2) + EPS**2).sqrt() / 4  # eps: finite gradient on flat regions
+    return edges.clamp(max=1.0)
 
 
 def boundary_loss(mask_logits: torch.Tensor, target_masks: torch.Tensor, num_masks: float,
