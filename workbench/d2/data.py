@@ -1,0 +1,155 @@
+"""COCO-with-attributes in detectron2: dataset registration and a mapper that carries attributes.
+
+detectron2's `load_coco_json` drops keys it does not know, so `register_multitask_coco` loads the file with
+`workbench.data.dataset.detectron2_dicts`: every annotation keeps `attributes` {name: value id, -1 =
+unlabeled}. `MultiTaskDatasetMapper` applies detectron2 augmentations to image and masks and puts each
+attribute in `Instances` as `gt_attr_<name>` (N,) int64; instances the augmentation crops to nothing are
+dropped together with their attributes (one Instances index selects every field).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BitMasks
+from pycocotools import mask as mask_utils
+
+from workbench.data.dataset import detectron2_dicts
+from workbench.data.schema import UNLABELED, Schema, load_coco
+
+__all__ = ["MultiTaskDatasetMapper", "build_augmentations", "multitask_keys_from_dataset", "register_multitask_coco"]
+
+
+def register_multitask_coco(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> None:
+    """Register a COCO-with-attributes file as detectron2 dataset `name`.
+
+    The dicts come from `detectron2_dicts` (file_names joined with `image_root`, default the JSON's folder;
+    category_id contiguous 0..C-1; `attributes` per annotation). Metadata: json_file, image_root,
+    evaluator_type "coco", thing_classes, thing_dataset_id_to_contiguous_id (so COCOEvaluator maps labels
+    back to the file's ids), attribute_names, attribute_values {name: [value names]}. The file's header is
+    read now (vocabularies), the annotations when the dataset is first used.
+    """
+    json_file = os.fspath(json_file)
+    image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(json_file))
+    schema = Schema.from_coco(load_coco(json_file), json_file)
+    DatasetCatalog.register(name, lambda: detectron2_dicts(json_file, image_root, schema))
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=image_root,
+        evaluator_type="coco",
+        thing_classes=schema.category_names,
+        thing_dataset_id_to_contiguous_id=schema.label_of(),
+        attribute_names=schema.attribute_names,
+        attribute_values=schema.model_attributes(),
+    )
+
+
+def multitask_keys_from_dataset(name: str) -> list:
+    """`cfg.merge_from_list(...)` arguments setting NUM_CLASSES and the attribute vocabularies of a dataset
+    registered with `register_multitask_coco`."""
+    meta = MetadataCatalog.get(name)
+    if not hasattr(meta, "attribute_names"):
+        raise KeyError(f"dataset {name!r} has no attribute metadata: register it with register_multitask_coco")
+    return ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(meta.thing_classes),
+            "MODEL.MULTITASK.ATTRIBUTE_NAMES", list(meta.attribute_names),
+            "MODEL.MULTITASK.ATTRIBUTE_VALUES", [list(meta.attribute_values[n]) for n in meta.attribute_names]]
+
+
+def build_augmentations(cfg, is_train: bool) -> list:
+    """Upstream's recipes by INPUT.DATASET_MAPPER_NAME.
+
+    "coco_instance_lsj" (large-scale jitter): RandomFlip, ResizeScale(MIN_SCALE, MAX_SCALE, IMAGE_SIZE^2),
+    FixedSizeCrop(IMAGE_SIZE^2, padded). "coco_instance": ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
+    MIN_SIZE_TRAIN_SAMPLING), RandomCrop when INPUT.CROP.ENABLED, RandomFlip. Test: ResizeShortestEdge(
+    MIN_SIZE_TEST, MAX_SIZE_TEST) for both.
+    """
+    if not is_train:
+        return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    if cfg.INPUT.COLOR_AUG_SSD:
+        raise ValueError("INPUT.COLOR_AUG_SSD = True is not supported by the multi-task mapper: colour may be an "
+                         "attribute, and colour jitter would corrupt its labels")
+    flip = []
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        flip = [T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                             vertical=cfg.INPUT.RANDOM_FLIP == "vertical")]
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name == "coco_instance_lsj":
+        size = cfg.INPUT.IMAGE_SIZE
+        return flip + [T.ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE,
+                                     target_height=size, target_width=size),
+                       T.FixedSizeCrop(crop_size=(size, size))]
+    if name == "coco_instance":
+        augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+        if cfg.INPUT.CROP.ENABLED:
+            augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+        return augs + flip
+    raise ValueError(f"INPUT.DATASET_MAPPER_NAME = {name!r} is not supported by the multi-task mapper: expected "
+                     f"'coco_instance_lsj' or 'coco_instance'")
+
+
+def _transformable(segmentation):
+    """RLE with list counts or str counts -> compressed RLE with bytes counts (what detectron2 decodes)."""
+    if isinstance(segmentation, dict):
+        h, w = segmentation["size"]
+        if isinstance(segmentation["counts"], list):
+            return mask_utils.frPyObjects(segmentation, h, w)
+        if isinstance(segmentation["counts"], str):
+            return {"size": [h, w], "counts": segmentation["counts"].encode("ascii")}
+    return segmentation
+
+
+class MultiTaskDatasetMapper:
+    """dataset dict (from `register_multitask_coco`) -> model input with attributes (module docstring).
+
+    Training output: {"image": uint8 (3, H, W), "instances": Instances(gt_classes, gt_masks BitMasks,
+    gt_boxes from the masks, gt_attr_<name>), "height", "width", "image_id", "file_name"}; crowd annotations
+    are skipped, as upstream's instance mappers do. Test output: the image without annotations.
+    """
+
+    def __init__(self, is_train: bool, augmentations: Sequence, image_format: str,
+                 attribute_names: Sequence[str]) -> None:
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(list(augmentations))
+        self.image_format = image_format
+        self.attribute_names = tuple(attribute_names)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> "MultiTaskDatasetMapper":
+        return cls(is_train, build_augmentations(cfg, is_train), cfg.INPUT.FORMAT,
+                   cfg.MODEL.MULTITASK.ATTRIBUTE_NAMES)
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        d = copy.deepcopy(dataset_dict)
+        image = utils.read_image(d["file_name"], format=self.image_format)
+        utils.check_image_size(d, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_size = image.shape[:2]
+        d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        annotations = d.pop("annotations", [])
+        if not self.is_train:
+            return d
+        annotations = [a for a in annotations if not a.get("iscrowd", 0)]
+        for i, a in enumerate(annotations):
+            if self.attribute_names and "attributes" not in a:
+                raise KeyError(f"{d['file_name']}: annotation {i} has no 'attributes'; register the dataset with "
+                               f"workbench.d2.register_multitask_coco (detectron2's load_coco_json drops them)")
+            a["segmentation"] = _transformable(a["segmentation"])
+        annotations = [utils.transform_instance_annotations(a, transforms, image_size) for a in annotations]
+        instances = utils.annotations_to_instances(annotations, image_size, mask_format="bitmask")
+        if not instances.has("gt_masks"):  # no annotation left: still a (0, H, W) mask tensor for the model
+            instances.gt_masks = BitMasks(torch.zeros((0, *image_size), dtype=torch.bool))
+        for name in self.attribute_names:
+            values = [int(a["attributes"].get(name, UNLABELED)) for a in annotations]
+            instances.set(f"gt_attr_{name}", torch.tensor(values, dtype=torch.int64))
+        instances.gt_boxes = instances.gt_masks.get_bounding_boxes()  # the boxes of what is left after cropping
+        d["instances"] = utils.filter_empty_instances(instances)
+        return d

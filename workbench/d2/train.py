@@ -1,0 +1,142 @@
+"""`python -m workbench.d2.train --config-file cfg.yaml [--register NAME JSON IMAGE_ROOT] [--num-gpus N] [KEY VALUE ...]`
+
+detectron2's train_net for the multi-task model: an upstream Mask2Former COCO instance YAML plus MODEL.MULTITASK
+keys (and META_ARCHITECTURE "MultiTaskMaskFormer"), our mapper and evaluator, AdamW with the backbone lr
+multiplier and full-model gradient clipping as upstream. `--register` (repeatable) registers a
+COCO-with-attributes file with `register_multitask_coco` in every worker. Multi-GPU goes through detectron2's
+`launch` (one process per GPU; choose GPUs by exporting CUDA_VISIBLE_DEVICES before starting).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from torch import nn
+
+from workbench.d2.config import add_multitask_config
+from workbench.d2.data import MultiTaskDatasetMapper, register_multitask_coco
+from workbench.d2.evaluation import MultiTaskCOCOEvaluator
+
+__all__ = ["Trainer", "argument_parser", "build_optimizer", "main", "setup"]
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
+          nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def param_groups(cfg, model: nn.Module) -> list[dict]:
+    """One group per parameter: lr x SOLVER.BACKBONE_MULTIPLIER inside `backbone`, WEIGHT_DECAY_NORM on
+    normalisation layers, WEIGHT_DECAY_EMBED on embeddings, WEIGHT_DECAY elsewhere (upstream's grouping)."""
+    groups, seen = [], set()
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or param in seen:
+                continue
+            seen.add(param)
+            lr, decay = cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY
+            if module_name == "backbone" or module_name.startswith("backbone."):
+                lr *= cfg.SOLVER.BACKBONE_MULTIPLIER
+            if isinstance(module, _NORMS):
+                decay = cfg.SOLVER.WEIGHT_DECAY_NORM
+            elif isinstance(module, nn.Embedding):
+                decay = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            groups.append({"params": [param], "lr": lr, "weight_decay": decay})
+    return groups
+
+
+def _with_full_model_clipping(optimizer_class: type, max_norm: float) -> type:
+    """`optimizer_class` whose step first clips the norm of all gradients together to `max_norm`."""
+
+    class FullModelClipped(optimizer_class):
+        def step(self, closure=None):
+            params = itertools.chain.from_iterable(group["params"] for group in self.param_groups)
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return super().step(closure)
+
+    FullModelClipped.__name__ = f"FullModelClipped{optimizer_class.__name__}"
+    return FullModelClipped
+
+
+def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """SOLVER.OPTIMIZER "ADAMW" | "SGD"; SOLVER.CLIP_GRADIENTS with CLIP_TYPE "full_model" clips the whole
+    model's gradient norm (upstream), other clip types are detectron2's per-parameter clipping."""
+    from detectron2.solver.build import maybe_add_gradient_clipping
+
+    name = cfg.SOLVER.OPTIMIZER
+    if name == "ADAMW":
+        optimizer_class, kwargs = torch.optim.AdamW, {}
+    elif name == "SGD":
+        optimizer_class, kwargs = torch.optim.SGD, {"momentum": cfg.SOLVER.MOMENTUM}
+    else:
+        raise ValueError(f"SOLVER.OPTIMIZER = {name!r}: expected 'ADAMW' or 'SGD'")
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        optimizer_class = _with_full_model_clipping(optimizer_class, clip.CLIP_VALUE)
+        optimizer = optimizer_class(param_groups(cfg, model), cfg.SOLVER.BASE_LR, **kwargs)
+    else:
+        optimizer = maybe_add_gradient_clipping(cfg, optimizer_class)(param_groups(cfg, model), cfg.SOLVER.BASE_LR,
+                                                                      **kwargs)
+    return optimizer
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the multi-task mapper, evaluator and optimizer."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=MultiTaskDatasetMapper.from_config(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=MultiTaskDatasetMapper.from_config(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return MultiTaskCOCOEvaluator(dataset_name, scoring=cfg.MODEL.MULTITASK.SCORING, output_dir=output_folder,
+                                      max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--register", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                        help="register a COCO-with-attributes file as dataset NAME (repeatable)")
+    return parser
+
+
+def setup(args):
+    """CfgNode from --config-file and the command-line KEY VALUE pairs, datasets registered, frozen."""
+    for name, json_file, image_root in args.register:
+        register_multitask_coco(name, json_file, image_root)
+    cfg = get_cfg()
+    add_multitask_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
