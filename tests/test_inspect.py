@@ -327,3 +327,30 @@ def test_widget_needs_items(model):
 
     with pytest.raises(ValueError, match="at least one item"):
         QueryInspector(model, [])
+
+
+# ---- notebook helpers -------------------------------------------------------------------------------------------
+def test_train_live_in_chunks_gives_the_same_weights_as_one_run(tmp_path, monkeypatch):
+    import workbench.engine.trainer as trainer
+    from workbench.engine.trainer import train
+    from workbench.inspect.notebook import small_run_config, small_shapes_data, train_live
+
+    train_json, val_json = small_shapes_data(tmp_path / "data", train_images=4, val_images=1, image_size=64)
+    cfg = small_run_config(train_json, val_json, max_iter=2, batch_size=2)
+    assert cfg.model.num_classes == 3 and cfg.model.attribute_names == ("color", "size")
+    calls = []
+
+    def recording_train(*args, **kwargs):
+        calls.append((kwargs["resume"], kwargs["max_iter"]))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", recording_train)
+    live = train_live(cfg, tmp_path / "live", chunks=2, progress=False)
+    monkeypatch.undo()
+    assert calls == [(False, 1), (True, 2)]  # each piece resumes the previous one
+    once = train(cfg, tmp_path / "once", progress=False)
+    assert live.steps == once.steps == 2
+    for key, value in once.model.state_dict().items():
+        torch.testing.assert_close(live.model.state_dict()[key], value, msg=key)
+    records = [json.loads(line) for line in (tmp_path / "live" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]  # the first piece's record survives the resume

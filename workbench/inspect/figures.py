@@ -225,7 +225,7 @@ def loss_curve_figure(metrics_jsonl: str | os.PathLike | Sequence[Mapping]) -> F
     fig = Figure(figsize=(10, 3.2), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     ax1.set(title="total loss", xlabel="step")
-    ax2.set(title="final-stage terms", xlabel="step")
+    ax2.set(title="final-stage terms (weighted)", xlabel="step")
     if records:
         steps = [r["step"] for r in records]
         ax1.plot(steps, [r["total"] for r in records], color="black", marker=".")

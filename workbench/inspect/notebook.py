@@ -72,14 +72,17 @@ def display_figure(fig, handle=None):
 def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, dataset=None, progress: bool = True):
     """`engine.trainer.train` in `chunks` pieces (each resumes the last exactly), redrawing the loss curve
     from metrics.jsonl after each piece. Returns the final `TrainResult` (same weights as one call)."""
+    import dataclasses
+
     from workbench.engine.trainer import train
     from workbench.inspect.figures import loss_curve_figure
 
     total = cfg.solver.max_iter
     chunks = max(1, min(chunks, total))
     bounds = [round(total * (k + 1) / chunks) for k in range(chunks)]
-    handle, result = None, None
+    handle, result, seconds = None, None, 0.0
     for k, stop in enumerate(bounds):
         result = train(cfg, run_dir, dataset=dataset, resume=k > 0, progress=progress, max_iter=stop)
+        seconds += result.seconds
         handle = display_figure(loss_curve_figure(Path(run_dir) / "metrics.jsonl"), handle)
-    return result
+    return dataclasses.replace(result, seconds=seconds)
