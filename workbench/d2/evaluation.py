@@ -51,7 +51,7 @@ class _DecodedPredictions(Mapping):
         return len(self._records)
 
 
-def _percent_or_nan(value: float | None) -> float:
+def _float_or_nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
@@ -61,7 +61,7 @@ def multitask_results(result: EvalResult) -> dict[str, dict[str, float]]:
     for name, a in result.attributes.items():
         attributes[f"{name}_accuracy"] = math.nan if a.accuracy is None else 100.0 * a.accuracy
         attributes[f"{name}_count"] = float(a.count)
-    return {"attributes": attributes, "joint": {k: _percent_or_nan(result.joint.get(k)) for k in AP_KEYS}}
+    return {"attributes": attributes, "joint": {k: _float_or_nan(result.joint.get(k)) for k in AP_KEYS}}
 
 
 class MultiTaskCOCOEvaluator(COCOEvaluator):
