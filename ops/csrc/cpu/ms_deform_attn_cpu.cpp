@@ -40,10 +40,13 @@ struct Simd {
     return v;
   }
   static WB_INLINE void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
-  static WB_INLINE scalar_t sum(const type& v) {
-    scalar_t s = 0;
-    for (int64_t i = 0; i < lanes; ++i) s += v[i];
-    return s;
+  static WB_INLINE scalar_t sum(const type& v) {  // pairwise: 3 dependent adds for 8 lanes, not 8
+    scalar_t t[lanes];
+    std::memcpy(t, &v, sizeof(v));
+    for (int64_t width = lanes / 2; width > 0; width /= 2) {
+      for (int64_t i = 0; i < width; ++i) t[i] += t[i + width];
+    }
+    return t[0];
   }
 };
 
@@ -149,8 +152,10 @@ WB_INLINE void backward_range(const Args<scalar_t>& a, int64_t begin, int64_t en
       std::fill(dots.begin(), dots.end(), scalar_t(0));
       for (int64_t ch = 0; ch < a.channels; ch += V::block) {
         const int64_t width = std::min(V::block, a.channels - ch);
+        typename V::type gvec[V::per_block];  // the output gradient block stays in registers
         scalar_t g[V::block] = {};
         std::copy(go + ch, go + ch + width, g);
+        for (int64_t j = 0; j < V::per_block; ++j) gvec[j] = V::load(g + j * V::lanes);
         for (int64_t s = 0; s < lp; ++s) {
           const Corners<scalar_t>& c = corners[s];
           if (!c.any) continue;
@@ -164,9 +169,8 @@ WB_INLINE void backward_range(const Args<scalar_t>& a, int64_t begin, int64_t en
             if (width == V::block) {
               typename V::type partial = {};
               for (int64_t j = 0; j < V::per_block; ++j) {
-                const typename V::type gj = V::load(g + j * V::lanes);
-                partial += gj * V::load(v + j * V::lanes);
-                V::store(gv + j * V::lanes, V::load(gv + j * V::lanes) + gj * coef);
+                partial += gvec[j] * V::load(v + j * V::lanes);
+                V::store(gv + j * V::lanes, V::load(gv + j * V::lanes) + gvec[j] * coef);
               }
               acc = V::sum(partial);
             } else {
