@@ -89,6 +89,10 @@ def test_bad_values_fail_before_anything_runs_naming_cell_and_key():
         grid({"model.num_queries": [10, 10]})
     with pytest.raises(GridError, match="unknown key"):
         Grid.from_dict({"base": BASE, "axis": {}})
+    with pytest.raises(GridError, match="synthetic: train_images"):
+        Grid.from_dict({"base": BASE, "synthetic": {"train_images": "forty"}})
+    with pytest.raises(GridError, match="unknown key.*synthetic.images"):
+        Grid.from_dict({"base": BASE, "synthetic": {"images": 40}})
     with pytest.raises(GridError, match="data.val is empty"):
         Grid.from_dict({"base": {**BASE, "data": {"train": "t.json"}}, "axes": {}}).cells()
 
@@ -359,3 +363,20 @@ def test_real_cells_train_once_per_model_and_evaluate_each_eval_setting(tmp_path
     table = pd.read_csv(paths["csv"])
     assert list(table["scoring"]) == ["main", "product"] and list(table["seeds"]) == [1, 1]
     assert table["train time (s) mean"].nunique() == 1  # the one training, reported for both rows
+
+
+def test_cli_records_real_failures_writes_tables_and_exits_nonzero(tmp_path, capsys):
+    from workbench.cli import main
+
+    path = tmp_path / "grid.yaml"  # the training file does not exist: every cell fails in the real trainer
+    path.write_text(yaml.safe_dump({"base": {**BASE, "data": {"train": str(tmp_path / "missing.json"),
+                                                              "val": str(tmp_path / "missing.json")}},
+                                    "axes": {"model.num_queries": [5, 10]}, "seeds": 1}))
+    out = tmp_path / "out"
+    assert main(["ablate", str(path), "--out", str(out)]) == 1
+    for key in ("num_queries=5", "num_queries=10"):
+        assert "missing.json" in json.loads((out / key / "seed0" / "failed.json").read_text())["error"]
+    assert "2 failed" in capsys.readouterr().out
+    assert main(["ablate", str(path), "--out", str(out), "--tables-only"]) == 0
+    table = pd.read_csv(out / "ablation.csv")
+    assert list(table["failed"]) == [1, 1] and list(table["seeds"]) == [0, 0]

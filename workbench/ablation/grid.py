@@ -65,6 +65,9 @@ class SyntheticData:
     dir: str = ""  # empty = <out>/data
 
     def __post_init__(self) -> None:
+        counts = (self.train_images, self.val_images, self.image_size)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            raise GridError(f"synthetic: train_images, val_images and image_size must be integers, got {counts}")
         if self.train_images < 1 or self.val_images < 1:
             raise GridError("synthetic.train_images and synthetic.val_images must be >= 1")
         if self.image_size < 32:
@@ -132,7 +135,10 @@ class Grid:
             bad = [k for k in synthetic if k not in names]
             if bad:
                 raise GridError(f"{source}: unknown key(s) synthetic.{', synthetic.'.join(bad)}; known: {sorted(names)}")
-            synthetic = SyntheticData(**synthetic)
+            try:
+                synthetic = SyntheticData(**synthetic)
+            except TypeError as err:  # e.g. a string where a count belongs
+                raise GridError(f"{source}: synthetic: {err}") from err
         return cls(base=copy.deepcopy(dict(base)), axes=axes, seeds=seeds, synthetic=synthetic, source=source)
 
     def to_dict(self) -> dict:

@@ -99,7 +99,7 @@ def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) 
         split_dir = folder / split
         synthesize(split_dir, n, seed=seed, cfg=SynthConfig(image_size=spec.image_size), progress=progress)
         convert_labelme(split_dir, schema, split_dir / "coco.json", progress=False)  # fast next to synthesis
-        report = validate_coco(split_dir / "coco.json", images=split_dir, schema=schema)
+        report = validate_coco(split_dir / "coco.json", images=split_dir, schema=schema, progress=False)
         if not report.ok:
             raise RuntimeError(f"validation of {split_dir / 'coco.json'} failed:\n{report}")
     _write_json(marker, wanted)

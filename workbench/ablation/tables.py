@@ -183,21 +183,24 @@ def plot_axes(table: pd.DataFrame, axes: Sequence[str], out_dir: str | Path,
         ticks = list(dict.fromkeys(_value_text(v) for v in table[axis]))
         fig = Figure(figsize=(4.2 * len(metrics), 3.4), layout="constrained")
         FigureCanvasAgg(fig)
-        groups = table.groupby(others, sort=False, dropna=False) if others else [((), table)]
+        groups = list(table.groupby(others, sort=False, dropna=False)) if others else [((), table)]
+        width = 0.3 / max(len(groups), 1)  # lines side by side so their error bars do not hide each other
         for i, metric in enumerate(metrics):
             ax = fig.add_subplot(1, len(metrics), i + 1)
-            for name, group in groups:
-                x = [ticks.index(_value_text(v)) for v in group[axis]]
+            for j, (name, group) in enumerate(groups):
+                shift = (j - (len(groups) - 1) / 2) * width
+                x = [ticks.index(_value_text(v)) + shift for v in group[axis]]
                 std = group[f"{metric} std"].fillna(0.0)
                 name = name if isinstance(name, tuple) else (name,)
                 label = ", ".join(f"{a}={_value_text(v)}" for a, v in zip(others, name)) or None
                 ax.errorbar(x, group[f"{metric} mean"], yerr=std, marker="o", capsize=3, label=label)
             ax.set_xticks(range(len(ticks)), ticks)
+            ax.set_xlim(-0.5, len(ticks) - 0.5)
             ax.set_xlabel(axis)
             ax.set_ylabel(f"{metric} (%)")
             ax.grid(alpha=0.3)
             if others and i == 0:
-                ax.legend(fontsize="small")
+                fig.legend(loc="outside lower center", ncols=min(len(groups), 2), fontsize="small")
         fig.suptitle(f"{axis}: mean ± std over seeds")
         path = out_dir / f"plot_{_file_safe(axis)}.png"
         fig.savefig(path, dpi=110)
