@@ -178,5 +178,5 @@ def test_backbone_from_config_reads_norm():
     assert any(isinstance(m, FrozenBatchNorm2d) for m in net.modules())
     with pytest.raises(ValueError, match="backbone_norm"):
         wb.ModelConfig.tiny(backbone_norm="sync_bn")
-    with pytest.raises(ValueError, match="GroupNorm"):
+    with pytest.raises(ValueError, match="BatchNorm from scratch"):
         bb.build_backbone("tiny", norm="frozen_bn")
