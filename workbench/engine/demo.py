@@ -51,7 +51,8 @@ def prepare_data(data_dir: Path, train_images: int = DEMO_TRAIN_IMAGES, val_imag
 
 
 def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", device: str | None = None,
-             max_iter: int = DEMO_MAX_ITER, components: bool = True) -> int:
+             max_iter: int = DEMO_MAX_ITER, components: bool = True, train_images: int = DEMO_TRAIN_IMAGES,
+             val_images: int = DEMO_VAL_IMAGES, progress: bool = True) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
     start = time.perf_counter()
@@ -63,9 +64,9 @@ def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", devi
         if not report.ok:
             return 1
     data_dir = Path(data_dir)
-    prepare_data(data_dir)
+    prepare_data(data_dir, train_images, val_images)
     cfg = demo_config(data_dir, max_iter=max_iter)
-    _, metrics = train_and_evaluate(cfg, out, device=device)
+    _, metrics = train_and_evaluate(cfg, out, device=device, progress=progress)
     minutes = (time.perf_counter() - start) / 60
     ap = metrics.segm.get("AP") or 0.0
     accuracies = {name: a.accuracy or 0.0 for name, a in metrics.attributes.items()}

@@ -65,16 +65,14 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
 
 def plot_loss_curve(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> None:
     """Total and per-term training losses against step, from a run's metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
 
     records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     if not records:
         raise ValueError(f"{metrics_jsonl} has no records")
     steps = [r["step"] for r in records]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(steps, [r["total"] for r in records], color="black")
     ax1.set(title="total (weighted, all stages)", xlabel="step", yscale="log")
     for key in sorted(k for k in records[0] if k.startswith("loss_")):
@@ -83,4 +81,3 @@ def plot_loss_curve(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
-    plt.close(fig)
