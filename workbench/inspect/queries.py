@@ -128,7 +128,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
-def _names(model, categories, attribute_values, item) -> tuple[list[str], dict[str, list[str]]]:
+def _names(model, categories, attribute_values) -> tuple[list[str], dict[str, list[str]]]:
     cfg = model.cfg
     if categories is None:
         categories = [f"class{i}" for i in range(cfg.num_classes)]
@@ -153,7 +153,7 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
     `match` and instances present, the model's own matcher (its configured costs, point sampling seeded by
     `seed`) assigns queries to targets exactly as in training. The model's train/eval mode is restored.
     """
-    categories, attribute_values = _names(model, categories, attribute_values, item)
+    categories, attribute_values = _names(model, categories, attribute_values)
     image = torch.as_tensor(item["image"])
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"item['image'] must be (3, H, W), got {tuple(image.shape)}")
