@@ -437,3 +437,19 @@ def test_train_net_trains_and_evaluates(tmp_path, synthetic):
     result = json.loads((out / "inference" / "synth_val" / "metrics.json").read_text())
     assert result["config"]["scoring"] == "mean"
     assert set(result["attributes"]) == {"color", "size"} and result["counts"]["images"] == 4
+
+
+@needs_d2
+def test_workbench_backbone_in_detectron2(tmp_path):
+    """MODEL.BACKBONE.NAME build_workbench_backbone with MobileNetV3 and frozen BN, through detectron2's registry."""
+    from detectron2.modeling import build_model
+    from torchvision.ops import FrozenBatchNorm2d
+
+    cfg = _cfg(tmp_path, ["MODEL.MULTITASK.BACKBONE.NAME", "mobilenet_v3_large",
+                          "MODEL.MULTITASK.BACKBONE.NORM", "frozen_bn"])
+    model = build_model(cfg)
+    assert {k: v.channels for k, v in model.backbone.output_shape().items()} == \
+        {"res2": 24, "res3": 40, "res4": 112, "res5": 960}
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.backbone.modules())
+    losses = model.train()(_d2_batch()[0], generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in losses.values())
