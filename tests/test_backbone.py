@@ -180,3 +180,13 @@ def test_backbone_from_config_reads_norm():
         wb.ModelConfig.tiny(backbone_norm="sync_bn")
     with pytest.raises(ValueError, match="BatchNorm from scratch"):
         bb.build_backbone("tiny", norm="frozen_bn")
+
+
+def test_model_builds_the_backbone_its_config_asks_for():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    import workbench as wb
+
+    model = wb.build_model(wb.ModelConfig.tiny(backbone="resnet50", backbone_norm="frozen_bn"))
+    norms = [m for m in model.backbone.modules() if isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d))]
+    assert norms and all(isinstance(m, FrozenBatchNorm2d) for m in norms)

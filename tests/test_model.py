@@ -28,7 +28,7 @@ def test_losses_are_weighted(tiny_model, tiny_cfg):
     images = batch()
     weighted = tiny_model(images, generator=g())
     from workbench.model.meta_arch import pad_images
-    padded = pad_images([b["image"] for b in images], 32)
+    padded = pad_images([b["image"] for b in images], 32, tiny_cfg.pixel_mean)
     raw = tiny_model.criterion(tiny_model.forward_raw(padded, return_aux=True),
                                tiny_model.targets(images, padded.shape[-2:]), generator=g())
     assert weighted["loss_dice"].item() == pytest.approx(5.0 * raw["loss_dice"].item(), rel=1e-5)
@@ -139,3 +139,13 @@ def test_tiny_model_overfits_one_image():
             steps_to_half = step + 1
             break
     assert steps_to_half is not None, f"loss did not halve in 100 steps (first {first:.2f}, last {total.item():.2f})"
+
+
+def test_batch_padding_is_zero_after_normalisation(tiny_cfg):
+    from workbench.model.meta_arch import pad_images
+
+    padded = pad_images([torch.full((3, 40, 50), 7, dtype=torch.uint8)], 32, tiny_cfg.pixel_mean)
+    assert padded.shape == (1, 3, 64, 64)
+    mean = torch.tensor(tiny_cfg.pixel_mean).view(3, 1, 1)
+    assert torch.allclose(padded[0, :, 40:, :], mean.expand(3, 24, 64))
+    assert torch.all(padded[0, :, :40, :50] == 7)

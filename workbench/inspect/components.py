@@ -146,7 +146,7 @@ def _bug_query_feat(cfg: ModelConfig, model=None, size: int = 64) -> SeedBug:
     model.eval()
     k = {a.name: a.num_values for a in cfg.attributes}
     batch = synthetic_batch(cfg.num_classes, k, batch=2, size=size, seed=0)
-    images = pad_images([item["image"] for item in batch], cfg.size_divisibility)
+    images = pad_images([item["image"] for item in batch], cfg.size_divisibility, cfg.pixel_mean)
     ours = model.forward_raw(images).attribute_logits
     dec = model.decoder
     seed_logits = {n: head(dec.decoder_norm(dec.query_feat.weight)) for n, head in dec.attribute_heads.items()}
@@ -169,7 +169,7 @@ def _bug_training_predictions(cfg: ModelConfig, model=None, size: int = 64) -> S
         model = build_model(cfg)
     k = {a.name: a.num_values for a in cfg.attributes}
     batch = synthetic_batch(cfg.num_classes, k, batch=2, size=size, seed=0)
-    images = pad_images([item["image"] for item in batch], cfg.size_divisibility)
+    images = pad_images([item["image"] for item in batch], cfg.size_divisibility, cfg.pixel_mean)
     model.train()
     raw = model.forward_raw(images)  # the seed returned predictions like these in training mode
     seed_outputs = {"pred_logits": raw.class_logits, "pred_masks": raw.mask_logits}

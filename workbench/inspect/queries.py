@@ -160,7 +160,7 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
     was_training = model.training
     model.eval()
     try:
-        padded = pad_images([image.to(model.device)], model.cfg.size_divisibility)
+        padded = pad_images([image.to(model.device)], model.cfg.size_divisibility, model.cfg.pixel_mean)
         raw = model.forward_raw(padded, return_aux=True, return_attention=True)
         matched = None
         gt = None

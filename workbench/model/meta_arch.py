@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from workbench.config import ModelConfig
-from workbench.model.backbone import build_backbone
+from workbench.model.backbone import backbone_from_config
 from workbench.model.criterion import DEFAULT_TERMS, SetCriterion, build_weight_dict
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.matcher import HungarianMatcher
@@ -54,12 +54,14 @@ def build_criterion(cfg: ModelConfig, matcher: HungarianMatcher | None = None) -
     )
 
 
-def pad_images(images: Sequence[torch.Tensor], divisibility: int) -> torch.Tensor:
-    """List of (3, H_i, W_i) -> (B, 3, H, W) float, zero-padded bottom/right to a multiple of `divisibility`."""
+def pad_images(images: Sequence[torch.Tensor], divisibility: int,
+               fill: Sequence[float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
+    """List of (3, H_i, W_i) -> (B, 3, H, W) float, padded bottom/right to a multiple of `divisibility` with
+    the per-channel `fill` (the model passes its pixel mean: padding is 0 after normalisation, as upstream)."""
     h = max(int(im.shape[-2]) for im in images)
     w = max(int(im.shape[-1]) for im in images)
     h, w = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
-    out = images[0].new_zeros((len(images), 3, h, w), dtype=torch.float32)
+    out = torch.as_tensor(fill, dtype=torch.float32, device=images[0].device).view(1, 3, 1, 1).repeat(len(images), 1, h, w)
     for i, im in enumerate(images):
         out[i, :, : im.shape[-2], : im.shape[-1]] = im
     return out
@@ -69,7 +71,7 @@ class MultiTaskMask2Former(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained_backbone)
+        self.backbone = backbone_from_config(cfg)
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             self.backbone.out_channels, conv_dim=cfg.hidden_dim, mask_dim=cfg.mask_dim, enc_layers=cfg.enc_layers,
             nheads=cfg.nheads, dim_feedforward=cfg.enc_dim_feedforward, n_points=cfg.enc_n_points,
@@ -127,7 +129,7 @@ class MultiTaskMask2Former(nn.Module):
         if not isinstance(batch, (list, tuple)) or not batch:
             raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
         images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
-        padded = pad_images(images, self.cfg.size_divisibility)
+        padded = pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean)
         if self.training:
             targets = self.targets(batch, padded.shape[-2:])
             outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
