@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from workbench.data.masks import boxes_from_masks, segmentation_to_mask
 from workbench.data.problems import DataError, Problem
-from workbench.data.schema import UNLABELED, Schema, check_coco, load_coco
+from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
 
 __all__ = ["CocoAttributeDataset", "collate", "detectron2_dicts", "read_image"]
 
@@ -35,21 +35,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating)."""
     with Image.open(path) as im:
         return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # a writable copy (torch wants one)
-
-
-def _check_schema_matches(data: dict, schema: Schema, where: str) -> None:
-    """A given schema must describe the file's vocabularies, else labels/attribute ids would mean other things."""
-    file_schema = Schema.from_coco(data, where)
-    problems = []
-    if [(c.id, c.name) for c in file_schema.categories] != [(c.id, c.name) for c in schema.categories]:
-        problems.append(Problem("schema_mismatch", f"{where}: categories",
-                                f"file has {[(c.id, c.name) for c in file_schema.categories]}, schema has "
-                                f"{[(c.id, c.name) for c in schema.categories]}"))
-    if file_schema.model_attributes() != schema.model_attributes():
-        problems.append(Problem("schema_mismatch", f"{where}: attributes",
-                                f"file has {file_schema.model_attributes()}, schema has {schema.model_attributes()}"))
-    if problems:
-        raise DataError(problems)
 
 
 def _load(coco: str | os.PathLike | dict, image_root, schema: Schema | None):
@@ -66,7 +51,7 @@ def _load(coco: str | os.PathLike | dict, image_root, schema: Schema | None):
     if schema is None:
         schema = Schema.from_coco(data, where)
     else:
-        _check_schema_matches(data, schema, where)
+        check_schema_matches(data, schema, where)
     return data, root, schema
 
 

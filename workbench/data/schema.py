@@ -341,3 +341,18 @@ def save_coco(data: Mapping[str, Any], path: str | os.PathLike) -> None:
     if problems:
         raise DataError(problems)
     write_json_atomic(path, data)
+
+
+def check_schema_matches(data: dict, schema: Schema, where: str) -> None:
+    """A given schema must describe the file's vocabularies, else labels/attribute ids would mean other things."""
+    file_schema = Schema.from_coco(data, where)
+    problems = []
+    if [(c.id, c.name) for c in file_schema.categories] != [(c.id, c.name) for c in schema.categories]:
+        problems.append(Problem("schema_mismatch", f"{where}: categories",
+                                f"file has {[(c.id, c.name) for c in file_schema.categories]}, schema has "
+                                f"{[(c.id, c.name) for c in schema.categories]}"))
+    if file_schema.model_attributes() != schema.model_attributes():
+        problems.append(Problem("schema_mismatch", f"{where}: attributes",
+                                f"file has {file_schema.model_attributes()}, schema has {schema.model_attributes()}"))
+    if problems:
+        raise DataError(problems)

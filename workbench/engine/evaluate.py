@@ -42,8 +42,8 @@ from pycocotools.cocoeval import COCOeval
 from workbench.config import EvalConfig
 from workbench.data.io import read_json, write_json_atomic
 from workbench.data.masks import segmentation_to_mask
-from workbench.data.problems import DataError, Problem
-from workbench.data.schema import UNLABELED, Schema, check_coco, load_coco
+from workbench.data.problems import DataError
+from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 
 __all__ = [
@@ -165,16 +165,7 @@ def _load_ground_truth(coco_gt: str | os.PathLike | Mapping, schema: Schema | No
     file_schema = Schema.from_coco(data, where)
     if schema is None:
         return data, file_schema, where
-    problems = []
-    if [(c.id, c.name) for c in file_schema.categories] != [(c.id, c.name) for c in schema.categories]:
-        problems.append(Problem("schema_mismatch", f"{where}: categories",
-                                f"file has {[(c.id, c.name) for c in file_schema.categories]}, schema has "
-                                f"{[(c.id, c.name) for c in schema.categories]}"))
-    if file_schema.model_attributes() != schema.model_attributes():
-        problems.append(Problem("schema_mismatch", f"{where}: attributes",
-                                f"file has {file_schema.model_attributes()}, schema has {schema.model_attributes()}"))
-    if problems:
-        raise DataError(problems)
+    check_schema_matches(data, schema, where)
     return data, schema, where
 
 

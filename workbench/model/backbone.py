@@ -51,6 +51,21 @@ class Backbone(nn.Module):
     out_strides: dict[str, int] = FEATURE_STRIDES
 
 
+class StagedBackbone(Backbone):
+    """A `stem` then `stages` (ModuleDict res2..res5 in order), each stage's output kept."""
+
+    stem: nn.Module
+    stages: nn.ModuleDict
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(images)
+        feats = {}
+        for name, stage in self.stages.items():
+            x = stage(x)
+            feats[name] = x
+        return feats
+
+
 def _frozen(norm: str, pretrained: bool) -> bool:
     if norm not in NORMS:
         raise ValueError(f"backbone norm must be one of {NORMS}, got {norm!r}")
@@ -66,7 +81,7 @@ def norm_layer(norm: str, pretrained: bool, eps: float = 1e-5, momentum: float =
     return partial(nn.BatchNorm2d, eps=eps, momentum=momentum)
 
 
-class ResNet50Backbone(Backbone):
+class ResNet50Backbone(StagedBackbone):
     """torchvision ResNet-50; BatchNorm per `norm` (default: frozen when pretrained, as upstream)."""
 
     def __init__(self, pretrained: bool = False, norm: str = "auto") -> None:
@@ -82,13 +97,6 @@ class ResNet50Backbone(Backbone):
         )
         self.out_channels = {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(images)
-        feats = {}
-        for name, stage in self.stages.items():
-            x = stage(x)
-            feats[name] = x
-        return feats
 
 
 class MobileNetV3LargeBackbone(Backbone):
@@ -171,7 +179,7 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
     )
 
 
-class TinyBackbone(Backbone):
+class TinyBackbone(StagedBackbone):
     """A few conv-BN-ReLU blocks per stage: same interface as ResNet-50, runs in milliseconds on CPU.
 
     BatchNorm, not GroupNorm: trained from scratch on the synthetic shapes, a GroupNorm version of this net
@@ -191,13 +199,6 @@ class TinyBackbone(Backbone):
         self.stages = nn.ModuleDict(stages)
         self.out_channels = dict(zip(FEATURE_NAMES, widths))
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(images)
-        feats = {}
-        for name, stage in self.stages.items():
-            x = stage(x)
-            feats[name] = x
-        return feats
 
 
 def build_backbone(name: str, pretrained: bool = False, norm: str = "auto") -> Backbone:
