@@ -66,7 +66,12 @@ def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
     if image.shape[:2] != (h, w):
         image = np.asarray(torch.nn.functional.interpolate(
             item["image"][None].float(), size=(h, w), mode="bilinear")[0].permute(1, 2, 0).clamp(0, 255).byte())
-    save_png(draw_instances(image, kept, categories, attributes, index=np.flatnonzero(keep)), out_path)
+    scale = max(1, 384 // max(h, w))  # small images are enlarged so captions stay legible
+    if scale > 1:
+        image = image.repeat(scale, 0).repeat(scale, 1)
+        kept["masks"] = kept["masks"].repeat(scale, 1).repeat(scale, 2)
+    drawn = draw_instances(image, kept, categories, attributes, index=np.flatnonzero(keep), alpha=0.3)
+    save_png(drawn, out_path)
     return out_path
 
 
