@@ -26,6 +26,8 @@ demo: setup
 
 bench: setup
 	$(PY) bench/model.py
+	$(PY) bench/ops.py
+	$(PY) bench/convert.py
 
 doctor: setup
 	$(PY) -m workbench doctor
