@@ -10,8 +10,8 @@ EXTRAS ?= dev,notebooks
 
 setup: $(VENV)/.installed
 
-# Re-installs (and so rebuilds the compiled ops) when packaging or C++/CUDA sources change.
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard ops/*.py ops/csrc/*.* ops/csrc/*/*.*)
+# Re-installs (and so rebuilds the compiled ops) when the pins (this file), packaging or C++/CUDA sources change.
+$(VENV)/.installed: Makefile pyproject.toml setup.py $(wildcard ops/*.py ops/csrc/*.* ops/csrc/*/*.*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q setuptools wheel
 	$(PY) -m pip install -q $(TORCH_PINS)
