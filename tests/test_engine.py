@@ -193,3 +193,16 @@ def test_model_defaults_come_from_the_data():
     cfg = run_config_from_dict({"model": {"preset": "tiny"}},
                                model_defaults={"num_classes": 4, "attributes": {"size": ["s", "l"]}})
     assert cfg.model.num_classes == 4 and cfg.model.attribute_names == ("size",)
+
+
+def test_epoch_batches_cover_each_epoch_once_and_restart_anywhere():
+    from workbench.engine.trainer import DistInfo, EpochBatches
+
+    b = EpochBatches(dataset_len=10, batch_size=3, seed=1, dist_info=DistInfo())
+    epoch0 = [i for s in range(3) for i in b.indices(s)]
+    assert len(set(epoch0)) == 9  # 3 full batches, no repeats; the 10th image waits for another epoch
+    assert b.indices(3) != b.indices(0) or b.indices(4) != b.indices(1)  # a new permutation next epoch
+    fresh = EpochBatches(dataset_len=10, batch_size=3, seed=1, dist_info=DistInfo())
+    assert fresh.indices(4) == b.indices(4)  # resuming at step 4 gives the same batch
+    two = [EpochBatches(10, 4, 1, DistInfo(rank=r, world_size=2)).indices(0) for r in (0, 1)]
+    assert sorted(two[0] + two[1]) == sorted(EpochBatches(10, 4, 1, DistInfo()).indices(0))

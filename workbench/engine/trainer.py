@@ -84,14 +84,20 @@ class EpochBatches:
             raise ValueError(f"dataset has {dataset_len} images, fewer than one batch of {batch_size}")
         self.batch_size, self.seed, self.dist = batch_size, seed, dist_info
         self.dataset_len = dataset_len
+        self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm_epoch != epoch:  # one draw per epoch, not per step
+            gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.dataset_len, generator=gen), epoch
+        return self._perm
+
     def indices(self, step: int) -> list[int]:
         epoch, offset = divmod(step, self.steps_per_epoch)
-        perm = torch.randperm(self.dataset_len, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-        chunk = perm[offset * self.batch_size : (offset + 1) * self.batch_size]
+        chunk = self.permutation(epoch)[offset * self.batch_size : (offset + 1) * self.batch_size]
         return chunk[self.dist.rank :: self.dist.world_size].tolist()
 
 
