@@ -17,3 +17,28 @@ def test_demo_pipeline_writes_every_output(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "linear scaling rule" in printed and "segm AP" in printed and "color accuracy" in printed
     assert (data / "train" / "coco.json").is_file() and (data / "val" / "coco.json").is_file()
+
+    # the same run through the CLI: eval (JSON) and predict (PNG overlays per image)
+    from workbench.cli import main
+
+    assert main(["eval", "--run", str(out), "--json", "--device", "cpu", "--scoring", "product"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["config"]["scoring"] == "product" and "AP" in evaluated["segm"]
+    images = sorted((data / "val").glob("*.png"))[:2]
+    assert main(["predict", "--run", str(out), *map(str, images), "--out", str(tmp_path / "pred"),
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.png")) == sorted(p.name for p in images)
+
+    # `workbench train --config`: categories and attributes come from the training data's schema
+    (tmp_path / "cfg.yaml").write_text(
+        f"model: {{preset: tiny, loss: {{num_points: 64}}}}\n"
+        f"solver: {{batch_size: 2, max_iter: 2, log_period: 1}}\n"
+        f"data: {{train: {data / 'train' / 'coco.json'}, val: {data / 'val' / 'coco.json'}}}\n"
+        f"augment: {{image_size: 128, min_scale: 0.9, max_scale: 1.1, test_shortest_edge: 0}}\n")
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "cli_run"),
+                 "--device", "cpu"]) == 0
+    from workbench.engine.inference import load_run
+
+    run = load_run(tmp_path / "cli_run")
+    assert run.cfg.model.num_classes == 3 and run.cfg.model.attribute_names == ("color", "size")
+    assert (tmp_path / "cli_run" / "metrics.json").is_file()
