@@ -126,3 +126,18 @@ def test_bad_arguments():
     p = planted_problem(batch=1)
     with pytest.raises(KeyError, match="shape"):
         HungarianMatcher(cost_attributes={"shape": 1.0})(p.outputs, p.targets)
+
+
+def test_costs_stay_float32_under_autocast():
+    """AMP runs the model in bf16/fp16; matching must not (ties and NaNs appear in half precision)."""
+    p = planted_problem(batch=1, seed=6)
+    half = ModelOutput(p.outputs.class_logits.bfloat16(), {k: v.bfloat16() for k, v in p.outputs.attribute_logits.items()},
+                       p.outputs.mask_logits.bfloat16())
+    m = matcher()
+    coords = torch.rand(1, 64, 2, generator=gen())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cost = m.cost_matrix(half, p.targets, 0, coords)
+        (q, t), = m(half, p.targets, generator=gen())
+    exact = m.cost_matrix(half, p.targets, 0, coords)  # outside autocast
+    assert cost.dtype == torch.float32 and torch.equal(cost, exact)
+    assert q.tolist() == p.assignment[0][0].tolist() and t.tolist() == p.assignment[0][1].tolist()

@@ -69,8 +69,14 @@ class HungarianMatcher:
                     point_coords: torch.Tensor) -> torch.Tensor:
         """Cost of assigning each query of image `b` to each of its targets: (Q, T) float32, finite.
 
-        point_coords (1, P, 2) in [0, 1] are shared by all query/target pairs.
+        point_coords (1, P, 2) in [0, 1] are shared by all query/target pairs. Always computed in float32,
+        also inside an autocast region (AMP training).
         """
+        with torch.autocast(device_type=outputs.class_logits.device.type, enabled=False):
+            return self._cost_matrix(outputs, targets, b, point_coords)
+
+    def _cost_matrix(self, outputs: ModelOutput, targets: Sequence[Target], b: int,
+                     point_coords: torch.Tensor) -> torch.Tensor:
         tgt = targets[b]
         labels = torch.as_tensor(tgt["labels"], device=outputs.class_logits.device).long()
         probs = outputs.class_logits[b].float().softmax(-1)
@@ -87,6 +93,7 @@ class HungarianMatcher:
             attr_probs = outputs.attribute_logits[name][b].float().softmax(-1)
             cost = cost + weight * batch_attribute_cost(attr_probs, values)
         out_mask = outputs.mask_logits[b].float()  # (Q, h, w)
+        point_coords = point_coords.float()
         tgt_mask = torch.as_tensor(tgt["masks"], device=out_mask.device).float()  # (T, H, W)
         out_pts = point_sample(out_mask[:, None], point_coords.expand(out_mask.shape[0], -1, -1))[:, 0]
         tgt_pts = point_sample(tgt_mask[:, None], point_coords.expand(tgt_mask.shape[0], -1, -1))[:, 0]
@@ -101,17 +108,16 @@ class HungarianMatcher:
             raise ValueError(f"{len(targets)} targets for a batch of {outputs.batch_size} images")
         device = outputs.class_logits.device
         indices = []
-        with torch.autocast(device_type=device.type, enabled=False):  # costs in fp32 even under AMP
-            for b in range(outputs.batch_size):
-                num_targets = len(targets[b]["labels"])
-                if num_targets == 0:
-                    empty = torch.empty(0, dtype=torch.int64)
-                    indices.append((empty, empty.clone()))
-                    continue
-                coords = rand((1, self.num_points, 2), device=device, generator=generator)
-                cost = self.cost_matrix(outputs, targets, b, coords).cpu().numpy()
-                rows, cols = linear_sum_assignment(cost)
-                indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+        for b in range(outputs.batch_size):
+            num_targets = len(targets[b]["labels"])
+            if num_targets == 0:
+                empty = torch.empty(0, dtype=torch.int64)
+                indices.append((empty, empty.clone()))
+                continue
+            coords = rand((1, self.num_points, 2), device=device, generator=generator)
+            cost = self.cost_matrix(outputs, targets, b, coords).cpu().numpy()
+            rows, cols = linear_sum_assignment(cost)
+            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
 
 
