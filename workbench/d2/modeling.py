@@ -34,9 +34,8 @@ from workbench.d2.config import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_c
 from workbench.engine.scoring import ranking_scores, to_numpy
 from workbench.model.backbone import FEATURE_NAMES, FEATURE_STRIDES, backbone_from_config
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
-from workbench.model.meta_arch import build_criterion
+from workbench.model.meta_arch import build_criterion, build_decoder, build_pixel_decoder
 from workbench.model.outputs import ModelOutput
-from workbench.model.pixel_decoder import MSDeformAttnPixelDecoder
 from workbench.model.postprocess import instance_inference
 
 try:  # where Mask2Former's decoders live, when it is installed
@@ -58,12 +57,7 @@ def _build_multitask_decoder(cfg, in_channels: int, mask_classification: bool = 
     """Our decoder with the class head and one K+1 head per MODEL.MULTITASK attribute."""
     if not mask_classification:
         raise ValueError(f"{DECODER_NAME} always classifies its masks (mask_classification=True)")
-    m = model_config_from_cfg(cfg)
-    return MultiScaleMaskedTransformerDecoder(
-        num_classes=m.num_classes, attributes=m.attributes, hidden_dim=m.hidden_dim, num_queries=m.num_queries,
-        nheads=m.nheads, dim_feedforward=m.dim_feedforward, dec_layers=m.dec_layers, mask_dim=m.mask_dim,
-        in_channels=in_channels, dropout=m.dropout,
-    )
+    return build_decoder(model_config_from_cfg(cfg), in_channels)
 
 
 if DECODER_NAME not in TRANSFORMER_DECODER_REGISTRY:
@@ -140,11 +134,7 @@ class MultiTaskMaskFormer(nn.Module):
         if missing:
             raise ValueError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r} gives features {sorted(shapes)}; "
                              f"the pixel decoder needs {list(FEATURE_NAMES)} (e.g. RESNETS.OUT_FEATURES)")
-        self.pixel_decoder = MSDeformAttnPixelDecoder(
-            {n: shapes[n].channels for n in FEATURE_NAMES}, conv_dim=m.hidden_dim, mask_dim=m.mask_dim,
-            enc_layers=m.enc_layers, nheads=m.nheads, dim_feedforward=m.enc_dim_feedforward,
-            n_points=m.enc_n_points, dropout=m.dropout,
-        )
+        self.pixel_decoder = build_pixel_decoder(m, {n: shapes[n].channels for n in FEATURE_NAMES})
         self.decoder = build_transformer_decoder(cfg, m.hidden_dim)
         self.criterion = build_criterion(m, matcher=matcher_from_cfg(cfg, m))
         self.size_divisibility = m.size_divisibility if m.size_divisibility > 0 else self.backbone.size_divisibility

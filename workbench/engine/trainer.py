@@ -8,7 +8,6 @@ model_final.pt (weights + config), nan_batch_step<N>.pt (only when a loss went n
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass

@@ -19,10 +19,8 @@ from workbench.harness.synthetic import (
     synthetic_batch,
 )
 from workbench.model.backbone import build_backbone
-from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.matcher import HungarianMatcher
-from workbench.model.meta_arch import build_criterion, build_matcher
-from workbench.model.pixel_decoder import MSDeformAttnPixelDecoder
+from workbench.model.meta_arch import build_criterion, build_decoder, build_matcher, build_pixel_decoder
 
 DEFAULT_ATTRIBUTES = {"color": ["red", "green", "blue"], "size": ["small", "medium", "large"]}
 
@@ -82,8 +80,7 @@ def run_pixel_decoder(cfg: ModelConfig, batch: int = 2, size: int = 64, seed: in
     rep, start = ComponentReport("pixel decoder"), time.perf_counter()
     torch.manual_seed(seed)
     channels = build_backbone(cfg.backbone).out_channels
-    decoder = MSDeformAttnPixelDecoder(channels, cfg.hidden_dim, cfg.mask_dim, cfg.enc_layers, cfg.nheads,
-                                       cfg.enc_dim_feedforward, cfg.enc_n_points).eval()
+    decoder = build_pixel_decoder(cfg, channels).eval()
     feats = random_features(channels, batch, size, size, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         out = decoder(feats)
@@ -102,9 +99,7 @@ def run_pixel_decoder(cfg: ModelConfig, batch: int = 2, size: int = 64, seed: in
 def run_decoder(cfg: ModelConfig, batch: int = 2, size: int = 64, seed: int = 0) -> ComponentReport:
     rep, start = ComponentReport("transformer decoder"), time.perf_counter()
     torch.manual_seed(seed)
-    decoder = MultiScaleMaskedTransformerDecoder(
-        cfg.num_classes, cfg.attributes, cfg.hidden_dim, cfg.num_queries, cfg.nheads, cfg.dim_feedforward,
-        cfg.dec_layers, cfg.mask_dim, cfg.hidden_dim).eval()
+    decoder = build_decoder(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     maps = [torch.randn(batch, cfg.hidden_dim, size // s, size // s, generator=g) for s in (32, 16, 8)]
     mask_features = torch.randn(batch, cfg.mask_dim, size // 4, size // 4, generator=g)

@@ -18,7 +18,7 @@ from workbench.model.matcher import (
     batch_dice_cost,
     batch_sigmoid_ce_cost,
 )
-from workbench.model.meta_arch import build_criterion, build_matcher, pad_images
+from workbench.model.meta_arch import build_criterion, pad_images
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample
 

@@ -22,6 +22,24 @@ from workbench.model.postprocess import instance_inference
 Batch = Sequence[dict[str, Any]]
 
 
+def build_pixel_decoder(cfg: ModelConfig, in_channels: dict[str, int]) -> MSDeformAttnPixelDecoder:
+    """The pixel decoder for backbone features with `in_channels` {"res2": C2, ..., "res5": C5}."""
+    return MSDeformAttnPixelDecoder(
+        in_channels, conv_dim=cfg.hidden_dim, mask_dim=cfg.mask_dim, enc_layers=cfg.enc_layers, nheads=cfg.nheads,
+        dim_feedforward=cfg.enc_dim_feedforward, n_points=cfg.enc_n_points, dropout=cfg.dropout,
+    )
+
+
+def build_decoder(cfg: ModelConfig, in_channels: int | None = None) -> MultiScaleMaskedTransformerDecoder:
+    """The masked-attention decoder with its class head and one K+1 head per attribute."""
+    return MultiScaleMaskedTransformerDecoder(
+        num_classes=cfg.num_classes, attributes=cfg.attributes, hidden_dim=cfg.hidden_dim,
+        num_queries=cfg.num_queries, nheads=cfg.nheads, dim_feedforward=cfg.dim_feedforward,
+        dec_layers=cfg.dec_layers, mask_dim=cfg.mask_dim,
+        in_channels=cfg.hidden_dim if in_channels is None else in_channels, dropout=cfg.dropout,
+    )
+
+
 def build_matcher(cfg: ModelConfig) -> HungarianMatcher:
     """Matcher costs use the loss weights (as upstream); attributes are scaled by `attribute_cost_weight`."""
     return HungarianMatcher(
@@ -72,16 +90,8 @@ class MultiTaskMask2Former(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone_from_config(cfg)
-        self.pixel_decoder = MSDeformAttnPixelDecoder(
-            self.backbone.out_channels, conv_dim=cfg.hidden_dim, mask_dim=cfg.mask_dim, enc_layers=cfg.enc_layers,
-            nheads=cfg.nheads, dim_feedforward=cfg.enc_dim_feedforward, n_points=cfg.enc_n_points,
-            dropout=cfg.dropout,
-        )
-        self.decoder = MultiScaleMaskedTransformerDecoder(
-            num_classes=cfg.num_classes, attributes=cfg.attributes, hidden_dim=cfg.hidden_dim,
-            num_queries=cfg.num_queries, nheads=cfg.nheads, dim_feedforward=cfg.dim_feedforward,
-            dec_layers=cfg.dec_layers, mask_dim=cfg.mask_dim, in_channels=cfg.hidden_dim, dropout=cfg.dropout,
-        )
+        self.pixel_decoder = build_pixel_decoder(cfg, self.backbone.out_channels)
+        self.decoder = build_decoder(cfg)
         self.criterion = build_criterion(cfg)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)

@@ -32,7 +32,7 @@ def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, t
     attribute_scores {name: (N,)} = its probability, attribute_no_object {name: (N,)} = no-object probability.
     """
     output_size = tuple(output_size or image_size)
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    num_classes = class_logits.shape[1] - 1
     probs = class_logits.float().softmax(-1)[:, :-1]  # (Q, C)
     k = min(topk, probs.numel())
     class_scores, flat = probs.flatten().topk(k, sorted=True)
