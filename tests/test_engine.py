@@ -206,3 +206,18 @@ def test_epoch_batches_cover_each_epoch_once_and_restart_anywhere():
     assert fresh.indices(4) == b.indices(4)  # resuming at step 4 gives the same batch
     two = [EpochBatches(10, 4, 1, DistInfo(rank=r, world_size=2)).indices(0) for r in (0, 1)]
     assert sorted(two[0] + two[1]) == sorted(EpochBatches(10, 4, 1, DistInfo()).indices(0))
+
+
+def test_example_config_is_the_demo_config():
+    """data/train_shapes.yaml (README example) trains exactly what `make demo` trains."""
+    import pathlib
+
+    from workbench.engine.demo import demo_config
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    demo = demo_config(pathlib.Path("data/generated/demo"))
+    cfg = run_config_from_dict(read_yaml(root / "data" / "train_shapes.yaml"),
+                               model_defaults={"num_classes": demo.model.num_classes,
+                                               "attributes": {a.name: list(a.values) for a in demo.model.attributes}})
+    assert cfg.model == demo.model and cfg.solver == demo.solver and cfg.augment == demo.augment
+    assert cfg.data == demo.data and cfg.eval == demo.eval
