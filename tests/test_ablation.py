@@ -380,3 +380,25 @@ def test_cli_records_real_failures_writes_tables_and_exits_nonzero(tmp_path, cap
     assert main(["ablate", str(path), "--out", str(out), "--tables-only"]) == 0
     table = pd.read_csv(out / "ablation.csv")
     assert list(table["failed"]) == [1, 1] and list(table["seeds"]) == [0, 0]
+
+
+def test_stale_check_accepts_runs_whose_data_paths_were_stored_resolved(tmp_path, monkeypatch):
+    """The trainer stores data paths resolved; a rerun with the same relative paths is not an edited grid,
+    but a rerun pointing at other data is."""
+    import workbench as wb
+    from workbench.ablation.grid import Cell, GridError
+    from workbench.ablation.runner import check_stale
+    from workbench.config import DataConfig, RunConfig
+    from workbench.config_file import dump_yaml
+    from workbench.engine.trainer import absolute_data_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig(model=wb.ModelConfig.tiny(), data=DataConfig(train="d/train.json", val="d/val.json"))
+    cell = Cell(key="base", values={}, seed=0, config=cfg)
+    (tmp_path / "out" / cell.name).mkdir(parents=True)
+    dump_yaml(absolute_data_paths(cfg), tmp_path / "out" / cell.name / "config.yaml")
+    check_stale([cell], tmp_path / "out")  # same data: no error
+    other = Cell(key="base", values={}, seed=0,
+                 config=RunConfig(model=cfg.model, data=DataConfig(train="e/train.json", val="d/val.json")))
+    with pytest.raises(GridError, match="data.train"):
+        check_stale([other], tmp_path / "out")

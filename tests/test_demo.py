@@ -1,5 +1,6 @@
 """The main job end to end at toy scale: data -> convert -> validate -> train -> eval -> overlays."""
 import json
+from pathlib import Path
 
 from workbench.engine.demo import run_demo
 
@@ -41,4 +42,5 @@ def test_demo_pipeline_writes_every_output(tmp_path, capsys):
 
     run = load_run(tmp_path / "cli_run")
     assert run.cfg.model.num_classes == 3 and run.cfg.model.attribute_names == ("color", "size")
+    assert Path(run.cfg.data.train).is_absolute()  # a run directory works from any folder later
     assert (tmp_path / "cli_run" / "metrics.json").is_file()

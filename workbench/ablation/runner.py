@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from workbench.ablation.fingerprint import environment_fingerprint
 from workbench.ablation.grid import Cell, Grid, GridError, SyntheticData
 from workbench.config_file import read_yaml, run_config_from_dict, to_dict
+from workbench.engine.trainer import absolute_data_paths
 
 __all__ = ["CellOutcome", "check_stale", "prepare_synthetic", "run_cell", "run_grid"]
 
@@ -76,7 +77,7 @@ def _config_of(run_dir: Path) -> dict | None:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    return to_dict(run_config_from_dict(read_yaml(path)))
+    return to_dict(absolute_data_paths(run_config_from_dict(read_yaml(path))))
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -173,7 +174,8 @@ def check_stale(cells: Sequence[Cell], out: Path) -> None:
         existing = _config_of(out / cell.name)
         if existing is None:
             continue
-        diff = [k for k in _diff_keys(existing, to_dict(cell.config)) if k != "device"]
+        wanted = to_dict(absolute_data_paths(cell.config))  # compared resolved: the trainer stores them so
+        diff = [k for k in _diff_keys(existing, wanted) if k != "device"]
         if diff:
             stale.append(f"{cell.name} (differs at {', '.join(diff[:5])})")
     if stale:

@@ -7,6 +7,7 @@ model_final.pt (weights + config), nan_batch_step<N>.pt (only when a loss went n
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -167,6 +168,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     from workbench.device import resolve_device
 
     run_dir = Path(run_dir)
+    cfg = absolute_data_paths(cfg)
     dev = resolve_device(device if device is not None else cfg.device)
     info = init_distributed(dev)
     if dev.type == "cuda" and info.world_size > 1:
@@ -242,6 +244,17 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
     seconds = time.perf_counter() - started
     return TrainResult(model, run_dir, stop, seconds, lr.lr, last)
+
+
+def absolute_data_paths(cfg: RunConfig) -> RunConfig:
+    """Data paths resolved against the current folder, so a run directory works from anywhere later
+    (`workbench eval --run`, the inspector in a notebook started elsewhere)."""
+    def resolve(path: str) -> str:
+        return str(Path(path).resolve()) if path else path
+
+    data = cfg.data
+    return dataclasses.replace(cfg, data=dataclasses.replace(
+        data, train=resolve(data.train), val=resolve(data.val), image_root=resolve(data.image_root)))
 
 
 def build_train_dataset(cfg: RunConfig):
