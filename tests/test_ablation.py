@@ -331,18 +331,7 @@ def test_example_grid_file_is_valid():
 
 
 # ---- the real thing, small: train once, evaluate under two scorings ---------------------------------------------
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_real_cells_train_once_per_model_and_evaluate_each_eval_setting(tmp_path, one_thread):
+def test_real_cells_train_once_per_model_and_evaluate_each_eval_setting(tmp_path):
     base = {"model": {"preset": "tiny", "num_queries": 6, "test_topk": 6, "dec_layers": 1,
                       "loss": {"num_points": 64, "boundary_weight": 1.0}},
             "solver": {"batch_size": 2, "max_iter": 2, "warmup_iters": 0, "checkpoint_period": 100, "log_period": 1},

@@ -120,16 +120,7 @@ def test_criterion_term_prefers_the_right_masks():
     assert g < w
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_model_trains_with_the_term(one_thread):
+def test_model_trains_with_the_term():
     torch.manual_seed(0)
     model = wb.build_model(cfg(1.0)).train()
     batch = synthetic.synthetic_batch(4, {"color": 3, "size": 3}, batch=2, size=32, seed=0)
