@@ -67,6 +67,12 @@ void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes, con
               " positions but spatial_shapes sum to ", expected);
 }
 
+void check_cpu_supported(const at::Tensor& value) {
+  TORCH_CHECK(value.is_cpu(), "ms_deform_attn: unsupported device ", value.device());
+  TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
+              "ms_deform_attn: the CPU kernel supports float32 and float64, got ", value.scalar_type());
+}
+
 at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
                    const at::Tensor& sampling_locations, const at::Tensor& attention_weights, int64_t im2col_step) {
   check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step);
@@ -78,9 +84,7 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, co
     TORCH_CHECK(false, "ms_deform_attn: workbench._C was built without CUDA (see `workbench doctor`)");
 #endif
   }
-  TORCH_CHECK(value.is_cpu(), "ms_deform_attn: unsupported device ", value.device());
-  TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
-              "ms_deform_attn: the CPU kernel supports float32 and float64, got ", value.scalar_type());
+  check_cpu_supported(value);
   return ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
                                     attention_weights);
 }
@@ -105,9 +109,7 @@ std::vector<at::Tensor> backward(const at::Tensor& value, const at::Tensor& spat
     TORCH_CHECK(false, "ms_deform_attn: workbench._C was built without CUDA (see `workbench doctor`)");
 #endif
   }
-  TORCH_CHECK(value.is_cpu(), "ms_deform_attn: unsupported device ", value.device());
-  TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
-              "ms_deform_attn: the CPU kernel supports float32 and float64, got ", value.scalar_type());
+  check_cpu_supported(value);
   return ms_deform_attn_backward_cpu(value, spatial_shapes, level_start_index, sampling_locations,
                                      attention_weights, grad);
 }

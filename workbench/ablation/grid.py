@@ -196,7 +196,7 @@ class Grid:
         model = self.base.get("model") or {}
         if "num_classes" in model and "attributes" in model:
             return {}
-        from workbench.data.schema import Schema, load_coco
+        from workbench.data.schema import schema_of_coco
 
         if self.synthetic is not None:
             from workbench.data.synthetic import synthetic_schema
@@ -209,8 +209,8 @@ class Grid:
             if not Path(train).is_file():
                 raise GridError(f"{self.source}: base data.train {train} not found (needed for num_classes and "
                                 "attributes, which the base's model section leaves out)")
-            schema = Schema.from_coco(load_coco(train), train)
-        return {"num_classes": len(schema.categories), "attributes": schema.model_attributes()}
+            schema = schema_of_coco(train)
+        return schema.model_fields()
 
 
 def load_grid(path: str | Path) -> Grid:

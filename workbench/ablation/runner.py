@@ -83,9 +83,7 @@ def _config_of(run_dir: Path) -> dict | None:
 # ---- data ---------------------------------------------------------------------------------------------------------
 def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) -> Path:
     """Synthesise, convert and validate the shapes data once; a marker makes reruns free. Returns `folder`."""
-    from workbench.data.labelme import convert_labelme
-    from workbench.data.synthetic import SynthConfig, synthesize, synthetic_schema
-    from workbench.data.validate import validate_coco
+    from workbench.data.synthetic import synthetic_splits
 
     folder = Path(folder)
     marker = folder / "synthetic.json"
@@ -95,14 +93,7 @@ def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) 
             return folder
         raise GridError(f"{folder} holds synthetic data made with {_read_json(marker)}, not {wanted}; "
                         "remove the folder or set synthetic.dir elsewhere")
-    schema = synthetic_schema()
-    for split, n, seed in (("train", spec.train_images, 1), ("val", spec.val_images, 2)):
-        split_dir = folder / split
-        synthesize(split_dir, n, seed=seed, cfg=SynthConfig(image_size=spec.image_size), progress=progress)
-        convert_labelme(split_dir, schema, split_dir / "coco.json", progress=False)  # fast next to synthesis
-        report = validate_coco(split_dir / "coco.json", images=split_dir, schema=schema, progress=False)
-        if not report.ok:
-            raise RuntimeError(f"validation of {split_dir / 'coco.json'} failed:\n{report}")
+    synthetic_splits(folder, spec.train_images, spec.val_images, spec.image_size, progress=progress)
     _write_json(marker, wanted)
     return folder
 

@@ -21,7 +21,7 @@ from detectron2.structures import BitMasks
 from pycocotools import mask as mask_utils
 
 from workbench.data.dataset import detectron2_dicts
-from workbench.data.schema import UNLABELED, Schema, load_coco
+from workbench.data.schema import UNLABELED, schema_of_coco
 
 __all__ = ["MultiTaskDatasetMapper", "build_augmentations", "multitask_keys_from_dataset", "register_multitask_coco"]
 
@@ -37,7 +37,7 @@ def register_multitask_coco(name: str, json_file: str | os.PathLike, image_root:
     """
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root) if image_root is not None else os.path.dirname(os.path.abspath(json_file))
-    schema = Schema.from_coco(load_coco(json_file), json_file)
+    schema = schema_of_coco(json_file)
     DatasetCatalog.register(name, lambda: detectron2_dicts(json_file, image_root, schema))
     MetadataCatalog.get(name).set(
         json_file=json_file,

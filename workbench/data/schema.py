@@ -102,6 +102,10 @@ class Schema:
         """{name: [value names]} in head order: `ModelConfig.tiny(num_classes=s.num_classes, attributes=...)`."""
         return {a.name: list(a.values) for a in self.attributes}
 
+    def model_fields(self) -> dict[str, Any]:
+        """The `ModelConfig` fields the data decides: {"num_classes": C, "attributes": {name: [values]}}."""
+        return {"num_classes": len(self.categories), "attributes": self.model_attributes()}
+
     # --- conversions ----------------------------------------------------------------------------------------
     def coco_header(self) -> dict[str, Any]:
         """The `categories` and `attributes` blocks of a COCO-with-attributes file."""
@@ -333,6 +337,11 @@ def load_coco(path: str | os.PathLike) -> dict:
     if problems:
         raise DataError(problems)
     return data
+
+
+def schema_of_coco(path: str | os.PathLike) -> Schema:
+    """The vocabularies stored in a COCO-with-attributes file."""
+    return Schema.from_coco(load_coco(path), str(path))
 
 
 def save_coco(data: Mapping[str, Any], path: str | os.PathLike) -> None:

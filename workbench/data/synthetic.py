@@ -28,7 +28,7 @@ from workbench.data.labelme import shape_to_mask
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import AttributeVocab, Category, Schema
 
-__all__ = ["SynthConfig", "SyntheticImage", "make_image", "synthesize", "synthetic_schema"]
+__all__ = ["SynthConfig", "SyntheticImage", "make_image", "synthesize", "synthetic_schema", "synthetic_splits"]
 
 CATEGORIES = ("circle", "square", "triangle")
 COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (45, 75, 215)}
@@ -224,3 +224,24 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
         write_bytes_atomic(out / f"{stem}.json", json.dumps(doc, indent=2).encode("utf-8"))
         paths.append(out / f"{stem}.json")
     return paths
+
+
+def synthetic_splits(data_dir: str | os.PathLike, train_images: int, val_images: int, image_size: int = 128,
+                     progress: bool = True) -> tuple[Path, Path]:
+    """The shapes recipe end to end, as a user would run it: labelme files -> COCO-with-attributes ->
+    validated, for a train and a held-out split (seeds 1 and 2) under `data_dir`/{train,val}. Returns the two
+    coco.json paths (images are next to them). Raises if validation finds an error."""
+    from workbench.data.labelme import convert_labelme
+    from workbench.data.validate import validate_coco
+
+    schema = synthetic_schema()
+    paths = []
+    for split, n, seed in (("train", train_images, 1), ("val", val_images, 2)):
+        folder = Path(data_dir) / split
+        synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size), progress=progress)
+        convert_labelme(folder, schema, folder / "coco.json", progress=progress)
+        report = validate_coco(folder / "coco.json", images=folder, schema=schema, progress=progress)
+        if not report.ok:
+            raise RuntimeError(f"validation of {folder / 'coco.json'} failed:\n{report}")
+        paths.append(folder / "coco.json")
+    return paths[0], paths[1]

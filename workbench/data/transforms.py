@@ -128,6 +128,10 @@ class Augmentation(Protocol):
     def get_transform(self, height: int, width: int, rng: np.random.Generator) -> Transform | None: ...
 
 
+def _scaled(height: int, width: int, scale: float) -> Resize:
+    return Resize(max(1, int(round(height * scale))), max(1, int(round(width * scale))))
+
+
 @dataclass(frozen=True)
 class RandomFlip:
     prob: float = 0.5
@@ -150,7 +154,7 @@ class ResizeShortestEdge:
         scale = target / min(height, width)
         if max(height, width) * scale > self.max_size:
             scale = self.max_size / max(height, width)
-        return Resize(max(1, int(round(height * scale))), max(1, int(round(width * scale))))
+        return _scaled(height, width, scale)
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,7 @@ class ResizeScale:
     def get_transform(self, height, width, rng):
         s = rng.uniform(self.min_scale, self.max_scale)
         scale = min(self.size * s / height, self.size * s / width)
-        return Resize(max(1, int(round(height * scale))), max(1, int(round(width * scale))))
+        return _scaled(height, width, scale)
 
 
 @dataclass(frozen=True)

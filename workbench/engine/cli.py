@@ -48,15 +48,14 @@ def run_demo(args) -> int:
 def load_train_config(path: str):
     """YAML -> RunConfig; num_classes/attributes default to the training data's schema."""
     from workbench.config_file import read_yaml, run_config_from_dict
-    from workbench.data.schema import Schema, load_coco
+    from workbench.data.schema import schema_of_coco
 
     doc = read_yaml(path)
     defaults = {}
     train_json = (doc.get("data") or {}).get("train")
     model = doc.get("model") or {}
     if train_json and ("num_classes" not in model or "attributes" not in model):
-        schema = Schema.from_coco(load_coco(train_json), train_json)
-        defaults = {"num_classes": len(schema.categories), "attributes": schema.model_attributes()}
+        defaults = schema_of_coco(train_json).model_fields()
     return run_config_from_dict(doc, model_defaults=defaults)
 
 

@@ -20,9 +20,8 @@ def demo_config(data_dir: Path, max_iter: int = DEMO_MAX_ITER) -> RunConfig:
     """The small default: tiny backbone, hidden 64, 20 queries, 3 decoder layers, 128^2 shapes."""
     from workbench.data.synthetic import synthetic_schema
 
-    schema = synthetic_schema()
     model = ModelConfig.tiny(
-        num_classes=len(schema.categories), attributes=schema.model_attributes(), hidden_dim=64, num_queries=20,
+        **synthetic_schema().model_fields(), hidden_dim=64, num_queries=20,
         nheads=4, dim_feedforward=256, dec_layers=3, enc_layers=1, enc_dim_feedforward=128, mask_dim=64,
         test_topk=50, loss=LossConfig(num_points=1024),
     )
@@ -37,19 +36,10 @@ def demo_config(data_dir: Path, max_iter: int = DEMO_MAX_ITER) -> RunConfig:
 
 def prepare_data(data_dir: Path, train_images: int = DEMO_TRAIN_IMAGES, val_images: int = DEMO_VAL_IMAGES) -> None:
     """labelme shapes -> COCO-with-attributes -> validated, for both splits (different seeds)."""
-    from workbench.data.labelme import convert_labelme
-    from workbench.data.synthetic import synthesize, synthetic_schema
-    from workbench.data.validate import validate_coco
+    from workbench.data.synthetic import synthetic_splits
 
-    schema = synthetic_schema()
-    for split, n, seed in (("train", train_images, 1), ("val", val_images, 2)):
-        folder = data_dir / split
-        synthesize(folder, n, seed=seed)
-        convert_labelme(folder, schema, folder / "coco.json")
-        report = validate_coco(folder / "coco.json", images=folder, schema=schema)
-        if not report.ok:
-            raise RuntimeError(f"validation of {folder / 'coco.json'} failed:\n{report}")
-        print(f"[demo] {split}: {n} images, validated", flush=True)
+    synthetic_splits(data_dir, train_images, val_images)
+    print(f"[demo] {train_images} train and {val_images} held-out images, converted and validated", flush=True)
 
 
 def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", device: str | None = None,

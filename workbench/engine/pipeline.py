@@ -43,9 +43,9 @@ def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str |
 def _schema_names(run: LoadedRun) -> tuple[list[str], dict[str, list[str]]]:
     categories = [f"class{i}" for i in range(run.cfg.model.num_classes)]
     if run.cfg.data.train and Path(run.cfg.data.train).is_file():
-        from workbench.data.schema import Schema, load_coco
+        from workbench.data.schema import schema_of_coco
 
-        schema = Schema.from_coco(load_coco(run.cfg.data.train), run.cfg.data.train)
+        schema = schema_of_coco(run.cfg.data.train)
         categories = [c.name for c in schema.categories]
     return categories, {a.name: list(a.values) for a in run.cfg.model.attributes}
 

@@ -15,21 +15,9 @@ def small_shapes_data(work_dir: str | os.PathLike, train_images: int = 32, val_i
     """Synthetic shapes as labelme files -> COCO-with-attributes -> validated, for a train and a val split
     (different seeds) under `work_dir`/{train,val}. Returns the two coco.json paths. Raises if validation
     finds an error. Deterministic: rerunning with the same arguments rewrites the same files."""
-    from workbench.data.labelme import convert_labelme
-    from workbench.data.synthetic import SynthConfig, synthesize, synthetic_schema
-    from workbench.data.validate import validate_coco
+    from workbench.data.synthetic import synthetic_splits
 
-    schema = synthetic_schema()
-    paths = []
-    for split, n, seed in (("train", train_images, 1), ("val", val_images, 2)):
-        folder = Path(work_dir) / split
-        synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size), progress=progress)
-        convert_labelme(folder, schema, folder / "coco.json", progress=progress)
-        report = validate_coco(folder / "coco.json", images=folder, schema=schema, progress=progress)
-        if not report.ok:
-            raise RuntimeError(f"validation of {folder / 'coco.json'} failed:\n{report}")
-        paths.append(folder / "coco.json")
-    return paths[0], paths[1]
+    return synthetic_splits(work_dir, train_images, val_images, image_size, progress=progress)
 
 
 def small_run_config(train_json: str | os.PathLike, val_json: str | os.PathLike = "", max_iter: int = 30,
@@ -41,10 +29,9 @@ def small_run_config(train_json: str | os.PathLike, val_json: str | os.PathLike 
     live plot has points."""
     from workbench.data.synthetic import synthetic_schema
 
-    schema = synthetic_schema()
     values = dict(loss=LossConfig(num_points=256))
     values.update(model_overrides)
-    model = ModelConfig.tiny(num_classes=len(schema.categories), attributes=schema.model_attributes(), **values)
+    model = ModelConfig.tiny(**synthetic_schema().model_fields(), **values)
     solver = SolverConfig(base_lr=base_lr, batch_size=batch_size, max_iter=max_iter,
                           warmup_iters=min(10, max(1, max_iter // 5)), warmup_factor=0.1,
                           checkpoint_period=max(1, max_iter), log_period=max(1, min(5, max_iter // 4)))
