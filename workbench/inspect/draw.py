@@ -2,7 +2,6 @@
 Visualizer, which draws everything in one call and cannot show per-query attributes)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -64,20 +63,9 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
 
 
 def plot_loss_curve(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """Total and per-term training losses against step, from a run's metrics.jsonl."""
-    from matplotlib.figure import Figure  # no pyplot: never switches the backend of a notebook
+    """Total and per-term training losses against step, from a run's metrics.jsonl, as a PNG."""
+    from workbench.inspect.figures import loss_curve_figure  # figures draws with this module
 
-    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    if not records:
+    if not Path(metrics_jsonl).read_text().strip():
         raise ValueError(f"{metrics_jsonl} has no records")
-    steps = [r["step"] for r in records]
-    fig = Figure(figsize=(10, 3.5))
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(steps, [r["total"] for r in records], color="black")
-    ax1.set(title="total (weighted, all stages)", xlabel="step", yscale="log")
-    for key in sorted(k for k in records[0] if k.startswith("loss_")):
-        ax2.plot(steps, [r[key] for r in records], label=key.replace("loss_", ""))
-    ax2.set(title="final-stage terms (weighted)", xlabel="step", yscale="log")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    loss_curve_figure(metrics_jsonl).savefig(out_png, dpi=100)

@@ -232,5 +232,7 @@ def loss_curve_figure(metrics_jsonl: str | os.PathLike | Sequence[Mapping]) -> F
         for key in sorted(k for k in records[0] if k.startswith("loss_")):
             ax2.plot(steps, [r[key] for r in records], label=key.replace("loss_", ""), marker=".")
         ax2.legend(fontsize=7)
+        ax1.set_yscale("log")
+        ax2.set_yscale("log")
     return fig
 
