@@ -1,4 +1,5 @@
 """Trainer, schedule, checkpoints and config files."""
+import json
 import os
 import pickle
 import signal
@@ -82,7 +83,7 @@ def test_resume_is_bit_for_bit(tmp_path):
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [eval(line.replace("null", "None"))["step"] for line in lines] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
 
 
 def test_resume_refuses_a_different_model(tmp_path):
