@@ -233,3 +233,9 @@ def test_config_file_presets():
     assert (cfg.backbone, cfg.backbone_window_size, cfg.num_classes, cfg.num_queries) == ("swin_l", 12, 5, 50)
     with pytest.raises(ConfigError, match="model.preset.*coco_swin_t"):
         model_from_dict({"preset": "coco_swin_xl"})
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(S).failed == 0
