@@ -40,16 +40,15 @@ def test_resnet101_is_resnet50_with_a_deeper_res4(tmp_path, monkeypatch):
     """Same stem and channels; res4 has 23 bottlenecks (6 in ResNet-50); its ImageNet weights load from the cache."""
     from torchvision.models import ResNet101_Weights, resnet101
 
-    r50, r101 = bb.build_backbone("resnet50"), bb.build_backbone("resnet101")
-    assert r101.out_channels == r50.out_channels
-    assert [len(r101.stages[n]) for n in bb.FEATURE_NAMES] == [3, 4, 23, 3]
-    assert [len(r50.stages[n]) for n in bb.FEATURE_NAMES] == [3, 4, 6, 3]
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     reference = resnet101()
     (tmp_path / "checkpoints").mkdir()
     torch.save(reference.state_dict(), bb.cached_weights_path(ResNet101_Weights.IMAGENET1K_V1))
-    net = bb.build_backbone("resnet101", pretrained=True)
-    assert torch.equal(net.stages["res4"][22].conv3.weight, reference.layer3[22].conv3.weight)
+    r50, r101 = bb.build_backbone("resnet50"), bb.build_backbone("resnet101", pretrained=True)
+    assert r101.out_channels == r50.out_channels
+    assert [len(r101.stages[n]) for n in bb.FEATURE_NAMES] == [3, 4, 23, 3]
+    assert [len(r50.stages[n]) for n in bb.FEATURE_NAMES] == [3, 4, 6, 3]
+    assert torch.equal(r101.stages["res4"][22].conv3.weight, reference.layer3[22].conv3.weight)
 
 
 def test_unknown_backbone():

@@ -103,7 +103,9 @@ def test_pretrained_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no ImageNet weights for Swin-L"):
         bb.build_backbone("swin_l", window_size=12, pretrained=True)
     with pytest.raises(ValueError, match="window 7.*backbone_window_size"):
-        S.SwinBackbone(**TINY, window_size=12).load_imagenet(S.SWIN_VARIANTS["swin_b"])
+        bb.backbone_from_config(wb.ModelConfig.coco_swin_b(pretrained_backbone=True))
+    with pytest.raises(ValueError, match="window 7.*backbone_window_size"):
+        S.SwinBackbone(**TINY, window_size=12).load_imagenet("Swin_B_Weights.IMAGENET1K_V1")
 
 
 @pytest.mark.parametrize("depths", [(2, 2, 6, 2), (2, 2, 18, 2)], ids=["swin_t", "swin_l"])
@@ -239,3 +241,22 @@ def test_docstring_examples():
     import doctest
 
     assert doctest.testmod(S).failed == 0
+
+
+def test_model_trains_and_predicts_with_a_swin_backbone(monkeypatch):
+    """The whole multi-task model on a (shrunk) swin_t: losses are finite, every Swin parameter gets a gradient,
+    and inference returns predictions at an image size that is not a multiple of the window."""
+    from workbench.harness.synthetic import synthetic_batch
+
+    monkeypatch.setitem(S.SWIN_VARIANTS, "swin_t", dataclasses.replace(S.SWIN_VARIANTS["swin_t"], **TINY))
+    torch.manual_seed(0)
+    model = wb.build_model(wb.ModelConfig.tiny(backbone="swin_t", attributes={"color": ["r", "g", "b"]},
+                                               backbone_drop_path_rate=0.2))
+    batch = synthetic_batch(3, {"color": 3}, batch=2, size=96)
+    losses = model.train()(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for p in model.backbone.parameters())
+    preds = model.eval()(batch)
+    assert len(preds) == 2 and preds[0]["masks"].shape[-2:] == (96, 96)

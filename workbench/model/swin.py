@@ -227,10 +227,7 @@ class SwinBackbone(Backbone):
         Stage norms (`norms.*`) are not in a classification checkpoint and keep their fresh init, as upstream
         when it starts from ImageNet weights; the classifier (`norm`, `head`) is dropped.
         """
-        if self.window_size != TORCHVISION_WINDOW:
-            raise ValueError(f"torchvision's ImageNet {weights} weights are window {TORCHVISION_WINDOW}; this "
-                             f"backbone has window {self.window_size} (ModelConfig.backbone_window_size). Set "
-                             f"backbone_window_size={TORCHVISION_WINDOW}, or start from a COCO checkpoint instead.")
+        _check_imagenet_window(self.window_size, str(weights))
         key_map = torchvision_swin_keys(self.depths)
         state = key_map.to_ours(load_cached_state_dict(weights))
         missing, unexpected = self.load_state_dict(state, strict=False)
@@ -239,18 +236,27 @@ class SwinBackbone(Backbone):
         self.loaded_weights = str(weights)
 
 
+def _check_imagenet_window(window_size: int, weights: str) -> None:
+    if window_size != TORCHVISION_WINDOW:
+        raise ValueError(f"torchvision's ImageNet {weights} weights are window {TORCHVISION_WINDOW}; this backbone "
+                         f"has window {window_size} (ModelConfig.backbone_window_size). Set "
+                         f"backbone_window_size={TORCHVISION_WINDOW}, or start from a COCO checkpoint instead.")
+
+
 def build_swin_backbone(name: str, window_size: int = TORCHVISION_WINDOW, drop_path_rate: float = 0.0,
                         pretrained: bool = False) -> SwinBackbone:
     """A SWIN_VARIANTS backbone; pretrained loads torchvision's ImageNet weights from the local cache (T/S/B)."""
     if name not in SWIN_VARIANTS:
         raise ValueError(f"unknown Swin backbone {name!r}; expected one of {tuple(SWIN_VARIANTS)}")
     v = SWIN_VARIANTS[name]
+    if pretrained and v.imagenet_weights is None:
+        raise ValueError(f"backbone {name!r}: torchvision has no ImageNet weights for Swin-L (upstream starts "
+                         f"from swin_large_patch4_window12_384_22k); set pretrained_backbone=False and load a "
+                         f"COCO checkpoint (upstream model_final_*.pkl or a transformers directory) instead")
+    if pretrained:
+        _check_imagenet_window(window_size, v.imagenet_weights)
     net = SwinBackbone(v.embed_dim, v.depths, v.num_heads, window_size=window_size, drop_path_rate=drop_path_rate)
     if pretrained:
-        if v.imagenet_weights is None:
-            raise ValueError(f"backbone {name!r}: torchvision has no ImageNet weights for Swin-L (upstream starts "
-                             f"from swin_large_patch4_window12_384_22k); set pretrained_backbone=False and load a "
-                             f"COCO checkpoint (upstream model_final_*.pkl or a transformers directory) instead")
         import torchvision.models as tvm
 
         net.load_imagenet(getattr(tvm, v.imagenet_weights).IMAGENET1K_V1)
