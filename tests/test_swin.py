@@ -159,6 +159,7 @@ def test_variants_are_upstreams():
         "swin_b": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
         "swin_l": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
     }
+    assert tuple(S.SWIN_VARIANTS) == bb.SWIN_NAMES and set(bb.SWIN_NAMES) <= set(bb.BACKBONE_NAMES)
     assert S.swin_variant_name(192, [2, 2, 18, 2], [6, 12, 24, 48]) == "swin_l"
     with pytest.raises(ValueError, match="no Swin variant"):
         S.swin_variant_name(96, [2, 2, 6, 2], [4, 8, 16, 32])
