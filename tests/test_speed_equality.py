@@ -1,0 +1,170 @@
+"""Speed work must not change numbers: losses, matches, gradients and predictions equal recorded values.
+
+The reference (tests/data/speed_reference.pt) was recorded from the code before the speed changes of issue 14.
+Parameters are set by `seeded_init` from each parameter's *name* and shape, not from the construction order,
+so reordering modules does not invalidate it. A change that is meant to alter results (a new loss term, a
+different cost, another architecture) must re-record it, and say so in its commit:
+
+    python tests/test_speed_equality.py --record
+
+Cases: the tiny model and upstream's coco_r50 (ResNet-50, 100 queries, 9+1 decoder stages, 12,544 points),
+both on a batch of 2 small synthetic images that all have instances.
+"""
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.harness.synthetic import synthetic_batch
+from workbench.model.meta_arch import pad_images
+
+REFERENCE = Path(__file__).parent / "data" / "speed_reference.pt"
+ATTRIBUTES = {"color": ["red", "green", "blue"], "size": ["small", "medium", "large"]}
+CASES = {
+    "tiny": dict(preset="tiny", size=64),
+    "coco_r50": dict(preset="coco_r50", size=64),
+}
+RTOL, ATOL = 1e-4, 1e-5  # float reassociation (threads, vector widths) moves results by ~1e-6 relative
+
+
+def seeded_init(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every parameter drawn from a generator seeded by (seed, its name): uniform in +-1/sqrt(fan_in) for
+    matrices and kernels, 1 +- 0.1 for norm scales, +-0.1 for other vectors. Buffers keep their defaults."""
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            u = torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1
+            if p.dim() >= 2:
+                u = u / max(1, p[0].numel()) ** 0.5
+            elif name.endswith("weight"):
+                u = 1 + 0.1 * u
+            else:
+                u = 0.1 * u
+            p.copy_(u.to(p.dtype))
+
+
+def build(case: str, kernel: str = "auto") -> tuple[wb.model.MultiTaskMask2Former, list[dict]]:
+    """The case's model (seeded_init) and batch; `kernel` = the deformable attention's backend."""
+    from workbench.ops.module import MSDeformAttn
+
+    spec = CASES[case]
+    cfg = getattr(wb.ModelConfig, spec["preset"])(num_classes=3, attributes=ATTRIBUTES)
+    model = wb.build_model(cfg)
+    seeded_init(model)
+    for module in model.modules():
+        if isinstance(module, MSDeformAttn):
+            module.backend = kernel
+    attrs = {a.name: a.num_values for a in cfg.attributes}
+    batch = synthetic_batch(cfg.num_classes, attrs, batch=2, size=spec["size"], num_targets=3, seed=7)
+    assert all(len(item["instances"]["labels"]) for item in batch)  # no empty image: i17 changes those
+    return model, batch
+
+
+def summary(t: torch.Tensor) -> torch.Tensor:
+    """A float64 fingerprint: sum, sum of |x|, sum of x^2 and 64 evenly spaced values."""
+    t = t.detach().double().flatten()
+    picks = t[torch.arange(64) * (t.numel() - 1) // 63]
+    return torch.cat([torch.stack([t.sum(), t.abs().sum(), (t * t).sum()]), picks])
+
+
+def compute(case: str, kernel: str = "auto") -> dict:
+    """Raw outputs, predictions (eval), then losses, gradients and every stage's matches (train), all on CPU."""
+    torch.manual_seed(0)
+    model, batch = build(case, kernel)
+    out: dict = {}
+    model.eval()
+    with torch.no_grad():
+        images = pad_images([item["image"] for item in batch], model.cfg.size_divisibility, model.cfg.pixel_mean)
+        raw = model.forward_raw(images)
+        out["raw/class_logits"] = raw.class_logits.double()
+        out["raw/mask_logits"] = summary(raw.mask_logits)
+        for name, logits in raw.attribute_logits.items():
+            out[f"raw/attr_{name}"] = logits.double()
+        for b, pred in enumerate(model(batch)):
+            # Kept instances in (query, label) order: coco_r50's random-init scores lie within 1e-3 of each
+            # other, so their ranking may swap under float rounding; which instances are kept, and their
+            # scores and masks, may not.
+            order = (pred["query_index"] * model.cfg.num_classes + pred["labels"]).argsort()
+            for key in ("scores", "class_scores", "mask_scores"):
+                out[f"pred{b}/{key}"] = pred[key][order].double()
+            for key in ("labels", "query_index"):
+                out[f"pred{b}/{key}"] = pred[key][order].long()
+            masks = pred["masks"][order].flatten(1)
+            out[f"pred{b}/mask_areas"] = masks.sum(1).long()
+            out[f"pred{b}/mask_checksum"] = (masks.double() * torch.arange(masks.shape[1]).double()).sum(1)
+            for name, values in pred["attributes"].items():
+                out[f"pred{b}/attr_{name}"] = values[order].long()
+                out[f"pred{b}/attr_score_{name}"] = pred["attribute_scores"][name][order].double()
+    model.train()
+    losses = model(batch, generator=torch.Generator().manual_seed(1))
+    for key, value in losses.items():
+        out[f"loss/{key}"] = value.detach().double()
+    sum(losses.values()).backward()
+    for part in ("backbone", "pixel_decoder", "decoder"):
+        grads = [p.grad.flatten() for p in getattr(model, part).parameters() if p.grad is not None]
+        out[f"grad/{part}"] = summary(torch.cat(grads))
+    with torch.no_grad():  # train mode, so the same outputs the losses saw (batch-norm batch statistics)
+        outputs = model.forward_raw(images, return_aux=model.cfg.loss.deep_supervision)
+        targets = model.targets(batch, tuple(images.shape[-2:]))
+        g = torch.Generator().manual_seed(2)
+        for s, stage in enumerate([outputs, *outputs.aux]):
+            for b, (rows, cols) in enumerate(model.criterion.matcher(stage, targets, generator=g)):
+                out[f"match{s}/{b}"] = torch.stack([rows, cols]).long()
+    return out
+
+
+def compare(case: str, got: dict, want: dict) -> list[str]:
+    problems = []
+    if sorted(got) != sorted(want):
+        problems.append(f"{case}: keys differ: only now {sorted(set(got) - set(want))}, "
+                        f"only recorded {sorted(set(want) - set(got))}")
+    for key in sorted(set(got) & set(want)):
+        a, b = got[key], want[key]
+        if a.shape != b.shape:
+            problems.append(f"{case} {key}: shape {tuple(a.shape)} != recorded {tuple(b.shape)}")
+        elif a.dtype == torch.long:
+            if not torch.equal(a, b):
+                problems.append(f"{case} {key}: {a.tolist()} != recorded {b.tolist()}")
+        elif not torch.allclose(a, b, rtol=RTOL, atol=ATOL):
+            err = ((a - b).abs() / (b.abs() + ATOL)).max().item()
+            problems.append(f"{case} {key}: max relative difference {err:.2e} > {RTOL}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    if not REFERENCE.exists():
+        pytest.fail(f"{REFERENCE} is missing: record it with `python tests/test_speed_equality.py --record`")
+    return torch.load(REFERENCE, weights_only=True)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_results_equal_recorded(case, reference):
+    problems = compare(case, compute(case), reference[case])
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reference_kernel_reproduces_recorded(case, reference):
+    """The recorded matches and predictions are not on a knife edge: the PyTorch reference of the deformable
+    attention (other float rounding) reproduces them too."""
+    problems = compare(case, compute(case, kernel="reference"), reference[case])
+    assert not problems, "\n".join(problems)
+
+
+def main() -> None:
+    if sys.argv[1:] != ["--record"]:
+        raise SystemExit(f"usage: python {sys.argv[0]} --record   (writes {REFERENCE})")
+    torch.set_num_threads(1)
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({case: compute(case) for case in sorted(CASES)}, REFERENCE)
+    print(f"wrote {REFERENCE} ({REFERENCE.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()
