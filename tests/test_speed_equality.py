@@ -5,7 +5,7 @@ Parameters are set by `seeded_init` from each parameter's *name* and shape, not 
 so reordering modules does not invalidate it. A change that is meant to alter results (a new loss term, a
 different cost, another architecture) must re-record it, and say so in its commit:
 
-    python tests/test_speed_equality.py --record
+    PYTHONPATH=. python tests/test_speed_equality.py --record
 
 Cases: the tiny model and upstream's coco_r50 (ResNet-50, 100 queries, 9+1 decoder stages, 12,544 points),
 both on a batch of 2 small synthetic images that all have instances.
@@ -157,9 +157,34 @@ def test_reference_kernel_reproduces_recorded(case, reference):
     assert not problems, "\n".join(problems)
 
 
+def test_mask_scores_equal_the_plain_formula():
+    """Post-processing resizes each distinct query once and sums on float copies: bit-identical to resizing
+    every kept query and thresholding, whatever the duplicates, crops and output sizes."""
+    from workbench.model.postprocess import _masks_and_scores, resize_mask_logits
+
+    g = torch.Generator().manual_seed(1)
+    for trial in range(12):
+        q = int(torch.randint(1, 12, (), generator=g))
+        h, w = (int(v) for v in torch.randint(2, 20, (2,), generator=g))
+        logits = torch.randn(q, h, w, generator=g) * 4 + float(torch.randn((), generator=g))
+        query_index = torch.randint(0, q, (int(torch.randint(0, 20, (), generator=g)),), generator=g)
+        image = (4 * h - int(torch.randint(0, 4, (), generator=g)), 4 * w - int(torch.randint(0, 4, (), generator=g)))
+        output = (int(torch.randint(5, 90, (), generator=g)), int(torch.randint(5, 90, (), generator=g)))
+        output = output if trial % 2 else image
+        resized = resize_mask_logits(logits[query_index], (4 * h, 4 * w), image, output)
+        want_masks = resized > 0
+        want_scores = (resized.sigmoid() * want_masks).flatten(1).sum(1) / (want_masks.flatten(1).sum(1) + 1e-6)
+        masks, scores = _masks_and_scores(logits, query_index, (4 * h, 4 * w), image, output)
+        assert torch.equal(masks, want_masks) and torch.equal(scores, want_scores), trial
+
+
 def main() -> None:
     if sys.argv[1:] != ["--record"]:
         raise SystemExit(f"usage: python {sys.argv[0]} --record   (writes {REFERENCE})")
+    root = Path(__file__).resolve().parents[1]
+    if Path(wb.__file__).resolve().parents[1] != root:
+        raise SystemExit(f"workbench was imported from {wb.__file__}, not this checkout ({root}): run "
+                         f"`PYTHONPATH=. python tests/test_speed_equality.py --record` from {root}")
     torch.set_num_threads(1)
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     torch.save({case: compute(case) for case in sorted(CASES)}, REFERENCE)
