@@ -178,6 +178,32 @@ def test_mask_scores_equal_the_plain_formula():
         assert torch.equal(masks, want_masks) and torch.equal(scores, want_scores), trial
 
 
+def test_trainer_fused_adamw_equals_the_plain_one(tmp_path, monkeypatch):
+    """The trainer's fused AdamW (one kernel over all tensors) ends where torch's default AdamW ends, to float
+    rounding, after a few real steps with two learning rates and weight-decay groups."""
+    from workbench.config import RunConfig, SolverConfig
+    from workbench.engine.trainer import train
+
+    cfg = RunConfig(model=wb.ModelConfig.tiny(num_classes=3, attributes=ATTRIBUTES, loss=wb.LossConfig(num_points=64)),
+                    solver=SolverConfig(base_lr=1e-3, batch_size=2, max_iter=4, warmup_iters=2, log_period=1,
+                                        checkpoint_period=100), device="cpu")
+    data = synthetic_batch(3, {"color": 3, "size": 3}, batch=4, size=64, seed=0)
+    built = []
+    plain_adamw = torch.optim.AdamW
+
+    def recording_adamw(*args, **kwargs):
+        built.append(kwargs.get("fused"))
+        return plain_adamw(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording_adamw)
+    fused = train(cfg, tmp_path / "fused", dataset=data, progress=False).model.state_dict()
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: plain_adamw(*a, **{**k, "fused": None}))
+    plain = train(cfg, tmp_path / "plain", dataset=data, progress=False).model.state_dict()
+    assert built == [True]
+    for name, value in plain.items():
+        assert torch.allclose(fused[name].double(), value.double(), rtol=1e-5, atol=1e-6), name
+
+
 def main() -> None:
     if sys.argv[1:] != ["--record"]:
         raise SystemExit(f"usage: python {sys.argv[0]} --record   (writes {REFERENCE})")
