@@ -178,6 +178,24 @@ def test_mask_scores_equal_the_plain_formula():
         assert torch.equal(masks, want_masks) and torch.equal(scores, want_scores), trial
 
 
+def test_point_sample_on_shared_points_is_bit_identical():
+    """The matcher samples all queries at one expanded set of points; point_sample then samples them as
+    channels of one map. Values and gradients must equal sampling each map with its own (identical) grid."""
+    from workbench.model.points import point_sample
+
+    g = torch.Generator().manual_seed(0)
+    for n, h, w, p in [(12, 16, 16, 300), (5, 7, 11, 40), (2, 32, 8, 64)]:
+        maps = torch.randn(n, 1, h, w, generator=g, requires_grad=True)
+        coords = (torch.rand(1, p, 2, generator=g) * 1.2 - 0.1).expand(n, -1, -1)  # some outside the map
+        shared = point_sample(maps, coords)
+        grid = (2.0 * coords.contiguous() - 1.0).unsqueeze(2)
+        plain = torch.nn.functional.grid_sample(maps, grid, align_corners=False).squeeze(3)
+        assert shared.shape == (n, 1, p) and torch.equal(shared, plain)
+        g_shared, = torch.autograd.grad(shared.pow(2).sum(), maps)
+        g_plain, = torch.autograd.grad(plain.pow(2).sum(), maps)
+        assert torch.equal(g_shared, g_plain)
+
+
 def test_trainer_fused_adamw_equals_the_plain_one(tmp_path, monkeypatch):
     """The trainer's fused AdamW (one kernel over all tensors) ends where torch's default AdamW ends, to float
     rounding, after a few real steps with two learning rates and weight-decay groups."""
