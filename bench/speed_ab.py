@@ -4,7 +4,7 @@
 
 "before" swaps in the code as it was (kept below, verbatim in behaviour): torch's default AdamW (not fused),
 point_sample with one grid per map (no shared-points path) and post-processing that resizes every kept query
-and multiplies float x bool. "after" is the current code. Interleaving makes both variants see the same load
+and multiplies float x bool. "after" is the current code. Interleaving (in alternating order) makes both variants see the same load
 from other processes, so the ratio is meaningful on a busy machine even when absolute times are not.
 """
 from __future__ import annotations
@@ -92,9 +92,12 @@ def main() -> None:
             times[variant]["inference"].append(done - i)
 
     for step in range(args.repeat + 1):
-        with before():
-            run("before", step)
-        run("after", step)
+        for variant in ("before", "after") if step % 2 else ("after", "before"):  # ABBA: no order bias
+            if variant == "before":
+                with before():
+                    run("before", step)
+            else:
+                run("after", step)
     print(f"\n`{args.preset}`, batch {args.batch} x {args.size}^2, torch threads {torch.get_num_threads()}, "
           f"medians of {args.repeat} interleaved rounds\n")
     print("| part | before | after | after / before |\n| --- | ---: | ---: | ---: |")
