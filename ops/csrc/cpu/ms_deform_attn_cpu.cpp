@@ -71,8 +71,10 @@ struct Tap {  // one corner read: where (elements into value) and with which wei
   scalar_t coef;
 };
 
-// Tasks [begin, end) of the forward; task = (n * M + m) * Lq + q so neighbouring tasks are neighbouring
-// queries of one head, which sample neighbouring rows (cache reuse).
+// Tasks [begin, end) of the forward; task = (n * Lq + q) * M + m, the output's own order: neighbouring tasks
+// are the heads of one query (output, locations and weights read and written sequentially), which sample
+// around the same reference point, i.e. other channels of the same value rows (cache reuse); the next query
+// samples next to it. Each task's arithmetic does not depend on the order: results are bit-identical.
 template <typename scalar_t>
 WB_INLINE void forward_range(const Args<scalar_t>& a, int64_t begin, int64_t end) {
   using V = Simd<scalar_t>;
@@ -80,10 +82,9 @@ WB_INLINE void forward_range(const Args<scalar_t>& a, int64_t begin, int64_t end
   const int64_t lp = a.levels * a.points;
   std::vector<Tap<scalar_t>> taps(4 * lp);
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t q = task % a.queries;
-    const int64_t m = (task / a.queries) % a.heads;
+    const int64_t item = task;
+    const int64_t m = task % a.heads;
     const int64_t n = task / (a.queries * a.heads);
-    const int64_t item = (n * a.queries + q) * a.heads + m;
     const scalar_t* loc = a.locations + item * lp * 2;
     const scalar_t* att = a.weights + item * lp;
     int64_t count = 0;
