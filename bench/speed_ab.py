@@ -1,10 +1,12 @@
 """Before/after of issue 14's speed changes, interleaved in one process (A, B, A, B, ...; medians).
 
     PYTHONPATH=. python bench/speed_ab.py [--preset coco_r50|tiny] [--size 256] [--batch 2] [--repeat 5]
+                                          [--baseline-extension OLD/workbench/_C.cpython-311-x86_64-linux-gnu.so]
 
 "before" swaps in the code as it was (kept below, verbatim in behaviour): torch's default AdamW (not fused),
 point_sample with one grid per map (no shared-points path) and post-processing that resizes every kept query
-and multiplies float x bool. "after" is the current code. Interleaving (in alternating order) makes both variants see the same load
+and multiplies float x bool, and, given `--baseline-extension` (a copy of workbench/_C*.so built from the
+code before), that build's deformable-attention kernels. "after" is the current code. Interleaving (in alternating order) makes both variants see the same load
 from other processes, so the ratio is meaningful on a busy machine even when absolute times are not.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 import workbench as wb
 import workbench.model.criterion as criterion_module
+import workbench.ops.dispatch as dispatch_module
 import workbench.model.matcher as matcher_module
 import workbench.model.points as points_module
 import workbench.model.postprocess as postprocess_module
@@ -39,16 +42,36 @@ def masks_and_scores_before(mask_logits, query_index, padded_size, image_size, o
     return masks, (logits.sigmoid() * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
 
 
+def load_baseline_extension(path: str):
+    """Another build of workbench._C, loaded as a separate module (pybind only: nothing global collides)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("workbench_baseline._C", path)
+    if spec is None:
+        raise SystemExit(f"--baseline-extension {path}: not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @contextmanager
-def before():
+def before(baseline_extension=None):
     modules = (matcher_module, criterion_module, points_module)
     saved = [m.point_sample for m in modules], postprocess_module._masks_and_scores
     for m in modules:
         m.point_sample = point_sample_before
     postprocess_module._masks_and_scores = masks_and_scores_before
+    compiled_or_reason = dispatch_module._compiled_or_reason
+    if baseline_extension is not None:
+        def baseline(backend, value):
+            ext, reason = compiled_or_reason(backend, value)
+            return (baseline_extension if ext is not None else None), reason
+
+        dispatch_module._compiled_or_reason = baseline
     try:
         yield
     finally:
+        dispatch_module._compiled_or_reason = compiled_or_reason
         for m, f in zip(modules, saved[0]):
             m.point_sample = f
         postprocess_module._masks_and_scores = saved[1]
@@ -60,7 +83,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--baseline-extension", help="workbench/_C*.so built from the code before the change")
     args = parser.parse_args()
+    baseline_extension = load_baseline_extension(args.baseline_extension) if args.baseline_extension else None
     torch.manual_seed(0)
     cfg = getattr(wb.ModelConfig, args.preset)(num_classes=3, attributes=ATTRIBUTES)
     model = wb.build_model(cfg)
@@ -94,11 +119,13 @@ def main() -> None:
     for step in range(args.repeat + 1):
         for variant in ("before", "after") if step % 2 else ("after", "before"):  # ABBA: no order bias
             if variant == "before":
-                with before():
+                with before(baseline_extension):
                     run("before", step)
             else:
                 run("after", step)
-    print(f"\n`{args.preset}`, batch {args.batch} x {args.size}^2, torch threads {torch.get_num_threads()}, "
+    kernel = "with" if baseline_extension is not None else "without"
+    print(f"\nbefore = {kernel} the baseline kernel build. `{args.preset}`, batch {args.batch} x {args.size}^2, "
+          f"torch threads {torch.get_num_threads()}, "
           f"medians of {args.repeat} interleaved rounds\n")
     print("| part | before | after | after / before |\n| --- | ---: | ---: | ---: |")
     for part in ("train step", "optimizer step", "inference"):
