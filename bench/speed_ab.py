@@ -1,13 +1,14 @@
 """Before/after of issue 14's speed changes, interleaved in one process (A, B, A, B, ...; medians).
 
     PYTHONPATH=. python bench/speed_ab.py [--preset coco_r50|tiny] [--size 256] [--batch 2] [--repeat 5]
-                                          [--baseline-extension OLD/workbench/_C.cpython-311-x86_64-linux-gnu.so]
+        [--baseline-extension OLD/workbench/_C.cpython-311-x86_64-linux-gnu.so]
 
 "before" swaps in the code as it was (kept below, verbatim in behaviour): torch's default AdamW (not fused),
 point_sample with one grid per map (no shared-points path) and post-processing that resizes every kept query
 and multiplies float x bool, and, given `--baseline-extension` (a copy of workbench/_C*.so built from the
-code before), that build's deformable-attention kernels. "after" is the current code. Interleaving (in alternating order) makes both variants see the same load
-from other processes, so the ratio is meaningful on a busy machine even when absolute times are not.
+code before), that build's deformable-attention kernels. "after" is the current code. Interleaving, in
+alternating order, makes both variants see the same load from other processes, so the ratio is meaningful on
+a busy machine even when absolute times are not.
 """
 from __future__ import annotations
 
