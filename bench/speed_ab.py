@@ -85,7 +85,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--baseline-extension", help="workbench/_C*.so built from the code before the change")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="1 torch thread and time.thread_time: this process's CPU work only, steady under load")
     args = parser.parse_args()
+    if args.cpu_time:
+        torch.set_num_threads(1)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     baseline_extension = load_baseline_extension(args.baseline_extension) if args.baseline_extension else None
     torch.manual_seed(0)
     cfg = getattr(wb.ModelConfig, args.preset)(num_classes=3, attributes=ATTRIBUTES)
@@ -100,18 +105,18 @@ def main() -> None:
 
     def run(variant: str, step: int) -> None:
         model.train()
-        start = time.perf_counter()
+        start = clock()
         losses = model(items, generator=torch.Generator().manual_seed(step))
         optimizers[variant].zero_grad(set_to_none=True)
         sum(losses.values()).backward()
-        t = time.perf_counter()
+        t = clock()
         optimizers[variant].step()
-        end = time.perf_counter()
+        end = clock()
         model.eval()
         with torch.no_grad():
-            i = time.perf_counter()
+            i = clock()
             model(items)
-            done = time.perf_counter()
+            done = clock()
         if step:  # the first round warms up
             times[variant]["train step"].append(end - start)
             times[variant]["optimizer step"].append(end - t)
@@ -126,7 +131,7 @@ def main() -> None:
                 run("after", step)
     kernel = "with" if baseline_extension is not None else "without"
     print(f"\nbefore = {kernel} the baseline kernel build. `{args.preset}`, batch {args.batch} x {args.size}^2, "
-          f"torch threads {torch.get_num_threads()}, "
+          f"torch threads {torch.get_num_threads()}, {'CPU' if args.cpu_time else 'wall-clock'} time, "
           f"medians of {args.repeat} interleaved rounds\n")
     print("| part | before | after | after / before |\n| --- | ---: | ---: | ---: |")
     for part in ("train step", "optimizer step", "inference"):
