@@ -222,6 +222,29 @@ def test_trainer_fused_adamw_equals_the_plain_one(tmp_path, monkeypatch):
         assert torch.allclose(fused[name].double(), value.double(), rtol=1e-5, atol=1e-6), name
 
 
+def test_solver_compile_compiles_backbone_and_decoder_in_place(tmp_path, monkeypatch):
+    """`SolverConfig.compile` compiles the backbone and the decoder in place (nn.Module.compile), so parameter
+    names and checkpoints are those of an uncompiled run. (Compiling for real takes minutes on 2 cores; the
+    compiled step's speed and losses are measured in bench/RESULTS.md, not here.)"""
+    from workbench.config import RunConfig, SolverConfig
+    from workbench.engine.trainer import train
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    cfg = RunConfig(model=wb.ModelConfig.tiny(num_classes=3, attributes=ATTRIBUTES, loss=wb.LossConfig(num_points=64)),
+                    solver=SolverConfig(base_lr=1e-3, batch_size=2, max_iter=1, warmup_iters=1, compile=True),
+                    device="cpu")
+    model = train(cfg, tmp_path / "run", dataset=synthetic_batch(3, {"color": 3, "size": 3}, batch=2, size=64),
+                  progress=False).model
+    assert compiled == [model.backbone, model.decoder]
+    assert not [k for k in model.state_dict() if "_orig_mod" in k]
+    plain = SolverConfig(base_lr=1e-3, batch_size=2, max_iter=1, warmup_iters=1)
+    compiled.clear()
+    train(RunConfig(model=cfg.model, solver=plain, device="cpu"), tmp_path / "plain",
+          dataset=synthetic_batch(3, {"color": 3, "size": 3}, batch=2, size=64), progress=False)
+    assert compiled == []  # off by default
+
+
 def main() -> None:
     if sys.argv[1:] != ["--record"]:
         raise SystemExit(f"usage: python {sys.argv[0]} --record   (writes {REFERENCE})")
