@@ -13,6 +13,7 @@ COMMANDS = [
     "workbench.data.cli",
     "workbench.engine.cli",
     "workbench.ablation.cli",
+    "workbench.deploy.cli",
 ]
 
 
