@@ -127,7 +127,7 @@ def run_cell(cell: Cell, run_dir: Path, device: str | None = None,
         _write_json(run_dir / "train.json", {"seconds": result.seconds, "steps": result.steps, "lr": result.lr,
                                              "last_losses": result.last_losses, "trained_in": "."})
         if (run_dir / "metrics.jsonl").is_file():
-            from workbench.inspect.draw import plot_loss_curve
+            from workbench.drawing.loss_curve import plot_loss_curve
 
             plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     else:

@@ -1,5 +1,6 @@
-"""Per-instance drawings: each kept query's mask, category and attributes, drawn one by one (not detectron2's
-Visualizer, which draws everything in one call and cannot show per-query attributes)."""
+"""Per-instance overlays: each kept query's mask, category and attributes, drawn one by one (not detectron2's
+Visualizer, which draws everything in one call and cannot show per-query attributes). PIL only: the pipeline
+draws a run's overlays with it, the inspector's figures build on it."""
 from __future__ import annotations
 
 import os
@@ -60,12 +61,3 @@ def draw_instances(image: np.ndarray, pred: Mapping, categories: Sequence[str],
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
-
-
-def plot_loss_curve(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """Total and per-term training losses against step, from a run's metrics.jsonl, as a PNG."""
-    from workbench.inspect.figures import loss_curve_figure  # figures draws with this module
-
-    if not Path(metrics_jsonl).read_text().strip():
-        raise ValueError(f"{metrics_jsonl} has no records")
-    loss_curve_figure(metrics_jsonl).savefig(out_png, dpi=100)

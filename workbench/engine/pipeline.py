@@ -21,7 +21,7 @@ def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str |
     """Train, then (on the main process, when data.val is set) write metrics.json, loss_curve.png and
     overlays/ into `run_dir`. Returns (TrainResult, EvalResult or None)."""
     from workbench.engine.evaluate import write_metrics_json
-    from workbench.inspect.draw import plot_loss_curve
+    from workbench.drawing.loss_curve import plot_loss_curve
 
     result: TrainResult = train(cfg, run_dir, dataset=dataset, device=device, resume=resume, progress=progress)
     run_dir = Path(run_dir)
@@ -53,7 +53,7 @@ def _schema_names(run: LoadedRun) -> tuple[list[str], dict[str, list[str]]]:
 @torch.no_grad()
 def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
     from workbench.engine.scoring import select_instances, take, to_numpy
-    from workbench.inspect.draw import draw_instances, save_png
+    from workbench.drawing.overlay import draw_instances, save_png
 
     categories, attributes = _schema_names(run)
     pred = run.model([item])[0]

@@ -4,15 +4,13 @@ bytes with `to_png`, tests check its axes."""
 from __future__ import annotations
 
 import io
-import json
-import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from workbench.inspect.draw import PALETTE, draw_instances
+from workbench.drawing.loss_curve import loss_curve_figure  # noqa: F401 -- part of this module's API
+from workbench.drawing.overlay import PALETTE, draw_instances
 from workbench.inspect.queries import ImageQueries, attention_masks, distributions, layer_masks
 
 __all__ = [
@@ -212,27 +210,4 @@ def _upscale(image: np.ndarray, k: int) -> np.ndarray:
 
 def _upscale_masks(masks: np.ndarray, k: int) -> np.ndarray:
     return masks.repeat(k, 1).repeat(k, 2)
-
-
-def loss_curve_figure(metrics_jsonl: str | os.PathLike | Sequence[Mapping]) -> Figure:
-    """Total and per-term (final stage, weighted) training losses against step from a run's metrics.jsonl."""
-    if isinstance(metrics_jsonl, (str, os.PathLike)):
-        path = Path(metrics_jsonl)
-        text = path.read_text() if path.is_file() else ""
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        records = list(metrics_jsonl)
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.set(title="total loss", xlabel="step")
-    ax2.set(title="final-stage terms (weighted)", xlabel="step")
-    if records:
-        steps = [r["step"] for r in records]
-        ax1.plot(steps, [r["total"] for r in records], color="black", marker=".")
-        for key in sorted(k for k in records[0] if k.startswith("loss_")):
-            ax2.plot(steps, [r[key] for r in records], label=key.replace("loss_", ""), marker=".")
-        ax2.legend(fontsize=7)
-        ax1.set_yscale("log")
-        ax2.set_yscale("log")
-    return fig
 
