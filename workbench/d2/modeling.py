@@ -30,7 +30,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from workbench.config import ModelConfig
-from workbench.d2.config import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_config_from_cfg
+from workbench.d2.translate import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_config_from_cfg
 from workbench.engine.scoring import ranking_scores, to_numpy
 from workbench.model.backbone import FEATURE_NAMES, FEATURE_STRIDES, backbone_from_config
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
