@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-__all__ = ["AttributeSpec", "AugmentConfig", "DataConfig", "LossConfig", "ModelConfig", "SolverConfig"]
+__all__ = ["AttributeSpec", "AugmentConfig", "DataConfig", "LogConfig", "LossConfig", "ModelConfig", "SolverConfig"]
 
 
 @dataclass(frozen=True)
@@ -289,6 +289,14 @@ class AugmentConfig:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    """What a run writes besides metrics.jsonl (engine/tracking.py). tensorboard: event files in the run
+    directory with the training losses and lr, each evaluation's metrics and prediction overlays."""
+
+    tensorboard: bool = True
+
+
 def _default_eval():
     return EvalConfig()  # noqa: F821 -- defined below; looked up when a RunConfig is made
 
@@ -305,6 +313,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: "EvalConfig" = field(default_factory=_default_eval)  # noqa: F821
+    log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; the CLI's --device overrides it
 

@@ -117,6 +117,7 @@ def run_cell(cell: Cell, run_dir: Path, device: str | None = None,
     from workbench.device import resolve_device
     from workbench.engine.evaluate import write_metrics_json
     from workbench.engine.inference import eval_dataset, evaluate_model, load_run
+    from workbench.engine.tracking import log_evaluation
     from workbench.engine.trainer import train
 
     cfg = cell.config
@@ -142,6 +143,7 @@ def run_cell(cell: Cell, run_dir: Path, device: str | None = None,
             _write_json(run_dir / "train.json", record)
             print(f"[ablate] weights from {donor} (differs only in eval settings); evaluating", flush=True)
     metrics = evaluate_model(model, cfg.data.val, eval_dataset(cfg), cfg.eval, progress=False)
+    log_evaluation(run_dir, cfg.log, _read_json(run_dir / "train.json")["steps"], metrics)  # TensorBoard, per cell
     write_metrics_json(metrics, run_dir / "metrics.json")
     print(metrics.table().to_string(index=False), flush=True)
 

@@ -1,4 +1,5 @@
-"""The main job, end to end: train, evaluate on the held-out split, draw overlays and the loss curve.
+"""The main job, end to end: train, evaluate on the held-out split, draw overlays and the loss curve (files in
+the run directory, and in its TensorBoard events at the last training step).
 
 `workbench train` and `make demo` both go through `train_and_evaluate`.
 """
@@ -13,6 +14,7 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.engine.inference import LoadedRun, eval_dataset, evaluate_model
+from workbench.engine.tracking import log_evaluation
 from workbench.engine.trainer import TrainResult, train
 
 
@@ -35,7 +37,8 @@ def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str |
     metrics = evaluate_model(result.model, cfg.data.val, val, cfg.eval, progress=progress)
     write_metrics_json(metrics, run_dir / "metrics.json")
     run = LoadedRun(cfg, result.model, run_dir)
-    draw_dataset_overlays(run, val, run_dir / "overlays", limit=num_overlays)
+    overlays = draw_dataset_overlays(run, val, run_dir / "overlays", limit=num_overlays)
+    log_evaluation(run_dir, cfg.log, result.steps, metrics, overlays)
     print(metrics.table().to_string(index=False), flush=True)
     return result, metrics
 

@@ -2,8 +2,9 @@
 that resume bit-for-bit, a NaN guard that names the step, term and images, and DistributedDataParallel when
 started by `torchrun` (WORLD_SIZE > 1).
 
-Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step), last.pt (resumable),
-model_final.pt (weights + config), nan_batch_step<N>.pt (only when a loss went non-finite).
+Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step), TensorBoard event files
+(the same records; engine/tracking.py), last.pt (resumable), model_final.pt (weights + config),
+nan_batch_step<N>.pt (only when a loss went non-finite).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import dump_yaml, to_dict
 from workbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from workbench.engine.schedule import lr_factor, scaled_lr
+from workbench.engine.tracking import open_tensorboard
 from workbench.model import MultiTaskMask2Former, build_model
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
@@ -205,6 +207,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if info.is_main:
         print(f"[workbench] device {dev}, {info.world_size} process(es); {lr.message}", flush=True)
+    tensorboard = (open_tensorboard(run_dir, cfg.log, purge_step=start + 1 if resume else None)
+                   if info.is_main else None)
     net: nn.Module = model
     if info.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -233,13 +237,18 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
             bar.update(1)
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, refresh=False)
             if done % solver.log_period == 0 or done == stop:
-                write_jsonl(run_dir / "metrics.jsonl", {"step": done, "lr": max(g["lr"] for g in optimizer.param_groups),
-                                                         "time": time.perf_counter() - started, **last})
+                record = {"step": done, "lr": max(g["lr"] for g in optimizer.param_groups),
+                          "time": time.perf_counter() - started, **last}
+                write_jsonl(run_dir / "metrics.jsonl", record)
+                if tensorboard is not None:
+                    tensorboard.training(record)
             if done % solver.checkpoint_period == 0 or done == stop:
                 save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                             "rng": rng_state(), "step": done, "config": to_dict(cfg)})
     bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
     if info.is_main:
         save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
     seconds = time.perf_counter() - started
