@@ -13,8 +13,10 @@ compiled kernels; `MSDeformAttn` switches while `torch.onnx.is_in_onnx_export()`
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,19 @@ def instances_from_outputs(outputs: Sequence[np.ndarray], cfg: ModelConfig,
     return results
 
 
+@contextlib.contextmanager
+def _quiet_constant_folding():
+    """onnxscript's optimizer warns once per multi-output node (Split, LayerNormalization) that it does not fold
+    it: dozens of lines that say nothing about the graph. Its other messages still show."""
+    log = logging.getLogger("onnxscript.optimizer._constant_folding")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 @dataclass(frozen=True)
 class OnnxExport:
     path: Path
@@ -125,7 +140,7 @@ def export_onnx(model: MultiTaskMask2Former, out_path: str | os.PathLike,
     blocks_h = torch.export.Dim("height_blocks", min=2, max=1024)
     blocks_w = torch.export.Dim("width_blocks", min=2, max=1024)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_constant_folding():
         program = torch.onnx.export(
             graph, (example,), None, dynamo=True, opset_version=opset, input_names=["image"],
             output_names=output_names(cfg), dynamic_shapes={"image": {0: batch, 2: d * blocks_h, 3: d * blocks_w}},
