@@ -48,6 +48,7 @@ def build_matcher(cfg: ModelConfig) -> HungarianMatcher:
         cost_dice=cfg.loss.dice_weight,
         cost_attributes={a.name: a.weight * cfg.attribute_cost_weight for a in cfg.attributes},
         num_points=cfg.loss.num_points,
+        multi_label=[a.name for a in cfg.attributes if a.multi],
     )
 
 
@@ -69,6 +70,9 @@ def build_criterion(cfg: ModelConfig, matcher: HungarianMatcher | None = None) -
         num_points=cfg.loss.num_points,
         oversample_ratio=cfg.loss.oversample_ratio,
         importance_sample_ratio=cfg.loss.importance_sample_ratio,
+        multi_label_losses={a.name: cfg.multi_label_loss(a) for a in cfg.attributes if a.multi},
+        focal_alpha=cfg.loss.focal_alpha,
+        focal_gamma=cfg.loss.focal_gamma,
     )
 
 
@@ -125,13 +129,26 @@ class MultiTaskMask2Former(nn.Module):
             padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
             padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
             attrs = inst.get("attributes", {})
-            out.append({
+            target = {
                 "labels": torch.as_tensor(inst["labels"], device=self.device).long(),
                 "masks": padded,
                 "attributes": {a.name: torch.as_tensor(attrs[a.name], device=self.device).long()
                                if a.name in attrs else torch.full((masks.shape[0],), -1, device=self.device)
-                               for a in self.cfg.attributes},
-            })
+                               for a in self.cfg.attributes if not a.multi},
+            }
+            multi = [a for a in self.cfg.attributes if a.multi]
+            if multi:  # (T, K) multi-hot + (T,) labeled mask; a group absent from the item is unlabeled
+                labeled = inst.get("attribute_labeled", {})
+                n = masks.shape[0]
+                for a in multi:
+                    if a.name in attrs:
+                        target["attributes"][a.name] = torch.as_tensor(attrs[a.name], device=self.device).float()
+                    else:
+                        target["attributes"][a.name] = torch.zeros(n, a.num_values, device=self.device)
+                    target.setdefault("attribute_labeled", {})[a.name] = (
+                        torch.as_tensor(labeled[a.name], device=self.device).bool() if a.name in labeled
+                        else torch.full((n,), a.name in attrs, dtype=torch.bool, device=self.device))
+            out.append(target)
         return out
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None):
