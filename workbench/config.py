@@ -361,10 +361,13 @@ class EvalConfig:
         "main"     c * m                       (upstream Mask2Former, the model's `scores`)
         "product"  c * m * prod_i a_i
         "mean"     (c + sum_i a_i) / (1 + A) * m
+    A multi-label group's a_i is the mean over its K values of the probability of the decision taken (p where
+    the value is predicted, i.e. p > its threshold, and 1 - p where not).
     dedupe_iou: None = off; else greedy mask-IoU duplicate suppression across queries, class-agnostic, by the
     ranking score: an instance whose mask IoU with a kept one is >= dedupe_iou is removed.
     score_threshold: instances whose ranking score is below it are removed (0 keeps all).
-    drop_no_object: remove instances where any attribute's no-object prob exceeds its best real value's prob.
+    drop_no_object: remove instances where any single-label attribute's no-object prob exceeds its best real
+    value's prob (multi-label groups have no no-object slot).
     max_dets: at most this many instances per image (highest ranking scores) are evaluated; also COCOeval's
     maxDets.
     """

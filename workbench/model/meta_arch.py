@@ -176,5 +176,6 @@ class MultiTaskMask2Former(nn.Module):
             results.append(instance_inference(
                 outputs.class_logits[b], {k: v[b] for k, v in outputs.attribute_logits.items()},
                 outputs.mask_logits[b], padded_size, image_size, output_size, topk=self.cfg.test_topk,
+                multi_label={a.name: a.threshold for a in self.cfg.attributes if a.multi},
             ))
         return results
