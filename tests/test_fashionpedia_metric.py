@@ -117,3 +117,27 @@ def test_attribute_f1_is_sklearn_binary_macro():
         yt, yp = np.zeros(12, int), np.zeros(12, int)
         yt[list(g)], yp[list(d)] = 1, 1
         assert attribute_f1(g, d, 12) == pytest.approx(f1_score(yt, yp, average="macro"), abs=1e-12)
+
+
+def test_a_later_gt_must_beat_the_current_match_on_iou_and_f1():
+    """FPEval's rule (not COCO's IoU-only one): detection 1 overlaps GT 2 more (IoU .9) but agrees with GT 1 on
+    attributes (IoU .8, F1 1), so it takes GT 1 and detection 2 can take GT 2."""
+    size, a, b = 64, VOCABULARY[0], VOCABULARY[1]
+    gt1, gt2 = box(size, 0, 0, 20, 16), box(size, 0, 0, 20, 18)
+    gt = {"images": [{"id": 1, "file_name": "x.png", "height": size, "width": size}],
+          "categories": [{"id": c, "name": f"c{c}", "supercategory": "s"} for c in range(NUM_CATEGORIES)],
+          "attributes": [{"id": v, "name": f"a{v}", "supercategory": "g", "level": 1} for v in VOCABULARY],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 0, "segmentation": rle(gt1), "area": float(gt1.sum()),
+               "bbox": [0, 0, 16, 20], "iscrowd": 0, "attribute_ids": [a, b]},
+              {"id": 2, "image_id": 1, "category_id": 0, "segmentation": rle(gt2), "area": float(gt2.sum()),
+               "bbox": [0, 0, 18, 20], "iscrowd": 0, "attribute_ids": [a]}]}
+    detections = [
+        {"image_id": 1, "category_id": 0, "segmentation": rle(box(size, 0, 0, 20, 20)), "score": 0.9,
+         "attribute_ids": [a, b]},
+        {"image_id": 1, "category_id": 0, "segmentation": rle(box(size, 0, 1, 20, 18)), "score": 0.8,
+         "attribute_ids": [a]}]
+    ours = iou_f1_ap(gt, detections, VOCABULARY, attributed=FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES)
+    ref = reference_ap(gt, detections)
+    for key, value in ref.items():
+        assert ours[key] == pytest.approx(100 * value, abs=1e-4), key
