@@ -21,6 +21,14 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True, help="output COCO JSON; file_names are relative to LABELME_DIR")
     c.set_defaults(func=run_convert)
 
+    f = data_sub.add_parser("import-fashionpedia", help="Fashionpedia JSON -> COCO-with-attributes (written atomically)")
+    f.add_argument("src", help="Fashionpedia annotation file (attributes + per-annotation attribute_ids)")
+    f.add_argument("--out", required=True, help="output COCO-with-attributes JSON")
+    f.add_argument("--all-multi", action="store_true",
+                   help="make every attribute group multi-label (default: only groups where some annotation "
+                        "holds several values)")
+    f.set_defaults(func=run_import_fashionpedia)
+
     v = data_sub.add_parser("validate", help="check a COCO-with-attributes file; exit 1 on errors")
     v.add_argument("coco", help="COCO-with-attributes JSON")
     v.add_argument("--images", help="image folder the file_names are relative to (checks the files too)")
@@ -52,6 +60,20 @@ def run_convert(args) -> int:
         print(f"error: {e}\nnothing written.", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} instances")
+    return 0
+
+
+def run_import_fashionpedia(args) -> int:
+    from workbench.data.fashionpedia import import_fashionpedia
+    from workbench.data.problems import DataError
+
+    try:
+        coco = import_fashionpedia(args.src, args.out, all_multi=args.all_multi)
+    except DataError as e:
+        print(f"error: {e}\nnothing written.", file=sys.stderr)
+        return 1
+    kinds = ", ".join(f"{a['name']} ({a.get('kind', 'single')}, {len(a['values'])})" for a in coco["attributes"])
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} instances; groups: {kinds}")
     return 0
 
 

@@ -42,6 +42,9 @@ __all__ = [
     "F1_THRESHOLDS",
     "attribute_f1",
     "categories_with_attributes",
+    "attribute_vocabulary",
+    "evaluate_fashionpedia_results",
+    "fashionpedia_ground_truth",
     "iou_f1_ap",
 ]
 
@@ -192,3 +195,114 @@ def iou_f1_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]], vo
 
     return {"AP": mean(), "AP_IOU50_F150": mean(0.5, 0.5), "AP_IOU75_F175": mean(0.75, 0.75),
             "AP_IOU50": mean(iou=0.5), "AP_IOU75": mean(iou=0.75)}
+
+
+def attribute_vocabulary(schema) -> dict[tuple[str, int], int]:
+    """(group, value id) -> attribute id for AP(IoU+F1): the values' `source_id`s when every group keeps them
+    (imported Fashionpedia files), else 0, 1, ... over the groups in schema order."""
+    keep = all(a.source_ids for a in schema.attributes)
+    ids, n = {}, 0
+    for a in schema.attributes:
+        for k in range(len(a.values)):
+            ids[a.name, k] = a.source_ids[k] if keep else n
+            n += 1
+    return ids
+
+
+def _results_problems(results: Any, gt: Mapping[str, Any], vocabulary: set[int], where: str) -> list:
+    from workbench.data.problems import Problem
+
+    if not isinstance(results, list):
+        return [Problem("bad_format", where, "a results file is a JSON list of {image_id, category_id, "
+                        "segmentation, score, attribute_ids}")]
+    images = {im["id"] for im in gt["images"]}
+    categories = {c["id"] for c in gt["categories"]}
+    problems = []
+    for i, r in enumerate(results):
+        w = f"{where}: [{i}]"
+        if not isinstance(r, dict):
+            problems.append(Problem("bad_format", w, "must be an object"))
+            continue
+        if r.get("image_id") not in images:
+            problems.append(Problem("unknown_image", f"{w}.image_id", f"no image with id {r.get('image_id')!r} in the GT"))
+        if r.get("category_id") not in categories:
+            problems.append(Problem("unknown_category", f"{w}.category_id", f"no category with id {r.get('category_id')!r}"))
+        seg = r.get("segmentation")
+        if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
+            problems.append(Problem("bad_format", f"{w}.segmentation", "must be a COCO RLE {size, counts}"))
+        if not isinstance(r.get("score"), (int, float)) or isinstance(r.get("score"), bool):
+            problems.append(Problem("bad_format", f"{w}.score", f"must be a number, got {r.get('score')!r}"))
+        ids = r.get("attribute_ids")
+        if not isinstance(ids, list) or not all(isinstance(v, int) for v in ids):
+            problems.append(Problem("bad_format", f"{w}.attribute_ids", f"must be a list of attribute ids, got {ids!r}"))
+        elif set(ids) - vocabulary:
+            problems.append(Problem("unknown_attribute", f"{w}.attribute_ids",
+                                    f"ids {sorted(set(ids) - vocabulary)} are not attributes of the GT file"))
+    return problems
+
+
+def fashionpedia_ground_truth(gt_path) -> tuple[dict, list[int]]:
+    """A GT file in Fashionpedia's format (annotations with `attribute_ids`) or ours (imported, with
+    `source_id`s, or any COCO-with-attributes file) -> (COCO dict with `attribute_ids`, ids > 0, `area`;
+    the attribute-id vocabulary)."""
+    from workbench.data.io import read_json
+    from workbench.data.masks import segmentation_to_mask
+    from workbench.data.problems import DataError, Problem
+    from workbench.data.schema import UNLABELED, Schema, check_coco
+
+    data = read_json(gt_path)
+    where = str(gt_path)
+    if isinstance(data, dict) and any("attribute_ids" in a for a in data.get("annotations", []) if isinstance(a, dict)):
+        from workbench.data.fashionpedia import _check
+
+        problems = _check(data, where)
+        if problems:
+            raise DataError(problems)
+        vocabulary = [a["id"] for a in data["attributes"]]
+        annotations = [dict(a, attribute_ids=list(a.get("attribute_ids", []))) for a in data["annotations"]]
+    else:
+        problems = check_coco(data, where)
+        if problems:
+            raise DataError(problems)
+        schema = Schema.from_coco(data, where)
+        if not schema.attributes:
+            raise DataError([Problem("bad_format", f"{where}: attributes", "the GT file has no attributes: "
+                                     "AP(IoU+F1) needs an attribute vocabulary")])
+        ids = attribute_vocabulary(schema)
+        vocabulary = sorted(ids.values())
+        annotations = []
+        for a in data["annotations"]:
+            out = []
+            for g in schema.attributes:
+                v = (a.get("attributes") or {}).get(g.name, UNLABELED)
+                if v != UNLABELED:
+                    out += [ids[g.name, k] for k in v] if g.multi else [ids[g.name, v]]
+            annotations.append(dict(a, attribute_ids=sorted(out)))
+    images = {im["id"]: im for im in data["images"]}
+    for i, a in enumerate(annotations, start=1):  # COCOeval reads id 0 as "unmatched"
+        a["id"] = i
+        a.setdefault("iscrowd", 0)
+        if "area" not in a:
+            im = images[a["image_id"]]
+            a["area"] = float(segmentation_to_mask(a["segmentation"], im["height"], im["width"]).sum())
+    gt = {"images": list(data["images"]), "categories": list(data["categories"]), "annotations": annotations}
+    return gt, vocabulary
+
+
+def evaluate_fashionpedia_results(gt_path, results_path, max_dets: int = 100) -> dict[str, float | None]:
+    """AP(IoU+F1) of a results file in Fashionpedia's format against a GT file (see `fashionpedia_ground_truth`).
+
+    Categories with attributes: Fashionpedia's own list when the GT has its 46 categories (ids 0..45), else
+    those with an attribute in the GT. Every GT image is evaluated, as FPEval does.
+    """
+    from workbench.data.io import read_json
+    from workbench.data.problems import DataError
+
+    gt, vocabulary = fashionpedia_ground_truth(gt_path)
+    results = read_json(results_path)
+    problems = _results_problems(results, gt, set(vocabulary), str(results_path))
+    if problems:
+        raise DataError(problems)
+    is_fashionpedia = sorted(c["id"] for c in gt["categories"]) == list(range(46))
+    attributed = FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES if is_fashionpedia else None
+    return iou_f1_ap(gt, results, vocabulary, attributed=attributed, max_dets=max_dets)
