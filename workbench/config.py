@@ -142,6 +142,7 @@ class ModelConfig:
     dropout: float = 0.0
     size_divisibility: int = 32
     attribute_cost_weight: float = 1.0  # scales every attribute's matcher cost; 0 switches them off
+    multi_label_cost_weight: float = 1.0  # further scales multi-label groups' matcher costs; 0 switches them off
     test_topk: int = 100  # instances kept per image at inference (top-k over queries x classes)
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -158,8 +159,8 @@ class ModelConfig:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by nheads {self.nheads}")
         if self.dec_layers < 1 or self.enc_layers < 0:
             raise ValueError("dec_layers must be >= 1 and enc_layers >= 0")
-        if self.attribute_cost_weight < 0:
-            raise ValueError("attribute_cost_weight must be >= 0")
+        if self.attribute_cost_weight < 0 or self.multi_label_cost_weight < 0:
+            raise ValueError("attribute_cost_weight and multi_label_cost_weight must be >= 0")
         if self.backbone_norm not in ("auto", "bn", "frozen_bn"):
             raise ValueError(f"backbone_norm must be 'auto', 'bn' or 'frozen_bn', got {self.backbone_norm!r}")
 

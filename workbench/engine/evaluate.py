@@ -338,7 +338,7 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
             raise KeyError(f"predictions[{key!r}]: no image with that id in {where}")
         if image_id in image_ids:
             raise KeyError(f"predictions[{key!r}]: image id {image_id} given twice")
-        pred = to_numpy(raw)
+        pred = align_kinds(to_numpy(raw), schema)
         _check_prediction(pred, key, images[image_id], schema)
         image_ids.append(image_id)
         counts["images"] += 1
@@ -433,6 +433,32 @@ def _attribute_result(name: str, values: list[str], pairs: list[tuple[int, int]]
     correct = int(np.trace(confusion[:, :k]))
     return AttributeResult(name=name, values=values, accuracy=correct / count if count else None, correct=correct,
                            count=count, unlabeled=unlabeled, confusion=confusion.tolist())
+
+
+def align_kinds(pred: dict, schema: Schema) -> dict:
+    """A prediction from a model whose group kinds differ from the file's (an ablation of `kind`), in the
+    file's terms: a softmax group scored as multi-label predicts the set {its value} (empty where no-object
+    wins); a sigmoid group scored as single-label predicts its most probable value, "no object" where no
+    value passes its threshold. Groups whose kinds agree are untouched."""
+    pred = dict(pred)
+    for a in schema.attributes:
+        sets = pred.get("attribute_sets", {})
+        if a.multi and a.name not in sets and a.name in pred.get("attributes", {}):
+            values = np.asarray(pred["attributes"][a.name]).astype(np.int64)
+            score = np.asarray(pred["attribute_scores"][a.name])
+            real = np.asarray(pred["attribute_no_object"][a.name]) <= score
+            hot = np.zeros((len(values), len(a.values)), bool)
+            hot[np.arange(len(values))[real], values[real]] = True
+            pred["attribute_sets"] = {**sets, a.name: hot}
+            pred["attribute_probs"] = {**pred.get("attribute_probs", {}), a.name: np.where(hot, score[:, None], 0.0)}
+        elif not a.multi and a.name in sets and a.name not in pred.get("attributes", {}):
+            probs = np.asarray(pred["attribute_probs"][a.name])
+            chosen = np.asarray(sets[a.name]).any(1)
+            pred["attributes"] = {**pred.get("attributes", {}), a.name: probs.argmax(1)}
+            pred["attribute_scores"] = {**pred["attribute_scores"], a.name: probs.max(1)}
+            pred["attribute_no_object"] = {**pred.get("attribute_no_object", {}),
+                                           a.name: np.where(chosen, 0.0, 2.0)}  # > any prob: "no object"
+    return pred
 
 
 def _multi_label_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> MultiLabelResult:
