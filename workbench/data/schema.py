@@ -125,6 +125,11 @@ class Schema:
                 for a in self.attributes}
 
     @property
+    def attribute_values(self) -> dict[str, list[str]]:
+        """{name: [value names]} for every group, single or multi (what tables and drawings label with)."""
+        return {a.name: list(a.values) for a in self.attributes}
+
+    @property
     def multi_label_names(self) -> list[str]:
         return [a.name for a in self.attributes if a.multi]
 

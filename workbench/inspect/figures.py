@@ -216,6 +216,7 @@ def annotation_grid(items: Sequence[Mapping], categories: Sequence[str],
 def _gt_value(inst: Mapping, name: str, values: Sequence[str], i: int) -> str:
     """One instance's ground truth for one group: "red", "stripes+dots" (multi-label), "-" (empty set) or
     "<name>?" (unlabeled)."""
+    values = values["values"] if isinstance(values, Mapping) else values  # Schema.model_attributes() form
     v = np.asarray(inst["attributes"][name])[i]
     if np.ndim(v) == 1:  # multi-hot row
         labeled = inst.get("attribute_labeled", {}).get(name)

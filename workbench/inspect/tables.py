@@ -43,6 +43,7 @@ def instances_table(item: Mapping[str, Any], categories: Sequence[str],
     for t in range(len(labels)):
         row = {"instance": t, "category": categories[int(labels[t])]}
         for name, values in attribute_values.items():
+            values = values["values"] if isinstance(values, Mapping) else values  # Schema.model_attributes() form
             v = np.asarray(inst["attributes"][name])[t]
             if np.ndim(v) == 1:  # multi-label group: the set, "-" when empty
                 labeled = inst.get("attribute_labeled", {}).get(name)
