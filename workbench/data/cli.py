@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     s.add_argument("--images", type=int, default=200, help="number of images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--patterns", action="store_true",
+                   help="add the multi-label group `pattern` (stripes / dots / outline, any subset)")
     s.set_defaults(func=run_synth)
 
     c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON (written atomically)")
@@ -41,7 +43,8 @@ def run_synth(args) -> int:
     from workbench.data.synthetic import SynthConfig, synthesize
 
     try:
-        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size))
+        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size,
+                                                                                  patterns=args.patterns))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -30,7 +30,7 @@ from workbench.data.io import read_json
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import _is_int, save_coco
 
-__all__ = ["fashionpedia_to_coco", "import_fashionpedia"]
+__all__ = ["check_fashionpedia", "fashionpedia_to_coco", "import_fashionpedia"]
 
 
 def _identifier(name: str) -> str:
@@ -42,7 +42,8 @@ def _value_name(name: str) -> str:
     return re.sub(r"[\s,=]+", "_", name.strip()).strip("_")
 
 
-def _check(data: Any, where: str) -> list[Problem]:
+def check_fashionpedia(data: Any, where: str) -> list[Problem]:
+    """Format problems of a Fashionpedia dict: the four lists, attribute entries, each annotation's ids."""
     if not isinstance(data, dict):
         return [Problem("bad_format", where, "top level must be a JSON object")]
     problems = []
@@ -84,7 +85,7 @@ def _check(data: Any, where: str) -> list[Problem]:
 
 def fashionpedia_to_coco(data: dict, where: str = "fashionpedia", all_multi: bool = False) -> dict:
     """A Fashionpedia dict -> a COCO-with-attributes dict (see the module docstring); raises `DataError`."""
-    problems = _check(data, where)
+    problems = check_fashionpedia(data, where)
     if problems:
         raise DataError(problems)
     groups: dict[str, dict[str, Any]] = {}  # group name -> {"source_name", "attributes": [attribute dicts]}

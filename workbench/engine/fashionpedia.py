@@ -34,6 +34,7 @@ import io
 from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -161,8 +162,6 @@ def iou_f1_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]], vo
                      "annotations": [dict(a) for a in gt["annotations"]]})
     dets = [dict(d, id=i + 1, iscrowd=0) for i, d in enumerate(detections)]
     for d in dets:
-        from pycocotools import mask as mask_utils
-
         d.setdefault("area", float(mask_utils.area(d["segmentation"])))
         d.setdefault("bbox", [float(v) for v in mask_utils.toBbox(d["segmentation"])])
     dt_coco = _coco({"images": list(gt["images"]), "categories": list(gt["categories"]), "annotations": dets})
@@ -253,9 +252,9 @@ def fashionpedia_ground_truth(gt_path) -> tuple[dict, list[int]]:
     data = read_json(gt_path)
     where = str(gt_path)
     if isinstance(data, dict) and any("attribute_ids" in a for a in data.get("annotations", []) if isinstance(a, dict)):
-        from workbench.data.fashionpedia import _check
+        from workbench.data.fashionpedia import check_fashionpedia
 
-        problems = _check(data, where)
+        problems = check_fashionpedia(data, where)
         if problems:
             raise DataError(problems)
         vocabulary = [a["id"] for a in data["attributes"]]
