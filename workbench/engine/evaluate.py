@@ -31,7 +31,7 @@ AP(IoU+F1) Fashionpedia's metric (engine/fashionpedia.py), when the schema has a
          group's values (single and multi) form one attribute vocabulary (ids = the values' `source_id` when
          the file keeps them, as imported Fashionpedia files do); a single group contributes its predicted
          value unless its no-object prob wins, a multi group its predicted set; categories with attributes are
-         those with at least one labeled GT attribute.
+         FPEval's list for Fashionpedia's 46 categories, else those with at least one labeled GT attribute.
 
 Ranking (`EvalConfig.scoring`), filters, duplicate suppression and `max_dets` are applied first, per image, by
 `engine/scoring.select_instances`; the ranking score is the score COCOeval sees, so every number above uses it.
@@ -55,7 +55,7 @@ from workbench.data.io import read_json, write_json_atomic
 from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
-from workbench.engine.fashionpedia import attribute_vocabulary, iou_f1_ap
+from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 
 __all__ = [
@@ -390,7 +390,8 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
         gt_data = {**gt.dataset, "annotations": [dict(a, attribute_ids=gt_ids[a["id"]]) for a in gt.dataset["annotations"]]}
         dets = [{k: d[k] for k in ("image_id", "category_id", "segmentation", "score", "area", "bbox")}
                 | {"attribute_ids": dt_ids[d["id"]]} for d in detections]
-        iou_f1 = iou_f1_ap(gt_data, dets, vocabulary, image_ids=image_ids, max_dets=eval_cfg.max_dets)
+        iou_f1 = iou_f1_ap(gt_data, dets, vocabulary, attributed=default_attributed(gt_data), image_ids=image_ids,
+                           max_dets=eval_cfg.max_dets)
     return EvalResult(
         segm=_summarize(main),
         joint=_summarize(joint),

@@ -43,6 +43,7 @@ __all__ = [
     "F1_THRESHOLDS",
     "attribute_f1",
     "categories_with_attributes",
+    "default_attributed",
     "attribute_vocabulary",
     "evaluate_fashionpedia_results",
     "fashionpedia_ground_truth",
@@ -70,6 +71,14 @@ def attribute_f1(gt_ids: Collection[int], dt_ids: Collection[int], vocabulary_si
 def categories_with_attributes(gt: Mapping[str, Any]) -> set[int]:
     """Category ids of which at least one GT annotation has a non-empty `attribute_ids`."""
     return {a["category_id"] for a in gt["annotations"] if a.get("attribute_ids")}
+
+
+def default_attributed(gt: Mapping[str, Any]) -> Collection[int] | None:
+    """FPEval's hard-coded list when `gt` has Fashionpedia's 46 categories (ids 0..45), else None (= the
+    categories with an attribute in `gt`, see `iou_f1_ap`)."""
+    if sorted(c["id"] for c in gt["categories"]) == list(range(46)):
+        return FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES
+    return None
 
 
 def _coco(dataset: dict) -> COCO:
@@ -302,6 +311,4 @@ def evaluate_fashionpedia_results(gt_path, results_path, max_dets: int = 100) ->
     problems = _results_problems(results, gt, set(vocabulary), str(results_path))
     if problems:
         raise DataError(problems)
-    is_fashionpedia = sorted(c["id"] for c in gt["categories"]) == list(range(46))
-    attributed = FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES if is_fashionpedia else None
-    return iou_f1_ap(gt, results, vocabulary, attributed=attributed, max_dets=max_dets)
+    return iou_f1_ap(gt, results, vocabulary, attributed=default_attributed(gt), max_dets=max_dets)
