@@ -2,6 +2,7 @@
 matches PyTorch's logits and, through the package's post-processing, its instances."""
 import contextlib
 import io
+import json
 
 import numpy as np
 import onnx
@@ -18,7 +19,8 @@ from workbench.deploy.onnx_export import (DEFORMABLE_ATTENTION_NOTE, InferenceGr
 from workbench.engine.checkpoint import save_checkpoint
 from workbench.model import build_model
 
-ATTRS = {"color": ["r", "g", "b"], "size": ["s", "m", "l"], "shape": ["a", "b"]}
+ATTRS = {"color": ["r", "g", "b"], "size": ["s", "m", "l"],  # single-label (K+1 softmax) and multi-label (K sigmoid)
+         "pattern": {"values": ["dots", "stripes", "plain"], "kind": "multi", "threshold": 0.4}}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,9 @@ def test_export_cli_writes_one_self_contained_file(exported):
     assert proto.opset_import[0].version >= 16
     assert {n.op_type for n in proto.graph.node} >= {"GridSample"}
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["workbench.size_divisibility"] == "32" and '"color"' in meta["workbench.attributes"]
+    assert meta["workbench.size_divisibility"] == "32"
+    assert json.loads(meta["workbench.attributes"])["pattern"] == {"values": ["dots", "stripes", "plain"],
+                                                                   "kind": "multi", "threshold": 0.4}
     assert not list(root.glob("*.data")) and not list(root.glob("*.partial"))  # weights inside, nothing half-written
 
 
@@ -82,8 +86,10 @@ def test_onnxruntime_matches_pytorch_logits_and_instances(exported, sizes):
         assert o["masks"].shape == t["masks"].shape == (len(t["labels"]), *t["masks"].shape[-2:])
         assert (o["masks"] != t["masks"]).float().mean() < 1e-4  # a pixel with a logit within 1e-6 of 0 may flip
         torch.testing.assert_close(o["scores"], t["scores"], atol=1e-4, rtol=0)
-        for name in ATTRS:
+        for name in ("color", "size"):
             assert torch.equal(o["attributes"][name], t["attributes"][name])
+        assert torch.equal(o["attribute_sets"]["pattern"], t["attribute_sets"]["pattern"])  # the multi group's sets
+        torch.testing.assert_close(o["attribute_probs"]["pattern"], t["attribute_probs"]["pattern"], atol=1e-4, rtol=0)
 
 
 def test_export_refuses_a_low_opset_and_bad_example_size(tmp_path):

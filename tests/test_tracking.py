@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 import workbench as wb
 from workbench.config import AugmentConfig, DataConfig, LogConfig, RunConfig, SolverConfig
 from workbench.config_file import ConfigError, run_config_from_dict
-from workbench.engine.evaluate import AttributeResult, EvalResult
+from workbench.engine.evaluate import AttributeResult, EvalResult, MultiLabelResult
 from workbench.engine.tracking import TensorBoardLog
 
 ATTRS = {"color": ["red", "green", "blue"], "size": ["small", "large"]}
@@ -72,12 +72,17 @@ def test_evaluation_scalars_name_every_attribute_and_skip_undefined_values(tmp_p
     result = EvalResult(segm={"AP": 12.5, "AP50": None}, joint={"AP": 7.0}, per_category_ap={},
                         attributes={"color": AttributeResult("color", ["r", "g"], 0.75, 3, 4, 0, [[2, 1, 0], [0, 1, 0]]),
                                     "size": AttributeResult("size", ["s"], None, 0, 0, 0, [[0, 0]])},
-                        max_dets=100, tp_iou=0.5, counts={})
+                        max_dets=100, tp_iou=0.5, counts={}, iou_f1={"AP": 3.0, "AP50": None},
+                        multi_label={"pattern": MultiLabelResult("pattern", ["dots", "plain"], 2, 0,
+                                                                 micro={"precision": 1.0, "recall": 0.5, "f1": 0.6},
+                                                                 macro={"precision": None, "recall": None, "f1": None},
+                                                                 per_value={})})
     log = TensorBoardLog(tmp_path)
     log.evaluation(40, result)
     log.close()
     acc = events(tmp_path)
-    assert sorted(acc.Tags()["scalars"]) == ["eval/attribute_accuracy/color", "eval/joint/AP", "eval/segm/AP"]
+    assert sorted(acc.Tags()["scalars"]) == ["eval/attribute_accuracy/color", "eval/attribute_f1/pattern/micro",
+                                             "eval/iou_f1/AP", "eval/joint/AP", "eval/segm/AP"]
     assert [(e.step, e.value) for e in acc.Scalars("eval/attribute_accuracy/color")] == [(40, 0.75)]
 
 

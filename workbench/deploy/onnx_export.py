@@ -2,7 +2,8 @@
 
 Graph: `image` float32 (B, 3, H, W), already normalised ((pixel - pixel_mean) / pixel_std, padded with zeros
 bottom/right to multiples of `size_divisibility`) -> `class_logits` (B, Q, C+1), `mask_logits` (B, Q, H/4, W/4)
-and one `attribute_logits.<name>` (B, Q, K+1) per attribute head, in the config's order. B, H and W are dynamic.
+and one `attribute_logits.<name>` per attribute head, in the config's order: (B, Q, K+1) softmax logits for a
+single-label group, (B, Q, K) sigmoid logits for a multi-label one. B, H and W are dynamic.
 Post-processing (top-k, mask resizing, thresholds) stays outside the graph: `instances_from_outputs` runs the
 package's `instance_inference` on the arrays any ONNX runtime returns.
 
@@ -80,7 +81,8 @@ def instances_from_outputs(outputs: Sequence[np.ndarray], cfg: ModelConfig,
     for b, size in enumerate(image_sizes):
         results.append(instance_inference(
             class_logits[b], {a.name: logits[b] for a, logits in zip(cfg.attributes, attribute_logits)},
-            mask_logits[b], padded_size, tuple(size), tuple(size), topk=cfg.test_topk))
+            mask_logits[b], padded_size, tuple(size), tuple(size), topk=cfg.test_topk,
+            multi_label={a.name: a.threshold for a in cfg.attributes if a.multi}))
     return results
 
 
@@ -114,7 +116,9 @@ def metadata(cfg: ModelConfig) -> dict[str, str]:
         "workbench.pixel_std": json.dumps(list(cfg.pixel_std)),
         "workbench.size_divisibility": str(cfg.size_divisibility),
         "workbench.num_classes": str(cfg.num_classes),
-        "workbench.attributes": json.dumps({a.name: list(a.values) for a in cfg.attributes}),
+        "workbench.attributes": json.dumps({a.name: {"values": list(a.values), "kind": a.kind,
+                                                     **({"threshold": a.threshold} if a.multi else {})}
+                                            for a in cfg.attributes}),
         "workbench.test_topk": str(cfg.test_topk),
         "workbench.outputs": json.dumps(output_names(cfg)),
     }

@@ -3,8 +3,10 @@
 
 Scalars: `train/<term>` (the weighted final-stage losses and `train/total`) and `train/lr` at every logged
 training step (solver.log_period); at each evaluation `eval/segm/<AP key>`, `eval/joint/<AP key>` (AP with
-every labeled attribute right, in %) and `eval/attribute_accuracy/<name>`, plus prediction overlays as images
-`eval/overlay/<image id>`. Steps are training steps, as in metrics.jsonl. `log.tensorboard: false` writes none.
+every labeled attribute right, in %), `eval/attribute_accuracy/<name>` (single-label groups),
+`eval/attribute_f1/<name>/{micro,macro}` (multi-label groups) and `eval/iou_f1/<AP key>` (Fashionpedia's
+AP(IoU+F1), when measured), plus prediction overlays as images `eval/overlay/<image id>`. Steps are training
+steps, as in metrics.jsonl. `log.tensorboard: false` writes none.
 """
 from __future__ import annotations
 
@@ -43,6 +45,13 @@ class TensorBoardLog:
         for name, result in metrics.attributes.items():
             if result.accuracy is not None:
                 self.writer.add_scalar(f"eval/attribute_accuracy/{name}", float(result.accuracy), step)
+        for name, result in metrics.multi_label.items():  # multi-label groups: F1 on true positives
+            for average, scores in (("micro", result.micro), ("macro", result.macro)):
+                if scores.get("f1") is not None:
+                    self.writer.add_scalar(f"eval/attribute_f1/{name}/{average}", float(scores["f1"]), step)
+        for key, value in metrics.iou_f1.items():  # Fashionpedia's AP(IoU+F1), when measured
+            if value is not None:
+                self.writer.add_scalar(f"eval/iou_f1/{key}", float(value), step)
 
     def images(self, step: int, pngs: Sequence[str | os.PathLike], tag: str = "eval/overlay") -> None:
         """PNG files (the pipeline's overlays/) as images `<tag>/<file stem>`."""
