@@ -1,22 +1,25 @@
 """detectron2 adapter (workbench/d2). Tests marked `needs_d2` skip, with the reason shown by `pytest -ra`, where
 detectron2 is not importable (CI); the import tests run everywhere."""
 import json
+import re
 import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import workbench as wb
-from workbench.d2 import detectron2_available
+from workbench.d2 import INSTALL_COMMANDS, INSTALL_HINT, detectron2_available
+
+ROOT = Path(__file__).resolve().parents[1]
 
 needs_d2 = pytest.mark.skipif(
     not detectron2_available(),
-    reason="detectron2 is not importable; it is on no package index: build it from source "
-           "(README, 'detectron2 adapter') to run the adapter tests",
+    reason=f"detectron2 is not importable, so the adapter tests do not run. {INSTALL_HINT}",
 )
 
 # The keys of upstream Mask2Former's Base-COCO-InstanceSegmentation.yaml and maskformer2_R50_bs16_50ep.yaml
@@ -180,6 +183,36 @@ def test_workbench_imports_without_detectron2():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _readme_d2_block() -> list[str]:
+    """The command lines (comments stripped) of the README's first bash block under '## detectron2 adapter'."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## detectron2 adapter", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_install_commands_are_the_adapters():
+    """One source of truth: the README's detectron2 install lines are `workbench.d2.INSTALL_COMMANDS`, which the
+    ImportError and this file's skip reason print; every other install instruction for detectron2 or the d2
+    extra in the repository is one of them (none left installing the extra editable, which rebuilds the workbench)."""
+    commands = _readme_d2_block()
+    assert tuple(commands[:len(INSTALL_COMMANDS)]) == INSTALL_COMMANDS, commands
+    for command in INSTALL_COMMANDS:
+        assert command in INSTALL_HINT
+    assert INSTALL_HINT in needs_d2.kwargs["reason"]
+    pip_line = next(c for c in INSTALL_COMMANDS if " pip install " in f" {c} ")
+    assert "--use-pep517" in pip_line and "--no-build-isolation" in pip_line
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nd2-deps:", 1)[1].split("\n\n", 1)[0]
+    assert '["optional-dependencies"]["d2"]' in recipe and "pip install" in recipe and " -e " not in recipe
+    sources = [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "Makefile", ROOT / "environment.yml",
+               Path(__file__), *sorted((ROOT / "workbench" / "d2").glob("*.py"))]
+    for path in sources:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "pip install" in line and ("detectron2" in line or "[d2]" in line) and "INSTALL" not in line:
+                assert pip_line in line, f"{path.relative_to(ROOT)}:{number}: {line.strip()!r} is not {pip_line!r}"
 
 
 # --- config translation ----------------------------------------------------------------------------------------
