@@ -30,8 +30,8 @@ from detectron2.utils import comm
 from pycocotools import mask as mask_utils
 
 from workbench.config import EvalConfig
-from workbench.data.schema import load_coco
 from workbench.d2.modeling import prediction_from_instances
+from workbench.data.schema import load_coco
 from workbench.engine.evaluate import AP_KEYS, EvalResult, evaluate_predictions, write_metrics_json
 from workbench.engine.scoring import encode_masks
 
