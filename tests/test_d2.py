@@ -284,6 +284,9 @@ def test_add_multitask_config_alone_builds_the_multitask_coco_r50():
     tiny = wb.ModelConfig.tiny(num_classes=5, attributes={"color": ["red", "blue"]}, enc_dim_feedforward=1024)
     set_model_keys(cfg, tiny)
     assert model_config_from_cfg(cfg) == tiny
+    swin_b = wb.ModelConfig.coco_swin_b(num_classes=5)  # window 12, drop path 0.3 must survive the round trip
+    set_model_keys(cfg, swin_b)
+    assert model_config_from_cfg(cfg) == swin_b
     with pytest.raises(ValueError, match="enc_dim_feedforward"):
         set_model_keys(cfg, wb.ModelConfig.tiny())
 

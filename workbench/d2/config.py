@@ -117,9 +117,11 @@ def add_multitask_config(cfg: CN) -> None:
       ATTRIBUTE_NO_OBJECT_WEIGHTS  cross-entropy weight of each head's "no object" slot; empty = 0.1 each
       SCORING                      "main" | "product" | "mean": the score instances are ranked by (see
                                    workbench.config.EvalConfig) -- Instances.scores and so COCOEvaluator
-      BACKBONE.NAME / PRETRAINED / NORM   our backbones ("resnet50" | "mobilenet_v3_large" | "tiny";
-                                   weights from the local torch hub cache; "auto" | "bn" | "frozen_bn"),
-                                   used when MODEL.BACKBONE.NAME is "build_workbench_backbone"
+      BACKBONE.NAME / PRETRAINED / NORM   our backbones (workbench.model.backbone.BACKBONE_NAMES: ResNet,
+                                   MobileNetV3, Swin, tiny; weights from the local torch hub cache; "auto" |
+                                   "bn" | "frozen_bn"), used when MODEL.BACKBONE.NAME is "build_workbench_backbone"
+      BACKBONE.WINDOW_SIZE / DROP_PATH_RATE   Swin only (upstream's MODEL.SWIN.WINDOW_SIZE / DROP_PATH_RATE):
+                                   7 and 0.0 otherwise
     `workbench.d2.data.multitask_keys_from_dataset(name)` gives NUM_CLASSES and the vocabularies of a
     registered dataset.
     """
@@ -136,6 +138,8 @@ def add_multitask_config(cfg: CN) -> None:
     mt.BACKBONE.NAME = "resnet50"
     mt.BACKBONE.PRETRAINED = False
     mt.BACKBONE.NORM = "auto"
+    mt.BACKBONE.WINDOW_SIZE = 7
+    mt.BACKBONE.DROP_PATH_RATE = 0.0
     set_model_keys(cfg, ModelConfig.coco_r50())
     import workbench.d2.modeling  # noqa: F401  -- registers MultiTaskMaskFormer, the decoder and the backbone
 
@@ -166,6 +170,8 @@ def set_model_keys(cfg: CN, m: ModelConfig) -> None:
     mt.BACKBONE.NAME = m.backbone
     mt.BACKBONE.PRETRAINED = m.pretrained_backbone
     mt.BACKBONE.NORM = m.backbone_norm
+    mt.BACKBONE.WINDOW_SIZE = m.backbone_window_size
+    mt.BACKBONE.DROP_PATH_RATE = m.backbone_drop_path_rate
     head = cfg.MODEL.SEM_SEG_HEAD
     head.NUM_CLASSES = m.num_classes
     head.CONVS_DIM = m.hidden_dim
@@ -259,6 +265,8 @@ def model_config_from_cfg(cfg: CN) -> ModelConfig:
         backbone=mt.BACKBONE.NAME,
         pretrained_backbone=bool(mt.BACKBONE.PRETRAINED),
         backbone_norm=mt.BACKBONE.NORM,
+        backbone_window_size=int(mt.BACKBONE.WINDOW_SIZE),
+        backbone_drop_path_rate=float(mt.BACKBONE.DROP_PATH_RATE),
         hidden_dim=mf.HIDDEN_DIM,
         num_queries=mf.NUM_OBJECT_QUERIES,
         nheads=mf.NHEADS,
