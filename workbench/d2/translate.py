@@ -76,6 +76,8 @@ def model_config_from_cfg(cfg: CN) -> ModelConfig:
         backbone=mt.BACKBONE.NAME,
         pretrained_backbone=bool(mt.BACKBONE.PRETRAINED),
         backbone_norm=mt.BACKBONE.NORM,
+        backbone_window_size=int(mt.BACKBONE.WINDOW_SIZE),
+        backbone_drop_path_rate=float(mt.BACKBONE.DROP_PATH_RATE),
         hidden_dim=mf.HIDDEN_DIM,
         num_queries=mf.NUM_OBJECT_QUERIES,
         nheads=mf.NHEADS,

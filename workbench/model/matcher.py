@@ -135,12 +135,13 @@ class HungarianMatcher:
         device = outputs.class_logits.device
         indices = []
         for b in range(outputs.batch_size):
-            num_targets = len(targets[b]["labels"])
-            if num_targets == 0:
+            # Drawn before looking at the targets, as upstream does: an image without targets still takes its
+            # points, so equal seeds give upstream's random stream (and losses) through such images.
+            coords = rand((1, self.num_points, 2), device=device, generator=generator)
+            if len(targets[b]["labels"]) == 0:
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            coords = rand((1, self.num_points, 2), device=device, generator=generator)
             cost = self.cost_matrix(outputs, targets, b, coords).cpu().numpy()
             rows, cols = linear_sum_assignment(cost)
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
