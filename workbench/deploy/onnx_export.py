@@ -7,10 +7,12 @@ single-label group, (B, Q, K) sigmoid logits for a multi-label one. B, H and W a
 Post-processing (top-k, mask resizing, thresholds) stays outside the graph: `instances_from_outputs` runs the
 package's `instance_inference` on the arrays any ONNX runtime returns.
 
-Exporter: torch.onnx.export(dynamo=True), torch's default, which exports through `torch.export` with symbolic
-image sizes (H = 32 * h_blocks): a size the graph silently froze would fail the export, not the deployment. The
-multi-scale deformable attention exports as its PyTorch reference (GridSample, opset >= 16), not the
-compiled kernels; `MSDeformAttn` switches while `torch.onnx.is_in_onnx_export()`.
+Exporter: torch.onnx.export(dynamo=True), torch's default (the TorchScript exporter warns that it is
+deprecated). It traces through `torch.export` with symbolic sizes (H = size_divisibility x a dimension), so Python
+code that would fix a size is an export error; a size read back from a tensor (`torch.as_tensor(shapes)`,
+`.tolist()`) is still frozen silently, which is why the model keeps level sizes as Python values and the test
+runs a second size. The multi-scale deformable attention exports as its PyTorch reference (GridSample, opset
+>= 16), not the compiled kernels; `MSDeformAttn` switches while `torch.onnx.is_in_onnx_export()`.
 """
 from __future__ import annotations
 
