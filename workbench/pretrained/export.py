@@ -1,0 +1,94 @@
+"""Our trained model -> a transformers `Mask2FormerForUniversalSegmentation` folder (config.json +
+model.safetensors) that `from_pretrained` loads and runs with the same class and mask logits.
+
+transformers' model has no attribute heads: they are written beside it, to attribute_heads.safetensors (the
+attribute names and values in its metadata), so nothing trained is lost. The folder is written to a temporary
+sibling and renamed into place: an error leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from workbench.pretrained.transformers import TRANSFORMERS, to_config_dict
+
+ATTRIBUTE_FILE = "attribute_heads.safetensors"
+
+
+def transformers_state(model, hf_shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """transformers' state dict (keys and shapes `hf_shapes`) filled from our `model`; every one of our
+    tensors but the attribute heads must be used (an error names the first that is not)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    backbone = model.cfg.backbone
+    out: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    for key, shape in hf_shapes.items():
+        if key == "criterion.empty_weight":
+            weight = torch.ones(shape)
+            weight[-1] = model.cfg.loss.no_object_weight
+            out[key] = weight
+            continue
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.tensor(0, dtype=torch.long)  # a counter; eval-mode BatchNorm ignores it
+            continue
+        slot = TRANSFORMERS.slot(key, backbone)
+        if slot is None or slot.key not in state:
+            raise ValueError(f"export: transformers' {key!r} has no counterpart in our model "
+                             f"(mapped to {None if slot is None else slot.key!r})")
+        tensor = state[slot.key]
+        if slot.chunks > 1:
+            tensor = tensor.chunk(slot.chunks, 0)[slot.chunk]
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"export: our {slot.key!r} {tuple(tensor.shape)} does not fit transformers' {key!r} "
+                             f"{tuple(shape)}")
+        out[key] = tensor.contiguous().clone()
+        used.add(slot.key)
+    left = [k for k in state if k not in used and not k.startswith("decoder.attribute_heads.")
+            and not k.endswith("num_batches_tracked")]
+    if left:
+        raise ValueError(f"export: our {left[0]!r} has no place in transformers' model ({len(left)} such tensors)")
+    return out
+
+
+def export_transformers(model, out_dir: str | os.PathLike, class_names: Sequence[str]) -> Path:
+    """Write `model` as a transformers Mask2Former folder at `out_dir` (must not exist or be empty)."""
+    from safetensors.torch import save_file
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder")
+    cfg = model.cfg
+    if len(class_names) != cfg.num_classes:
+        raise ValueError(f"export: {len(class_names)} class names for a model with {cfg.num_classes} classes")
+    hf_config = Mask2FormerConfig(**to_config_dict(cfg, class_names))
+    with torch.device("meta"):
+        reference = Mask2FormerForUniversalSegmentation(hf_config)
+    shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    tensors = transformers_state(model, shapes)
+    heads = {k[len("decoder.attribute_heads."):]: v.detach().cpu().contiguous()
+             for k, v in model.state_dict().items() if k.startswith("decoder.attribute_heads.")}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        hf_config.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if heads:
+            spec = {a.name: list(a.values) for a in cfg.attributes}
+            save_file(heads, str(tmp / ATTRIBUTE_FILE), metadata={
+                "attributes": json.dumps(spec),
+                "about": "workbench attribute heads: Linear(hidden, K+1) on the decoder's normalised query "
+                         "output (the input of transformers' class_predictor); row K = no object"})
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
