@@ -1,0 +1,371 @@
+"""Published Mask2Former weights: parity with transformers (the reference implementation), the four checkpoint
+forms, the load report, errors that name the key, training from a checkpoint, and export back to transformers.
+
+The checkpoint is a randomly initialised transformers `Mask2FormerForUniversalSegmentation` (ResNet-50, 32
+wide, 2 encoder and 3 decoder layers, 6 queries, COCO's 80 names), built once per module and saved as
+transformers saves it; the upstream files are the same tensors under upstream's names (`as_upstream`).
+"""
+import json
+import pickle
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from workbench.pretrained import COCO_INSTANCE_CLASSES, read_checkpoint
+from workbench.pretrained.safe_pickle import RefusedPickleError
+
+transformers = pytest.importorskip("transformers", reason="transformers (a dev dependency) is the parity reference")
+TOL = 1e-4
+
+
+def transformers_model(seed=0, **overrides):
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig
+
+    torch.manual_seed(seed)
+    backbone = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64,
+                            layer_type="bottleneck", out_features=["stage1", "stage2", "stage3", "stage4"])
+    id2label = dict(enumerate(COCO_INSTANCE_CLASSES))
+    args = dict(backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
+                encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=2, decoder_layers=4,
+                num_attention_heads=4, num_queries=6, id2label=id2label,
+                label2id={v: k for k, v in id2label.items()})
+    args.update(overrides)
+    model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(**args)).eval()
+    with torch.no_grad():  # move every tensor off its initial value (zeros, ones, 0/1 statistics)
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf") / "m2f"
+    transformers_model().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf_model(hf_dir):
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    return Mask2FormerForUniversalSegmentation.from_pretrained(hf_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def ours(hf_dir):
+    model = wb.build_model(wb.pretrained_config(hf_dir)).eval()
+    report = wb.load_pretrained(model, hf_dir)
+    return model, report
+
+
+def our_stages(model, x):
+    with torch.no_grad():
+        feats = model.backbone(x)
+        pixel = model.pixel_decoder(feats)
+        out = model.decoder(pixel.multi_scale_features, pixel.mask_features, return_aux=True)
+    return feats, pixel, out
+
+
+def their_stages(hf, x):
+    with torch.no_grad():
+        level = hf.model.pixel_level_module
+        feats = level.encoder(x).feature_maps
+        pixel = level.decoder(feats)
+        out = hf(pixel_values=x, output_auxiliary_logits=True)
+    return feats, pixel, out
+
+
+def stage_diffs(model, hf, x) -> dict[str, float]:
+    """Max abs difference per stage, in forward order (backbone maps relative to their magnitude)."""
+    feats, pixel, out = our_stages(model, x)
+    their_feats, their_pixel, their_out = their_stages(hf, x)
+    diffs = {}
+    for (name, a), b in zip(feats.items(), their_feats):
+        diffs[f"backbone {name} (relative)"] = ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+    for i, (a, b) in enumerate(zip(pixel.multi_scale_features, their_pixel.multi_scale_features)):
+        diffs[f"pixel decoder multi-scale {i}"] = (a - b).abs().max().item()
+    diffs["pixel decoder mask features"] = (pixel.mask_features - their_pixel.mask_features).abs().max().item()
+    assert len(out.aux) == len(their_out.auxiliary_logits)
+    for i, (a, b) in enumerate(zip(out.aux, their_out.auxiliary_logits)):
+        diffs[f"decoder prediction {i} class"] = (a.class_logits - b["class_queries_logits"]).abs().max().item()
+        diffs[f"decoder prediction {i} mask"] = (a.mask_logits - b["masks_queries_logits"]).abs().max().item()
+    diffs["final class logits"] = (out.class_logits - their_out.class_queries_logits).abs().max().item()
+    diffs["final mask logits"] = (out.mask_logits - their_out.masks_queries_logits).abs().max().item()
+    return diffs
+
+
+# ---- parity with transformers ----
+@pytest.mark.parametrize("size", [(64, 96), (72, 88)], ids=["multiple-of-32", "not-multiple-of-32"])
+def test_parity_with_transformers(ours, hf_model, size):
+    model, _ = ours
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, *size)  # the same normalised batch for both
+    diffs = stage_diffs(model, hf_model, x)
+    print("\n".join(f"  {k:40s} {v:.3g}" for k, v in diffs.items()))
+    first_bad = next((k for k, v in diffs.items() if v >= TOL), None)
+    assert first_bad is None, f"ours and transformers diverge first at {first_bad}: {diffs[first_bad]:.3g}"
+
+
+def test_pretrained_config_reads_the_architecture(hf_dir):
+    cfg = wb.pretrained_config(hf_dir, num_classes=3, attributes={"color": ["r", "g"]})
+    assert (cfg.backbone, cfg.hidden_dim, cfg.mask_dim, cfg.num_queries, cfg.nheads) == ("resnet50", 32, 32, 6, 4)
+    assert (cfg.enc_layers, cfg.enc_dim_feedforward, cfg.dec_layers, cfg.dim_feedforward) == (2, 64, 3, 64)
+    assert cfg.num_classes == 3 and cfg.attribute_names == ("color",) and cfg.backbone_norm == "frozen_bn"
+    assert wb.pretrained_config(hf_dir).num_classes == 80
+
+
+# ---- the other checkpoint forms hold the same model ----
+UPSTREAM_NAMES = [  # ours -> upstream, written independently of workbench/pretrained/upstream.py
+    (r"backbone\.stem\.0\.weight", r"backbone.stem.conv1.weight"),
+    (r"backbone\.stem\.1\.(\w+)", r"backbone.stem.conv1.norm.\1"),
+    (r"backbone\.stages\.(res\d)\.(\d+)\.conv(\d)\.weight", r"backbone.\1.\2.conv\3.weight"),
+    (r"backbone\.stages\.(res\d)\.(\d+)\.bn(\d)\.(\w+)", r"backbone.\1.\2.conv\3.norm.\4"),
+    (r"backbone\.stages\.(res\d)\.(\d+)\.downsample\.0\.weight", r"backbone.\1.\2.shortcut.weight"),
+    (r"backbone\.stages\.(res\d)\.(\d+)\.downsample\.1\.(\w+)", r"backbone.\1.\2.shortcut.norm.\3"),
+    (r"pixel_decoder\.level_embed", r"sem_seg_head.pixel_decoder.transformer.level_embed"),
+    (r"pixel_decoder\.encoder\.(\d+)\.ffn\.0\.(\w+)", r"sem_seg_head.pixel_decoder.transformer.encoder.layers.\1.linear1.\2"),
+    (r"pixel_decoder\.encoder\.(\d+)\.ffn\.3\.(\w+)", r"sem_seg_head.pixel_decoder.transformer.encoder.layers.\1.linear2.\2"),
+    (r"pixel_decoder\.encoder\.(\d+)\.(.*)", r"sem_seg_head.pixel_decoder.transformer.encoder.layers.\1.\2"),
+    (r"pixel_decoder\.lateral_conv\.0\.weight", r"sem_seg_head.pixel_decoder.adapter_1.weight"),
+    (r"pixel_decoder\.lateral_conv\.1\.(\w+)", r"sem_seg_head.pixel_decoder.adapter_1.norm.\1"),
+    (r"pixel_decoder\.output_conv\.0\.weight", r"sem_seg_head.pixel_decoder.layer_1.weight"),
+    (r"pixel_decoder\.output_conv\.1\.(\w+)", r"sem_seg_head.pixel_decoder.layer_1.norm.\1"),
+    (r"pixel_decoder\.(.*)", r"sem_seg_head.pixel_decoder.\1"),
+    (r"decoder\.cross_attention\.(\d+)\.attn\.(.*)", r"sem_seg_head.predictor.transformer_cross_attention_layers.\1.multihead_attn.\2"),
+    (r"decoder\.cross_attention\.(\d+)\.norm\.(.*)", r"sem_seg_head.predictor.transformer_cross_attention_layers.\1.norm.\2"),
+    (r"decoder\.self_attention\.(\d+)\.attn\.(.*)", r"sem_seg_head.predictor.transformer_self_attention_layers.\1.self_attn.\2"),
+    (r"decoder\.self_attention\.(\d+)\.norm\.(.*)", r"sem_seg_head.predictor.transformer_self_attention_layers.\1.norm.\2"),
+    (r"decoder\.ffn\.(\d+)\.net\.0\.(.*)", r"sem_seg_head.predictor.transformer_ffn_layers.\1.linear1.\2"),
+    (r"decoder\.ffn\.(\d+)\.net\.3\.(.*)", r"sem_seg_head.predictor.transformer_ffn_layers.\1.linear2.\2"),
+    (r"decoder\.ffn\.(\d+)\.norm\.(.*)", r"sem_seg_head.predictor.transformer_ffn_layers.\1.norm.\2"),
+    (r"decoder\.class_head\.(.*)", r"sem_seg_head.predictor.class_embed.\1"),
+    (r"decoder\.(.*)", r"sem_seg_head.predictor.\1"),
+]
+
+
+def as_upstream(model) -> dict[str, np.ndarray]:
+    """Our state dict under upstream's names, as numpy arrays (the model zoo's .pkl content)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        pattern, template = next((p, t) for p, t in UPSTREAM_NAMES if re.fullmatch(p, key))
+        out[re.sub(pattern, template, key)] = value.numpy().copy()
+    out["criterion.empty_weight"] = np.ones(81, np.float32)
+    return out
+
+
+def same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def upstream_pkl(ours, tmp_path_factory):
+    path = tmp_path_factory.mktemp("upstream") / "model_final_test.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": as_upstream(ours[0]), "__author__": "test", "matching_heuristics": True}, f, protocol=2)
+    return path
+
+
+def test_upstream_pkl_and_pth_load_the_same_model(ours, upstream_pkl, tmp_path):
+    model = ours[0]
+    assert wb.pretrained_config(upstream_pkl) == model.cfg  # the architecture, from names and shapes alone
+    from_pkl = wb.build_model(model.cfg).eval()
+    report = wb.load_pretrained(from_pkl, upstream_pkl)
+    assert same_state(from_pkl, model)
+    assert report.kind == "upstream_pkl" and report.naming == "upstream"
+    assert ("criterion.empty_weight", "loss weights of the checkpoint's classes; ours are built from the config") \
+        in report.dropped
+
+    pth = tmp_path / "model_final.pth"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in as_upstream(model).items()}, "iteration": 10}, pth)
+    from_pth = wb.build_model(model.cfg).eval()
+    assert wb.load_pretrained(from_pth, pth).kind == "detectron2_pth"
+    assert same_state(from_pth, model)
+
+
+def test_sharded_and_lone_safetensors(ours, hf_model, tmp_path):
+    model = ours[0]
+    hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="20MB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    sharded = wb.build_model(model.cfg).eval()
+    assert wb.load_pretrained(sharded, tmp_path / "sharded").kind == "transformers_dir"
+    assert same_state(sharded, model)
+
+    hf_model.save_pretrained(tmp_path / "single")
+    lone = tmp_path / "lone" / "weights.safetensors"
+    lone.parent.mkdir()
+    shutil.copy(tmp_path / "single" / "model.safetensors", lone)
+    cfg = wb.pretrained_config(lone)  # no config.json: the architecture from names and shapes
+    assert cfg == model.cfg
+    single = wb.build_model(cfg).eval()
+    report = wb.load_pretrained(single, lone)
+    assert report.kind == "safetensors" and report.class_rows.matched_by == "position"
+    assert same_state(single, model)
+
+
+# ---- class-head rows carried over by name; the report ----
+def test_class_rows_carried_by_name_and_reported(ours, upstream_pkl, hf_dir):
+    source = ours[0]
+    cfg = wb.pretrained_config(upstream_pkl, num_classes=3, attributes={"color": ["r", "g", "b"]})
+    categories = ["dog", "unicorn", "person"]
+    for path in (upstream_pkl, hf_dir):  # COCO's names for upstream, id2label for transformers
+        torch.manual_seed(0)
+        model = wb.build_model(cfg)
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        report = wb.load_pretrained(model, path, categories=categories)
+        w, b = model.decoder.class_head.weight, model.decoder.class_head.bias
+        sw, sb = source.decoder.class_head.weight, source.decoder.class_head.bias
+        dog, person = COCO_INSTANCE_CLASSES.index("dog"), COCO_INSTANCE_CLASSES.index("person")
+        assert torch.equal(w[0], sw[dog]) and torch.equal(b[0], sb[dog])
+        assert torch.equal(w[2], sw[person]) and torch.equal(b[2], sb[person])
+        assert torch.equal(w[3], sw[80]) and torch.equal(b[3], sb[80])  # no-object row, always
+        assert torch.equal(w[1], fresh["decoder.class_head.weight"][1])  # unicorn: as initialised
+        for name, value in model.decoder.attribute_heads.state_dict().items():
+            assert torch.equal(value, fresh[f"decoder.attribute_heads.{name}"])
+
+        rows = report.class_rows
+        assert rows.carried == {"dog": "dog", "person": "person"} and rows.new == ("unicorn",)
+        assert len(rows.dropped) == 78 and "cat" in rows.dropped and rows.matched_by == "name"
+        new_keys = [k for k, _ in report.new]
+        assert "decoder.attribute_heads.color.weight" in new_keys and "decoder.class_head rows unicorn" in new_keys
+        assert "decoder.class_head.weight" in report.loaded and "backbone.stem.0.weight" in report.loaded
+        text = str(report)
+        assert "unicorn" in text and "attribute head" in text and "carried by name: 2 + no-object" in text
+        record = json.loads(json.dumps(report.to_dict()))  # JSON-serialisable for the run directory
+        assert record["class_rows"]["new"] == ["unicorn"] and record["kind"] == report.kind
+
+
+# ---- errors name the key; nothing is loaded ----
+def test_trunk_tensor_that_does_not_map_or_fit_is_an_error_naming_the_key(ours, tmp_path):
+    model = ours[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def write(state):
+        path = tmp_path / "bad.pth"
+        torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}}, path)
+        return path
+
+    extra = as_upstream(model)
+    extra["sem_seg_head.predictor.extra_proj.weight"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"sem_seg_head\.predictor\.extra_proj\.weight.*no place"):
+        wb.load_pretrained(model, write(extra))
+
+    narrow = as_upstream(model)
+    key = "sem_seg_head.predictor.transformer_ffn_layers.1.linear1.weight"
+    narrow[key] = narrow[key][:10]
+    with pytest.raises(ValueError, match=re.escape(key) + r".*shape \(10, 32\).*decoder\.ffn\.1\.net\.0\.weight"):
+        wb.load_pretrained(model, write(narrow))
+
+    missing = as_upstream(model)
+    del missing["backbone.res4.3.conv2.norm.running_var"]
+    with pytest.raises(ValueError, match=r"backbone\.stages\.res4\.3\.bn2\.running_var"):
+        wb.load_pretrained(model, write(missing))
+
+    deeper = wb.build_model(model.cfg.replace(dec_layers=2))
+    with pytest.raises(ValueError, match=r"_layers\.2\..*does not have"):
+        wb.load_pretrained(deeper, write(as_upstream(model)))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched by the failures
+
+
+def test_restricted_unpickler_refuses_pickled_classes(tmp_path):
+    path = tmp_path / "model_final_evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": np.zeros(2)}, "payload": shutil.rmtree}, f)
+    with pytest.raises(RefusedPickleError, match=r"model_final_evil\.pkl.*shutil\.rmtree"):
+        read_checkpoint(path)
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": np.zeros(2)}, "when": __import__("datetime").date(2020, 1, 1)}, f)
+    with pytest.raises(RefusedPickleError, match=r"datetime\.date"):
+        read_checkpoint(path)
+
+
+def test_unknown_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_checkpoint(tmp_path / "nowhere.pkl")
+    (tmp_path / "w.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"w\.bin.*unknown checkpoint kind"):
+        read_checkpoint(tmp_path / "w.bin")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"folder.*config\.json"):
+        read_checkpoint(tmp_path / "folder")
+    from safetensors.torch import save_file
+    save_file({"encoder.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match=r"other\.safetensors.*neither"):
+        read_checkpoint(tmp_path / "other.safetensors")
+
+
+# ---- export back to transformers ----
+def test_export_round_trip_through_transformers(ours, hf_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from workbench.pretrained import export_transformers
+
+    source = ours[0]
+    model = wb.build_model(source.cfg.replace(num_classes=2, attributes={"color": ["r", "g", "b"]})).eval()
+    wb.load_pretrained(model, hf_dir, categories=["cat", "dog"])
+    with torch.no_grad():
+        model.decoder.attribute_heads.color.weight.normal_()
+    out = export_transformers(model, tmp_path / "export", ["cat", "dog"])
+    hf, info = Mask2FormerForUniversalSegmentation.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert hf.config.id2label == {0: "cat", 1: "dog"}
+    x = torch.randn(1, 3, 64, 64)
+    _, _, mine = our_stages(model, x)
+    theirs = hf.eval()(pixel_values=x)
+    assert (mine.class_logits - theirs.class_queries_logits).abs().max() < TOL
+    assert (mine.mask_logits - theirs.masks_queries_logits).abs().max() < TOL
+    heads = load_file(str(out / "attribute_heads.safetensors"))
+    assert torch.equal(heads["color.weight"], model.decoder.attribute_heads.color.weight)
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_transformers(model, out, ["cat", "dog"])
+
+
+# ---- the upstream implementation itself, when importable ----
+def test_parity_with_upstream_detectron2(tmp_path):
+    pytest.importorskip("detectron2", reason="detectron2 is not importable: upstream parity not run")
+    mask2former = pytest.importorskip("mask2former", reason="upstream Mask2Former is not importable: "
+                                      "upstream parity not run")
+    from pathlib import Path
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model as build_d2_model
+    from detectron2.projects.deeplab import add_deeplab_config
+
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    mask2former.add_maskformer2_config(cfg)
+    cfg.merge_from_file(str(Path(mask2former.__file__).parents[1] / "configs" / "coco" / "instance-segmentation"
+                            / "maskformer2_R50_bs16_50ep.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.MASK_FORMER.HIDDEN_DIM", 32,
+                         "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.MASK_DIM", 32,
+                         "MODEL.MASK_FORMER.NHEADS", 4, "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 64,
+                         "MODEL.MASK_FORMER.DEC_LAYERS", 4, "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", 2,
+                         "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", 6])
+    torch.manual_seed(0)
+    upstream = build_d2_model(cfg).eval()
+    DetectionCheckpointer(upstream, save_dir=str(tmp_path)).save("model_final")
+    path = tmp_path / "model_final.pth"
+    model = wb.build_model(wb.pretrained_config(path)).eval()
+    wb.load_pretrained(model, path)
+    x = torch.randn(1, 3, 72, 88)
+    with torch.no_grad():
+        theirs = upstream.sem_seg_head(upstream.backbone(x))
+    _, _, mine = our_stages(model, x)
+    diffs = {"class": (mine.class_logits - theirs["pred_logits"]).abs().max().item(),
+             "mask": (mine.mask_logits - theirs["pred_masks"]).abs().max().item()}
+    for i, (a, b) in enumerate(zip(mine.aux, theirs["aux_outputs"])):
+        diffs[f"prediction {i} class"] = (a.class_logits - b["pred_logits"]).abs().max().item()
+        diffs[f"prediction {i} mask"] = (a.mask_logits - b["pred_masks"]).abs().max().item()
+    print(diffs)
+    assert max(diffs.values()) < TOL, diffs
