@@ -369,3 +369,82 @@ def test_parity_with_upstream_detectron2(tmp_path):
         diffs[f"prediction {i} mask"] = (a.mask_logits - b["pred_masks"]).abs().max().item()
     print(diffs)
     assert max(diffs.values()) < TOL, diffs
+
+
+# ---- training from a checkpoint ----
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    from workbench.data.synthetic import synthetic_splits
+
+    return synthetic_splits(tmp_path_factory.mktemp("shapes"), 4, 2, image_size=64, progress=False)
+
+
+def write_config(path, train_json, val_json, weights=None, **solver):
+    model = {"loss": {"num_points": 64}, **({"weights": str(weights)} if weights else {})}
+    solver = {"batch_size": 2, "max_iter": 2, "log_period": 1, **solver}
+    path.write_text(json.dumps({"model": model, "solver": solver, "data": {"train": str(train_json), "val": str(val_json)},
+                                "augment": {"image_size": 64, "min_scale": 0.9, "max_scale": 1.1,
+                                            "test_shortest_edge": 0}}))  # JSON is YAML
+    return path
+
+
+def test_train_from_yaml_weights_with_frozen_trunk(ours, hf_dir, shapes_data, tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.engine.checkpoint import load_checkpoint
+
+    config = write_config(tmp_path / "cfg.yaml", *shapes_data, weights=hf_dir, freeze="trunk", head_lr_multiplier=10.0)
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu",
+                 "--no-eval"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("[pretrained]") < out.index("[workbench] device")  # the report comes before the first step
+    report = json.loads((tmp_path / "run" / "pretrained_report.json").read_text())
+    assert report["class_rows"]["new"] == ["circle", "square", "triangle"]
+    assert {"decoder.attribute_heads.color.weight", "decoder.attribute_heads.size.weight"} <= \
+        {n["key"] for n in report["new"]}
+    final = load_checkpoint(tmp_path / "run" / "model_final.pt")
+    assert final["config"]["model"]["hidden_dim"] == 32 and final["config"]["model"]["num_classes"] == 3
+    trained, source = final["model"], ours[0].state_dict()
+    for key in ("backbone.stem.0.weight", "pixel_decoder.encoder.0.ffn.0.weight", "decoder.ffn.2.net.0.weight"):
+        assert torch.equal(trained[key], source[key])  # frozen trunk: exactly the checkpoint's
+    assert not torch.equal(trained["decoder.class_head.weight"][-1], source["decoder.class_head.weight"][-1])
+
+
+def test_weights_flag_overrides_the_yaml_and_resume_does_not_reload(hf_dir, shapes_data, tmp_path, monkeypatch):
+    from workbench.cli import main
+    from workbench.engine.cli import load_train_config
+    from workbench.engine.trainer import train
+    from workbench.pretrained import training
+
+    config = write_config(tmp_path / "cfg.yaml", *shapes_data, weights=tmp_path / "missing.pkl")
+    with pytest.raises(FileNotFoundError, match=r"missing\.pkl"):
+        load_train_config(str(config))
+    assert main(["train", "--config", str(config), "--weights", str(hf_dir), "--out", str(tmp_path / "run"),
+                 "--device", "cpu", "--no-eval"]) == 0
+    assert (tmp_path / "run" / "pretrained_report.json").is_file()
+
+    def reload(*args, **kwargs):
+        raise AssertionError("resume reloaded the pretrained weights over last.pt")
+
+    monkeypatch.setattr(training, "load_pretrained", reload)
+    cfg = load_train_config(str(config), weights=str(hf_dir))
+    result = train(cfg, tmp_path / "run", device="cpu", resume=True, progress=False, max_iter=3)
+    assert result.steps == 2  # resumed at its last step (2 = max_iter): nothing reloaded, nothing retrained
+
+
+def test_head_lr_multiplier_and_freeze():
+    from workbench.config import SolverConfig
+    from workbench.engine.trainer import freeze_parameters, param_groups
+
+    model = wb.build_model(wb.ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g"]}))
+    groups = param_groups(model, SolverConfig(head_lr_multiplier=10.0), 1.0)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr_of[id(model.decoder.class_head.weight)] == 10.0
+    assert lr_of[id(model.decoder.attribute_heads.color.weight)] == 10.0
+    assert lr_of[id(model.decoder.ffn[0].net[0].weight)] == 1.0 and lr_of[id(model.backbone.stem[0][0].weight)] == 0.1
+    freeze_parameters(model, "trunk")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"decoder.class_head.weight", "decoder.class_head.bias",
+                         "decoder.attribute_heads.color.weight", "decoder.attribute_heads.color.bias"}
+    assert sum(len(g["params"]) for g in param_groups(model, SolverConfig(), 1.0)) == 4
+    with pytest.raises(ValueError, match="solver.freeze"):
+        SolverConfig(freeze="heads")
