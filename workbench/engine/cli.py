@@ -68,12 +68,11 @@ def load_train_config(path: str, weights: str | None = None):
     if weights is not None:
         model["weights"] = weights
     if model.get("weights"):
-        from workbench.pretrained.architecture import architecture
+        from workbench.pretrained.load import checkpoint_fields
         from workbench.pretrained.source import read_checkpoint
 
         model["weights"] = str(Path(model["weights"]).resolve())
-        defaults.update(architecture(read_checkpoint(model["weights"])), backbone_norm="frozen_bn",
-                        pretrained_backbone=False)
+        defaults.update(checkpoint_fields(read_checkpoint(model["weights"])))
     doc = {**doc, "model": model}
     if train_json and ("num_classes" not in model or "attributes" not in model):
         defaults.update(schema_of_coco(train_json).model_fields())

@@ -32,15 +32,23 @@ def pretrained_config(source: Source, num_classes: int | None = None,
     """The ModelConfig of the checkpoint's architecture (backbone, widths, layers, queries, heads) with your
     `num_classes` (default: the checkpoint's) and `attributes`; `overrides` replace any other field.
 
-    BatchNorm is frozen (`backbone_norm="frozen_bn"`): the checkpoint's statistics are kept, as upstream
-    fine-tunes. The other fields (loss weights, pixel mean/std, test_topk) are upstream's COCO values.
+    A ResNet's BatchNorm is frozen (`backbone_norm="frozen_bn"`): the checkpoint's statistics are kept, as
+    upstream fine-tunes. The other fields (loss weights, pixel mean/std, test_topk) are upstream's COCO values.
     """
-    ckpt = _checkpoint(source)
-    fields = architecture(ckpt)
+    fields = checkpoint_fields(_checkpoint(source))
     fields["num_classes"] = fields["num_classes"] if num_classes is None else num_classes
-    fields.update(attributes=attributes, backbone_norm="frozen_bn", pretrained_backbone=False)
+    fields.update(attributes=attributes)
     fields.update(overrides)
     return ModelConfig.coco_r50(**fields)
+
+
+def checkpoint_fields(ckpt: Checkpoint) -> dict:
+    """ModelConfig fields the checkpoint implies: its architecture and classes, BatchNorm frozen (ResNets),
+    no separate ImageNet backbone weights (the checkpoint holds the backbone)."""
+    fields = architecture(ckpt)
+    fields.update(pretrained_backbone=False,
+                  backbone_norm="frozen_bn" if fields["backbone"].startswith("resnet") else "auto")
+    return fields
 
 
 def _class_rows(ckpt: Checkpoint, theirs: int, ours: int, categories: Sequence[str] | None):
