@@ -16,7 +16,7 @@ import torch
 
 from workbench.pretrained import transformers as hf
 from workbench.pretrained import upstream
-from workbench.pretrained.keymap import KeyMap
+from workbench.pretrained.keymap import KeyMap, Slot
 from workbench.pretrained.source import Checkpoint
 
 KEYMAPS: dict[str, KeyMap] = {"upstream": upstream.UPSTREAM, "transformers": hf.TRANSFORMERS}
@@ -37,7 +37,7 @@ def head_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
         if key.startswith(keymap.backbone_prefix):
             continue
         slot = keymap.slot(key, backbone="")
-        if slot is not None:
+        if isinstance(slot, Slot):
             shape = tuple(tensor.shape)
             shapes[slot.key] = (shape[0] * slot.chunks, *shape[1:]) if shape else shape
     return shapes

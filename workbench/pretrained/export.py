@@ -16,28 +16,27 @@ from typing import Sequence
 
 import torch
 
+from workbench.pretrained.keymap import Drop
 from workbench.pretrained.transformers import TRANSFORMERS, to_config_dict
 
 ATTRIBUTE_FILE = "attribute_heads.safetensors"
 
 
-def transformers_state(model, hf_shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """transformers' state dict (keys and shapes `hf_shapes`) filled from our `model`; every one of our
-    tensors but the attribute heads must be used (an error names the first that is not)."""
+def transformers_state(model, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' state dict (keys and shapes of `reference`, a freshly built transformers model's) filled
+    from our `model`. What the key map drops on load (loss weights, BatchNorm counters, recomputed buffers)
+    keeps the reference's value; every one of our tensors but the attribute heads must be used (an error
+    names the first that is not)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     backbone = model.cfg.backbone
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-    for key, shape in hf_shapes.items():
-        if key == "criterion.empty_weight":
-            weight = torch.ones(shape)
-            weight[-1] = model.cfg.loss.no_object_weight
-            out[key] = weight
-            continue
-        if key.endswith("num_batches_tracked"):
-            out[key] = torch.tensor(0, dtype=torch.long)  # a counter; eval-mode BatchNorm ignores it
-            continue
+    for key, value in reference.items():
+        shape = tuple(value.shape)
         slot = TRANSFORMERS.slot(key, backbone)
+        if TRANSFORMERS.drop_reason(key) is not None or isinstance(slot, Drop):
+            out[key] = value.detach().clone()
+            continue
         if slot is None or slot.key not in state:
             raise ValueError(f"export: transformers' {key!r} has no counterpart in our model "
                              f"(mapped to {None if slot is None else slot.key!r})")
@@ -68,10 +67,7 @@ def export_transformers(model, out_dir: str | os.PathLike, class_names: Sequence
     if len(class_names) != cfg.num_classes:
         raise ValueError(f"export: {len(class_names)} class names for a model with {cfg.num_classes} classes")
     hf_config = Mask2FormerConfig(**to_config_dict(cfg, class_names))
-    with torch.device("meta"):
-        reference = Mask2FormerForUniversalSegmentation(hf_config)
-    shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    tensors = transformers_state(model, shapes)
+    tensors = transformers_state(model, Mask2FormerForUniversalSegmentation(hf_config).state_dict())
     heads = {k[len("decoder.attribute_heads."):]: v.detach().cpu().contiguous()
              for k, v in model.state_dict().items() if k.startswith("decoder.attribute_heads.")}
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -22,14 +22,24 @@ class Slot:
     chunks: int = 1
 
 
+@dataclass(frozen=True)
+class Drop:
+    """A checkpoint tensor left out on purpose (a buffer we recompute, a module we do not have), and why."""
+
+    why: str
+
+
 Rule = tuple[str, str | Callable[[re.Match], Slot]]
+BackboneKeys = Callable[[str], "str | Slot | Drop | None"]
 
 
 @dataclass(frozen=True)
 class KeyMap:
     naming: str
     backbone_prefix: str
-    backbone_keys: Mapping[str, Callable[[str], str | None]]  # our backbone name -> key function
+    # our backbone name -> key function: checkpoint key after `backbone_prefix` -> our key after `backbone.`
+    # (str or Slot), Drop, or None (unknown: an error)
+    backbone_keys: Mapping[str, BackboneKeys]
     rules: Sequence[Rule]  # (regex over the full checkpoint key, our key template or Slot factory)
     dropped: Sequence[tuple[str, str]]  # (regex, why it is not loaded)
 
@@ -39,15 +49,19 @@ class KeyMap:
                 return why
         return None
 
-    def slot(self, key: str, backbone: str) -> Slot | None:
-        """Our slot for checkpoint `key` with our backbone `backbone`; None when nothing maps it."""
+    def slot(self, key: str, backbone: str) -> Slot | Drop | None:
+        """Our slot for checkpoint `key` with our backbone `backbone`, a Drop, or None when nothing maps it."""
         if key.startswith(self.backbone_prefix):
             fn = self.backbone_keys.get(backbone)
             if fn is None:
                 raise ValueError(f"no {self.naming} key map for backbone {backbone!r}; known: "
                                  f"{sorted(self.backbone_keys)} (workbench/pretrained/{self.naming}.py)")
             ours = fn(key[len(self.backbone_prefix):])
-            return None if ours is None else Slot("backbone." + ours)
+            if isinstance(ours, str):
+                return Slot("backbone." + ours)
+            if isinstance(ours, Slot):
+                return Slot("backbone." + ours.key, ours.chunk, ours.chunks)
+            return ours
         for pattern, target in self.rules:
             m = re.fullmatch(pattern, key)
             if m:

@@ -15,6 +15,7 @@ import torch
 
 from workbench.config import AttributeSpec, ModelConfig
 from workbench.pretrained.architecture import KEYMAPS, architecture, as_float, class_names
+from workbench.pretrained.keymap import Drop
 from workbench.pretrained.report import ClassRows, LoadReport
 from workbench.pretrained.source import Checkpoint, read_checkpoint
 
@@ -94,6 +95,9 @@ def load_pretrained(model: torch.nn.Module, source: Source,
             dropped.append((key, why))
             continue
         slot = keymap.slot(key, backbone)
+        if isinstance(slot, Drop):
+            dropped.append((key, slot.why))
+            continue
         if slot is None:
             raise ValueError(f"{ckpt.path}: tensor {key!r} {tuple(tensor.shape)} has no place in our model "
                              f"({ckpt.naming} names, backbone {backbone!r}); refusing a partial load")
