@@ -1,14 +1,14 @@
 """Frozen configuration dataclasses.
 
 Every field is read somewhere (tests/test_config.py checks that each field name appears in the package
-outside this file). Presets: `ModelConfig.tiny()` for tests and `ModelConfig.coco_r50()` with upstream
-Mask2Former's COCO instance-segmentation values.
+outside this file). Presets: `ModelConfig.tiny()` for tests and `ModelConfig.coco_r50()`, `coco_r101()`,
+`coco_swin_t()`/`_s`/`_b`/`_l` with upstream Mask2Former's COCO instance-segmentation values.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 __all__ = ["AttributeSpec", "AugmentConfig", "DataConfig", "LossConfig", "ModelConfig", "SolverConfig"]
 
@@ -68,6 +68,9 @@ class LossConfig:
             raise ValueError("LossConfig.importance_sample_ratio must be in [0, 1]")
 
 
+_Attributes = Union[Mapping[str, Sequence[str]], Sequence[AttributeSpec]]
+
+
 def _as_attribute_specs(attributes) -> tuple[AttributeSpec, ...]:
     if isinstance(attributes, Mapping):
         return tuple(AttributeSpec(name, tuple(values)) for name, values in attributes.items())
@@ -88,9 +91,12 @@ class ModelConfig:
 
     num_classes: int
     attributes: tuple[AttributeSpec, ...] = ()
-    backbone: str = "resnet50"  # "resnet50" | "mobilenet_v3_large" | "tiny" (see model/backbone.py)
+    backbone: str = "resnet50"  # "resnet50" | "resnet101" | "mobilenet_v3_large" | "tiny" | "swin_t" | "swin_s"
+    #                             | "swin_b" | "swin_l" (see model/backbone.py, model/swin.py)
     pretrained_backbone: bool = False  # load torchvision weights from the local cache (never downloads)
-    backbone_norm: str = "auto"  # "auto" (frozen BN when pretrained, as upstream) | "bn" | "frozen_bn"
+    backbone_norm: str = "auto"  # "auto" (frozen BN when pretrained, as upstream) | "bn" | "frozen_bn"; Swin: "auto"
+    backbone_window_size: int = 7  # Swin only: attention window (upstream SWIN.WINDOW_SIZE; 12 for its Swin-B/L)
+    backbone_drop_path_rate: float = 0.0  # Swin only: stochastic depth at the last block (upstream DROP_PATH_RATE)
     hidden_dim: int = 256
     num_queries: int = 100
     nheads: int = 8
@@ -126,6 +132,10 @@ class ModelConfig:
             raise ValueError("attribute_cost_weight must be >= 0")
         if self.backbone_norm not in ("auto", "bn", "frozen_bn"):
             raise ValueError(f"backbone_norm must be 'auto', 'bn' or 'frozen_bn', got {self.backbone_norm!r}")
+        if self.backbone_window_size < 1:
+            raise ValueError(f"backbone_window_size must be >= 1, got {self.backbone_window_size}")
+        if not 0 <= self.backbone_drop_path_rate < 1:
+            raise ValueError(f"backbone_drop_path_rate must be in [0, 1), got {self.backbone_drop_path_rate}")
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
@@ -167,13 +177,14 @@ class ModelConfig:
         return cls(**values)
 
     @classmethod
-    def coco_r50(
+    def _coco_instance(
         cls,
         num_classes: int = 80,
         attributes: Mapping[str, Sequence[str]] | Sequence[AttributeSpec] = (),
         **overrides,
     ) -> "ModelConfig":
-        """Upstream maskformer2_R50_bs16_50ep (COCO instance): 100 queries, 9+1 decoder predictions."""
+        """Upstream's COCO instance-segmentation head (maskformer2_R50_bs16_50ep.yaml, which every COCO instance
+        YAML builds on): 100 queries, 9+1 decoder predictions, 6 deformable encoder layers, widths 256/2048/1024."""
         values = dict(
             num_classes=num_classes,
             attributes=attributes,
@@ -190,6 +201,47 @@ class ModelConfig:
         )
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def coco_r50(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream maskformer2_R50_bs16_50ep (COCO instance): 100 queries, 9+1 decoder predictions."""
+        return cls._coco_instance(num_classes, attributes, **overrides)
+
+    @classmethod
+    def coco_r101(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream maskformer2_R101_bs16_50ep: the R50 model with ResNet-101 (RESNETS.DEPTH 101)."""
+        return cls._coco_instance(num_classes, attributes, **{"backbone": "resnet101", **overrides})
+
+    @classmethod
+    def coco_swin_t(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_tiny_bs16_50ep: Swin-T (embed 96, depths 2-2-6-2, heads 3-6-12-24),
+        window 7, drop path 0.3; head as R50 (100 queries)."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_t", "backbone_window_size": 7, "backbone_drop_path_rate": 0.3, **overrides})
+
+    @classmethod
+    def coco_swin_s(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_small_bs16_50ep: Swin-S (embed 96, depths 2-2-18-2, heads 3-6-12-24),
+        window 7, drop path 0.3; head as R50 (100 queries)."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_s", "backbone_window_size": 7, "backbone_drop_path_rate": 0.3, **overrides})
+
+    @classmethod
+    def coco_swin_b(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_base_IN21k_384_bs16_50ep (and swin_base_384_bs16_50ep, the same model
+        from IN-1k weights): Swin-B (embed 128, depths 2-2-18-2, heads 4-8-16-32), window 12, drop path 0.3;
+        head as R50 (100 queries). Window 12 means torchvision's window-7 ImageNet Swin-B does not load into it."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_b", "backbone_window_size": 12, "backbone_drop_path_rate": 0.3, **overrides})
+
+    @classmethod
+    def coco_swin_l(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_large_IN21k_384_bs16_100ep: Swin-L (embed 192, depths 2-2-18-2, heads
+        6-12-24-48), window 12, drop path 0.3, 200 queries (its 100-epoch schedule, MAX_ITER 737500 and STEPS
+        655556/710184, is the solver's: set it in SolverConfig)."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_l", "backbone_window_size": 12, "backbone_drop_path_rate": 0.3, "num_queries": 200,
+            **overrides})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """YAML config files <-> the frozen dataclasses in config.py.
 
 Unknown keys are errors that name the full key path (`model.loss.num_pointz`), so a typo never silently
-falls back to a default. `model.preset: tiny | coco_r50` starts from that preset.
+falls back to a default. `model.preset` (one of MODEL_PRESETS: tiny, coco_r50, coco_r101, coco_swin_t, coco_swin_s,
+coco_swin_b, coco_swin_l) starts from that `ModelConfig` preset; keys given next to it override it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from typing import Any, Mapping
 import yaml
 
 from workbench import config as C
+
+
+MODEL_PRESETS = ("tiny", "coco_r50", "coco_r101", "coco_swin_t", "coco_swin_s", "coco_swin_b", "coco_swin_l")
 
 
 class ConfigError(ValueError):
@@ -64,8 +68,8 @@ def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapp
         data["attributes"] = [{"name": k, "values": list(v)} for k, v in data["attributes"].items()]
     if preset is None:
         return from_dict(C.ModelConfig, data, path)
-    if preset not in ("tiny", "coco_r50"):
-        raise ConfigError(f"{path}.preset: expected 'tiny' or 'coco_r50', got {preset!r}")
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"{path}.preset: expected one of {MODEL_PRESETS}, got {preset!r}")
     base = dataclasses.asdict(getattr(C.ModelConfig, preset)(num_classes=data.get("num_classes", 1)))
     loss = {**base.pop("loss"), **data.pop("loss", {})}
     return from_dict(C.ModelConfig, {**base, **data, "loss": loss}, path)
