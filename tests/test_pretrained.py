@@ -1,9 +1,10 @@
 """Published Mask2Former weights: parity with transformers (the reference implementation), the four checkpoint
 forms, the load report, errors that name the key, training from a checkpoint, and export back to transformers.
 
-The checkpoint is a randomly initialised transformers `Mask2FormerForUniversalSegmentation` (ResNet-50, 32
-wide, 2 encoder and 3 decoder layers, 6 queries, COCO's 80 names), built once per module and saved as
-transformers saves it; the upstream files are the same tensors under upstream's names (`as_upstream`).
+The checkpoints are randomly initialised transformers `Mask2FormerForUniversalSegmentation`s (ResNet-50 or
+Swin-T backbone, 32 wide heads, 2 encoder and 3 decoder layers, 6 queries, COCO's 80 names), built once per
+module and saved as transformers saves them; the upstream files are the same tensors under upstream's names
+(`as_upstream`; Swin's backbone names from model/swin.py's key map).
 """
 import json
 import pickle
@@ -22,14 +23,19 @@ transformers = pytest.importorskip("transformers", reason="transformers (a dev d
 TOL = 1e-4
 
 
-def transformers_model(seed=0, **overrides):
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig
+def transformers_model(backbone="resnet50", seed=0, **overrides):
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig, SwinConfig
 
     torch.manual_seed(seed)
-    backbone = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64,
-                            layer_type="bottleneck", out_features=["stage1", "stage2", "stage3", "stage4"])
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if backbone == "resnet50":
+        backbone_config = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64,
+                                       layer_type="bottleneck", out_features=stages)
+    else:  # Swin-T as upstream's COCO model: window 7, drop path 0.3
+        backbone_config = SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+                                     drop_path_rate=0.3, out_features=stages)
     id2label = dict(enumerate(COCO_INSTANCE_CLASSES))
-    args = dict(backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32,
+    args = dict(backbone_config=backbone_config, feature_size=32, mask_feature_size=32, hidden_dim=32,
                 encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=2, decoder_layers=4,
                 num_attention_heads=4, num_queries=6, id2label=id2label,
                 label2id={v: k for k, v in id2label.items()})
@@ -46,25 +52,43 @@ def transformers_model(seed=0, **overrides):
     return model
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hf") / "m2f"
-    transformers_model().save_pretrained(path)
-    return path
+class Checkpoints:
+    """Per backbone, built on first use: (transformers folder, transformers model, our model loaded from it,
+    the load report)."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp, self.built = tmp_path_factory, {}
+
+    def __getitem__(self, backbone):
+        from transformers import Mask2FormerForUniversalSegmentation
+
+        if backbone not in self.built:
+            path = self.tmp.mktemp(backbone) / "m2f"
+            transformers_model(backbone).save_pretrained(path)
+            hf = Mask2FormerForUniversalSegmentation.from_pretrained(path).eval()
+            model = wb.build_model(wb.pretrained_config(path)).eval()
+            self.built[backbone] = (path, hf, model, wb.load_pretrained(model, path))
+        return self.built[backbone]
 
 
 @pytest.fixture(scope="module")
-def hf_model(hf_dir):
-    from transformers import Mask2FormerForUniversalSegmentation
-
-    return Mask2FormerForUniversalSegmentation.from_pretrained(hf_dir).eval()
+def checkpoints(tmp_path_factory):
+    return Checkpoints(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def ours(hf_dir):
-    model = wb.build_model(wb.pretrained_config(hf_dir)).eval()
-    report = wb.load_pretrained(model, hf_dir)
-    return model, report
+def hf_dir(checkpoints):
+    return checkpoints["resnet50"][0]
+
+
+@pytest.fixture(scope="module")
+def hf_model(checkpoints):
+    return checkpoints["resnet50"][1]
+
+
+@pytest.fixture(scope="module")
+def ours(checkpoints):
+    return checkpoints["resnet50"][2:]
 
 
 def our_stages(model, x):
@@ -104,9 +128,10 @@ def stage_diffs(model, hf, x) -> dict[str, float]:
 
 
 # ---- parity with transformers ----
-@pytest.mark.parametrize("size", [(64, 96), (72, 88)], ids=["multiple-of-32", "not-multiple-of-32"])
-def test_parity_with_transformers(ours, hf_model, size):
-    model, _ = ours
+@pytest.mark.parametrize("size", [(64, 96), (72, 88)], ids=["multiple-of-32", "not-multiple-of-32-or-7"])
+@pytest.mark.parametrize("backbone", ["resnet50", "swin_t"])
+def test_parity_with_transformers(checkpoints, backbone, size):
+    _, hf_model, model, _ = checkpoints[backbone]
     torch.manual_seed(1)
     x = torch.randn(2, 3, *size)  # the same normalised batch for both
     diffs = stage_diffs(model, hf_model, x)
@@ -152,10 +177,13 @@ UPSTREAM_NAMES = [  # ours -> upstream, written independently of workbench/pretr
 ]
 
 
-def as_upstream(model) -> dict[str, np.ndarray]:
-    """Our state dict under upstream's names, as numpy arrays (the model zoo's .pkl content)."""
+def as_upstream(model, skip: str | None = None) -> dict[str, np.ndarray]:
+    """Our state dict under upstream's names, as numpy arrays (the model zoo's .pkl content); keys starting
+    with `skip` left out."""
     out = {}
     for key, value in model.state_dict().items():
+        if skip and key.startswith(skip):
+            continue
         pattern, template = next((p, t) for p, t in UPSTREAM_NAMES if re.fullmatch(p, key))
         out[re.sub(pattern, template, key)] = value.numpy().copy()
     out["criterion.empty_weight"] = np.ones(81, np.float32)
@@ -448,3 +476,43 @@ def test_head_lr_multiplier_and_freeze():
     assert sum(len(g["params"]) for g in param_groups(model, SolverConfig(), 1.0)) == 4
     with pytest.raises(ValueError, match="solver.freeze"):
         SolverConfig(freeze="heads")
+
+
+# ---- Swin-T: the other forms and export ----
+def test_swin_checkpoint_forms_and_export(checkpoints, tmp_path):
+    from safetensors.torch import save_file
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from workbench.model.swin import SWIN_VARIANTS, upstream_swin_keys
+    from workbench.pretrained import export_transformers
+
+    path, hf, model, report = checkpoints["swin_t"]
+    cfg = model.cfg
+    assert (cfg.backbone, cfg.backbone_window_size, cfg.backbone_drop_path_rate) == ("swin_t", 7, 0.3)
+    assert cfg.backbone_norm == "auto" and report.naming == "transformers"
+
+    state = model.state_dict()
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    upstream = {k: v.numpy() for k, v in upstream_swin_keys(SWIN_VARIANTS["swin_t"].depths)
+                .to_source(backbone, prefix="backbone.").items()}
+    upstream.update({k: v for k, v in as_upstream(model, skip="backbone.").items()})
+    pkl = tmp_path / "model_final_swin.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": upstream}, f)
+    assert wb.pretrained_config(pkl) == cfg  # Swin sizes and window from shapes; drop path: upstream's 0.3
+    from_pkl = wb.build_model(cfg).eval()
+    wb.load_pretrained(from_pkl, pkl)
+    assert same_state(from_pkl, model)
+
+    lone = tmp_path / "lone.safetensors"
+    shutil.copy(path / "model.safetensors", lone)
+    assert wb.pretrained_config(lone) == cfg
+
+    out = export_transformers(model, tmp_path / "export", COCO_INSTANCE_CLASSES)
+    again, info = Mask2FormerForUniversalSegmentation.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    x = torch.randn(1, 3, 72, 88)
+    _, _, mine = our_stages(model, x)
+    theirs = again.eval()(pixel_values=x)
+    assert (mine.class_logits - theirs.class_queries_logits).abs().max() < TOL
+    assert (mine.mask_logits - theirs.masks_queries_logits).abs().max() < TOL

@@ -23,10 +23,11 @@ KEYMAPS: dict[str, KeyMap] = {"upstream": upstream.UPSTREAM, "transformers": hf.
 N_LEVELS, N_POINTS = 3, 4
 
 
-def backbone_of(ckpt: Checkpoint) -> str:
+def backbone_of(ckpt: Checkpoint) -> dict[str, Any]:
+    """ModelConfig backbone fields (`backbone`, and for Swin its window and drop-path rate)."""
     if ckpt.naming == "transformers":
-        return hf.backbone_kind(list(ckpt.tensors), ckpt.config)
-    return upstream.backbone_kind(ckpt.tensors)
+        return hf.backbone_fields(ckpt.tensors, ckpt.config)
+    return upstream.backbone_fields(ckpt.tensors)
 
 
 def head_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
@@ -78,7 +79,7 @@ def architecture(ckpt: Checkpoint) -> dict[str, Any]:
             enc_dim_feedforward=shapes["pixel_decoder.encoder.0.ffn.0.weight"][0] if enc_layers else 1024,
             mask_dim=_need(shapes, "pixel_decoder.mask_features.weight", ckpt.path)[0],
         )
-    return dict(backbone=backbone_of(ckpt), num_classes=num_classes, **fields)
+    return dict(**backbone_of(ckpt), num_classes=num_classes, **fields)
 
 
 def class_names(ckpt: Checkpoint, num_classes: int) -> tuple[str, ...] | None:

@@ -17,13 +17,14 @@ from typing import Sequence
 import torch
 
 from workbench.pretrained.keymap import Drop
+from workbench.pretrained.source import read_checkpoint
 from workbench.pretrained.transformers import TRANSFORMERS, to_config_dict
 
 ATTRIBUTE_FILE = "attribute_heads.safetensors"
 
 
 def transformers_state(model, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers' state dict (keys and shapes of `reference`, a freshly built transformers model's) filled
+    """transformers' state dict (keys and shapes of `reference`, a fresh transformers model as saved) filled
     from our `model`. What the key map drops on load (loss weights, BatchNorm counters, recomputed buffers)
     keeps the reference's value; every one of our tensors but the attribute heads must be used (an error
     names the first that is not)."""
@@ -67,14 +68,18 @@ def export_transformers(model, out_dir: str | os.PathLike, class_names: Sequence
     if len(class_names) != cfg.num_classes:
         raise ValueError(f"export: {len(class_names)} class names for a model with {cfg.num_classes} classes")
     hf_config = Mask2FormerConfig(**to_config_dict(cfg, class_names))
-    tensors = transformers_state(model, Mask2FormerForUniversalSegmentation(hf_config).state_dict())
     heads = {k[len("decoder.attribute_heads."):]: v.detach().cpu().contiguous()
              for k, v in model.state_dict().items() if k.startswith("decoder.attribute_heads.")}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        hf_config.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # transformers' own save gives config.json and the names it writes on disk (for Swin they differ from
+        # its in-memory ones); the same names are then filled with our weights.
+        Mask2FormerForUniversalSegmentation(hf_config).save_pretrained(tmp)
+        reference = read_checkpoint(tmp).tensors
+        for written in list(tmp.glob("model*.safetensors")) + list(tmp.glob("model.safetensors.index.json")):
+            written.unlink()
+        save_file(transformers_state(model, reference), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if heads:
             spec = {a.name: list(a.values) for a in cfg.attributes}
             save_file(heads, str(tmp / ATTRIBUTE_FILE), metadata={

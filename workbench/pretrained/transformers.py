@@ -1,6 +1,6 @@
 """transformers' names (`Mask2FormerForUniversalSegmentation`) -> ours, and its config.json <-> ModelConfig.
 
-Backbone (transformers' ResNetBackbone under `model.pixel_level_module.encoder.`): `embedder.embedder.
+Backbone (transformers' ResNetBackbone under `model.pixel_level_module.encoder.`; Swin: swin_keys.py): `embedder.embedder.
 {convolution, normalization}`, `encoder.stages.{s}.layers.{b}.{shortcut, layer.{j}}.{convolution,
 normalization}`; stage s is our res{s+2}, layer j our conv{j+1}/bn{j+1}. The decoder's self-attention is
 transformers' own module with separate q/k/v projections (`self_attn.{q,k,v}_proj`): they are the three
@@ -16,6 +16,7 @@ import re
 from typing import Any, Mapping
 
 from workbench.pretrained.keymap import KeyMap, Slot, sub_rules
+from workbench.pretrained.swin_keys import SWIN_NAMES, UPSTREAM_DROP_PATH, swin_fields, swin_fields_from_shapes, swin_keys
 
 _BN = r"(weight|bias|running_mean|running_var)"
 
@@ -53,7 +54,8 @@ PL, TM = r"model\.pixel_level_module\.decoder", r"model\.transformer_module"
 TRANSFORMERS = KeyMap(
     naming="transformers",
     backbone_prefix="model.pixel_level_module.encoder.",
-    backbone_keys={"resnet50": resnet_key, "resnet101": resnet_key},
+    backbone_keys={"resnet50": resnet_key, "resnet101": resnet_key,
+                   **{name: swin_keys("transformers", name) for name in SWIN_NAMES}},
     rules=(
         (rf"{PL}\.input_projections\.(\d)\.([01])\.(weight|bias)", r"pixel_decoder.input_proj.\1.\2.\3"),
         (rf"{PL}\.level_embed", r"pixel_decoder.level_embed"),
@@ -92,11 +94,15 @@ TRANSFORMERS = KeyMap(
 )
 
 
-def backbone_kind(keys, config: Mapping[str, Any] | None = None) -> str:
-    """Our backbone name for a transformers checkpoint: from config.json's backbone_config when given, else
-    from the backbone's tensor names (ResNet depth from the number of blocks per stage)."""
+def backbone_fields(tensors, config: Mapping[str, Any] | None = None) -> dict:
+    """ModelConfig backbone fields for a transformers checkpoint: from config.json's backbone_config when
+    given, else from the backbone's tensor names and shapes (ResNet depth from its blocks per stage; Swin sizes
+    from shapes, drop path then upstream's COCO value)."""
+    keys = list(tensors)
     backbone = (config or {}).get("backbone_config") or {}
-    if backbone.get("model_type") == "resnet" or (not backbone and any(".embedder.embedder." in k for k in keys)):
+    kind = backbone.get("model_type") or ("resnet" if any(".embedder.embedder." in k for k in keys) else
+                                          "swin" if any(".embeddings.patch_embeddings." in k for k in keys) else None)
+    if kind == "resnet":
         if backbone:
             depths = tuple(backbone.get("depths", ()))
             if backbone.get("layer_type", "bottleneck") != "bottleneck":
@@ -111,10 +117,21 @@ def backbone_kind(keys, config: Mapping[str, Any] | None = None) -> str:
         if depths not in RESNET_DEPTHS:
             raise ValueError(f"transformers ResNet backbone with depths {list(depths)}: supported "
                              f"{[list(d) for d in RESNET_DEPTHS]} (ResNet-50/101)")
-        return RESNET_DEPTHS[depths]
-    kind = backbone.get("model_type", "unknown")
-    raise ValueError(f"transformers checkpoint: backbone {kind!r} not supported yet (ResNet-50/101 are; Swin "
-                     f"loads once workbench/model/swin.py provides its key map)")
+        return {"backbone": RESNET_DEPTHS[depths]}
+    if kind == "swin":
+        if backbone:
+            if backbone.get("use_absolute_embeddings"):
+                raise ValueError("config.json backbone_config: Swin with absolute position embeddings is not supported")
+            return swin_fields(backbone.get("embed_dim", 96), backbone.get("depths", [2, 2, 6, 2]),
+                               backbone.get("num_heads", [3, 6, 12, 24]), backbone.get("window_size", 7),
+                               float(backbone.get("drop_path_rate", 0.1)))
+        shapes = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith(TRANSFORMERS.backbone_prefix)}
+        p = TRANSFORMERS.backbone_prefix
+        return swin_fields_from_shapes(shapes, p + "embeddings.patch_embeddings.projection.weight",
+                                       p + "encoder.layers.{i}.blocks.{j}.",
+                                       p + "encoder.layers.{i}.blocks.0.attention.self.relative_position_bias_table",
+                                       UPSTREAM_DROP_PATH)
+    raise ValueError(f"transformers checkpoint: backbone {kind!r} not supported (ResNet-50/101, Swin-T/S/B/L are)")
 
 
 def model_fields(config: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -146,9 +163,20 @@ def model_fields(config: Mapping[str, Any], path: str) -> dict[str, Any]:
 def to_config_dict(cfg, class_names) -> dict[str, Any]:
     """The `Mask2FormerConfig` keyword arguments for our ModelConfig `cfg` (export)."""
     backbones = {v: k for k, v in RESNET_DEPTHS.items()}
-    if cfg.backbone not in backbones:
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if cfg.backbone in backbones:
+        backbone_config = dict(model_type="resnet", depths=list(backbones[cfg.backbone]), layer_type="bottleneck",
+                               hidden_sizes=[256, 512, 1024, 2048], embedding_size=64, out_features=stages)
+    elif cfg.backbone in SWIN_NAMES:
+        from workbench.model.swin import SWIN_VARIANTS
+
+        v = SWIN_VARIANTS[cfg.backbone]
+        backbone_config = dict(model_type="swin", embed_dim=v.embed_dim, depths=list(v.depths),
+                               num_heads=list(v.num_heads), window_size=cfg.backbone_window_size,
+                               drop_path_rate=cfg.backbone_drop_path_rate, out_features=stages)
+    else:
         raise ValueError(f"export to transformers: backbone {cfg.backbone!r} has no transformers equivalent here "
-                         f"(supported: {sorted(backbones)})")
+                         f"(supported: {sorted(backbones)} and {list(SWIN_NAMES)})")
     if cfg.enc_n_points != 4:
         raise ValueError("export to transformers: transformers' pixel decoder uses 4 sampling points "
                          f"(enc_n_points), this model has {cfg.enc_n_points}")
@@ -157,9 +185,7 @@ def to_config_dict(cfg, class_names) -> dict[str, Any]:
                          f"is not a multiple of 32")
     id2label = {i: name for i, name in enumerate(class_names)}
     return dict(
-        backbone_config=dict(model_type="resnet", depths=list(backbones[cfg.backbone]), layer_type="bottleneck",
-                             hidden_sizes=[256, 512, 1024, 2048], embedding_size=64,
-                             out_features=["stage1", "stage2", "stage3", "stage4"]),
+        backbone_config=backbone_config,
         feature_size=cfg.hidden_dim, mask_feature_size=cfg.mask_dim, hidden_dim=cfg.hidden_dim,
         encoder_feedforward_dim=cfg.enc_dim_feedforward, encoder_layers=cfg.enc_layers,
         decoder_layers=cfg.dec_layers + 1, num_attention_heads=cfg.nheads, dim_feedforward=cfg.dim_feedforward,

@@ -1,6 +1,6 @@
 """Upstream names (facebookresearch/Mask2Former on detectron2) -> ours.
 
-Backbone (detectron2's ResNet): `backbone.stem.conv1.weight`, `backbone.stem.conv1.norm.{weight,bias,
+Backbone (detectron2's ResNet; Swin: swin_keys.py): `backbone.stem.conv1.weight`, `backbone.stem.conv1.norm.{weight,bias,
 running_mean,running_var}` (FrozenBN), `backbone.res{2..5}.{block}.conv{1,2,3}[.norm].*`, `...shortcut[.norm].*`.
 Pixel decoder: `sem_seg_head.pixel_decoder.{input_proj, transformer.level_embed, transformer.encoder.layers.*,
 adapter_1, layer_1, mask_features}`. Decoder: `sem_seg_head.predictor.{transformer_cross_attention_layers,
@@ -10,6 +10,7 @@ input_proj, class_embed, mask_embed}`. Self- and cross-attention are nn.Multihea
 from __future__ import annotations
 
 from workbench.pretrained.keymap import KeyMap, sub_rules
+from workbench.pretrained.swin_keys import SWIN_NAMES, UPSTREAM_DROP_PATH, swin_fields_from_shapes, swin_keys
 
 _BN = r"(weight|bias|running_mean|running_var)"
 
@@ -28,25 +29,32 @@ def resnet_key(key: str) -> str | None:
     return sub_rules(RESNET_RULES, key)
 
 
-def backbone_kind(keys) -> str:
-    """Our backbone name for upstream backbone tensor names (ResNet depth from the number of res4 blocks)."""
-    keys = list(keys)
+def backbone_fields(tensors) -> dict:
+    """ModelConfig backbone fields for upstream backbone tensors: a ResNet's depth from its number of res4
+    blocks; a Swin's sizes from shapes (swin_keys.py; drop path: upstream's COCO value)."""
+    keys = list(tensors)
     if any(k.startswith("backbone.res4.") for k in keys):
         blocks = {k.split(".")[2] for k in keys if k.startswith("backbone.res4.")}
         depth = {6: "resnet50", 23: "resnet101"}.get(len(blocks))
         if depth is None:
             raise ValueError(f"upstream ResNet with {len(blocks)} res4 blocks: only ResNet-50 (6) and "
                              f"ResNet-101 (23) are supported")
-        return depth
-    raise ValueError("upstream checkpoint: backbone not recognised (expected backbone.res2..res5 for ResNet); "
-                     "Swin checkpoints load once workbench/model/swin.py provides their key map")
+        return {"backbone": depth}
+    if "backbone.patch_embed.proj.weight" in tensors:
+        shapes = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith("backbone.")}
+        return swin_fields_from_shapes(shapes, "backbone.patch_embed.proj.weight", "backbone.layers.{i}.blocks.{j}.",
+                                       "backbone.layers.{i}.blocks.0.attn.relative_position_bias_table",
+                                       UPSTREAM_DROP_PATH)
+    raise ValueError("upstream checkpoint: backbone not recognised (expected backbone.res2..res5 for ResNet or "
+                     "backbone.patch_embed / backbone.layers for Swin)")
 
 
 PD, PR = r"sem_seg_head\.pixel_decoder", r"sem_seg_head\.predictor"
 UPSTREAM = KeyMap(
     naming="upstream",
     backbone_prefix="backbone.",
-    backbone_keys={"resnet50": resnet_key, "resnet101": resnet_key},
+    backbone_keys={"resnet50": resnet_key, "resnet101": resnet_key,
+                   **{name: swin_keys("upstream", name) for name in SWIN_NAMES}},
     rules=(
         (rf"{PD}\.input_proj\.(\d)\.([01])\.(weight|bias)", r"pixel_decoder.input_proj.\1.\2.\3"),
         (rf"{PD}\.transformer\.level_embed", r"pixel_decoder.level_embed"),
