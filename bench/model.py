@@ -1,7 +1,7 @@
 """Train-step and inference time of the whole model on CPU.
 
     python bench/model.py [--preset coco_r50|tiny] [--size 256] [--batch 2] [--steps 3]
-    python bench/model.py --vs-transformers [--size 512] [--batch 2] [--steps 3] [--models coco_r50]
+    python bench/model.py --vs-transformers [--size 512] [--batch 2] [--steps 3] [--models coco_r50,coco_swin_t]
 
 Prints seconds per step for the requested preset, and the same for the tiny preset measured in the same run
 as a baseline (ratio printed), so figures from different machines can be compared by their ratio.
@@ -56,11 +56,19 @@ def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
 
 def transformers_config(preset: str, cfg: wb.ModelConfig):
     """transformers' config of the same size as our preset `preset` (the backbones it has an equivalent of)."""
-    from transformers import Mask2FormerConfig, ResNetConfig
+    from transformers import Mask2FormerConfig, ResNetConfig, SwinConfig
 
-    if preset == "coco_r50":
-        backbone = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64,
-                                layer_type="bottleneck", out_features=["stage1", "stage2", "stage3", "stage4"])
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if preset in ("coco_r50", "coco_r101"):
+        backbone = ResNetConfig(depths=[3, 4, 6 if preset == "coco_r50" else 23, 3], layer_type="bottleneck",
+                                hidden_sizes=[256, 512, 1024, 2048], embedding_size=64, out_features=stages)
+    elif preset.startswith("coco_swin_"):
+        from workbench.model.swin import SWIN_VARIANTS
+
+        v = SWIN_VARIANTS[cfg.backbone]
+        backbone = SwinConfig(embed_dim=v.embed_dim, depths=list(v.depths), num_heads=list(v.num_heads),
+                              window_size=cfg.backbone_window_size, drop_path_rate=cfg.backbone_drop_path_rate,
+                              out_features=stages)
     else:
         raise ValueError(f"no transformers equivalent wired for preset {preset!r}")
     return Mask2FormerConfig(
@@ -119,7 +127,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--vs-transformers", action="store_true",
                         help="our presets against transformers' model of the same size (use --size 512)")
-    parser.add_argument("--models", default="coco_r50", help="comma-separated presets for --vs-transformers")
+    parser.add_argument("--models", default="coco_r50,coco_swin_t",
+                        help="comma-separated presets for --vs-transformers (coco_r50, coco_r101, coco_swin_t..l)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ops backends {backend_info()}")
     if args.vs_transformers:
