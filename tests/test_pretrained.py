@@ -516,3 +516,24 @@ def test_swin_checkpoint_forms_and_export(checkpoints, tmp_path):
     theirs = again.eval()(pixel_values=x)
     assert (mine.class_logits - theirs.class_queries_logits).abs().max() < TOL
     assert (mine.mask_logits - theirs.masks_queries_logits).abs().max() < TOL
+
+
+def test_backbone_read_from_names_and_config():
+    from workbench.pretrained import transformers as hf
+    from workbench.pretrained import upstream
+
+    def blocks(n):
+        return {f"backbone.res4.{i}.conv1.weight": torch.zeros(1) for i in range(n)}
+
+    assert upstream.backbone_fields(blocks(6)) == {"backbone": "resnet50"}
+    assert upstream.backbone_fields(blocks(23)) == {"backbone": "resnet101"}
+    with pytest.raises(ValueError, match="4 res4 blocks"):
+        upstream.backbone_fields(blocks(4))
+    resnet = {"model_type": "resnet", "depths": [3, 4, 23, 3]}
+    assert hf.backbone_fields({}, {"backbone_config": resnet}) == {"backbone": "resnet101"}
+    swin = {"model_type": "swin", "embed_dim": 192, "depths": [2, 2, 18, 2], "num_heads": [6, 12, 24, 48],
+            "window_size": 12, "drop_path_rate": 0.3}
+    assert hf.backbone_fields({}, {"backbone_config": swin}) == \
+        {"backbone": "swin_l", "backbone_window_size": 12, "backbone_drop_path_rate": 0.3}
+    with pytest.raises(ValueError, match="no Swin variant"):
+        hf.backbone_fields({}, {"backbone_config": {**swin, "embed_dim": 100}})
