@@ -436,6 +436,17 @@ def test_train_from_yaml_weights_with_frozen_trunk(ours, hf_dir, shapes_data, tm
         assert torch.equal(trained[key], source[key])  # frozen trunk: exactly the checkpoint's
     assert not torch.equal(trained["decoder.class_head.weight"][-1], source["decoder.class_head.weight"][-1])
 
+    # `workbench export-weights`: the trained run as a transformers folder, names from the run's data
+    from safetensors.torch import load_file
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    assert main(["export-weights", str(tmp_path / "run"), "--format", "transformers", str(tmp_path / "hub")]) == 0
+    exported = Mask2FormerForUniversalSegmentation.from_pretrained(tmp_path / "hub").eval()
+    assert exported.config.id2label == {0: "circle", 1: "square", 2: "triangle"}
+    assert torch.equal(exported.class_predictor.weight, trained["decoder.class_head.weight"])
+    assert torch.equal(load_file(str(tmp_path / "hub" / "attribute_heads.safetensors"))["size.bias"],
+                       trained["decoder.attribute_heads.size.bias"])
+
 
 def test_weights_flag_overrides_the_yaml_and_resume_does_not_reload(hf_dir, shapes_data, tmp_path, monkeypatch):
     from workbench.cli import main
