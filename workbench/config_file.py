@@ -65,7 +65,9 @@ def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapp
     for key, value in (defaults or {}).items():
         data.setdefault(key, value)
     if "attributes" in data and isinstance(data["attributes"], Mapping):
-        data["attributes"] = [{"name": k, "values": list(v)} for k, v in data["attributes"].items()]
+        # {name: [values]} or, for a multi-label group, {name: {values: [...], kind: multi, ...}}
+        data["attributes"] = [{"name": k, **v} if isinstance(v, Mapping) else {"name": k, "values": list(v)}
+                              for k, v in data["attributes"].items()]
     if preset is None:
         return from_dict(C.ModelConfig, data, path)
     if preset not in MODEL_PRESETS:

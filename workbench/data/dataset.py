@@ -2,7 +2,10 @@
 
     item = {"image": uint8 (3, H, W) RGB,
             "instances": {"labels": int64 (T,), "masks": bool (T, H, W), "boxes": float32 (T, 4) xyxy,
-                          "attributes": {name: int64 (T,)}},      # every schema attribute, -1 = unlabeled
+                          "attributes": {name: int64 (T,)},       # every single group, -1 = unlabeled
+                          # with multi-label groups also: "attributes": {name: bool (T, K) multi-hot} and
+                          # "attribute_labeled": {name: bool (T,)} (False = the group is unlabeled)
+                          },
             "image_id": int, "file_name": str, "height": int, "width": int}
 
 `labels` are category positions in the schema (0..C-1), not COCO category ids. `height`/`width` are the
@@ -61,7 +64,8 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
     Per image: `file_name` (joined with `image_root`), `height`, `width`, `image_id`, `annotations`; per
     annotation: `segmentation` (as stored: RLE or polygons), `bbox` [x, y, w, h], `bbox_mode` (1 =
     BoxMode.XYWH_ABS), `category_id` (contiguous 0..C-1, as detectron2's loader maps it), `iscrowd`, and
-    `attributes` {name: value id, -1 = unlabeled} for every schema attribute.
+    `attributes` {name: value id, -1 = unlabeled} for every single group and {name: [value ids], -1 =
+    unlabeled} for every multi-label group.
     """
     data, root, schema = _load(coco, image_root, schema)
     label_of = schema.label_of()
@@ -74,13 +78,29 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
             "bbox_mode": BOX_MODE_XYWH_ABS,
             "category_id": label_of[ann["category_id"]],
             "iscrowd": int(ann.get("iscrowd", 0)),
-            "attributes": {name: int(attrs.get(name, UNLABELED)) for name in schema.attribute_names},
+            "attributes": {a.name: _multi_value(attrs.get(a.name, UNLABELED)) if a.multi
+                           else int(attrs.get(a.name, UNLABELED)) for a in schema.attributes},
         })
     return [
         {"file_name": str(root / im["file_name"]), "height": im["height"], "width": im["width"],
          "image_id": im["id"], "annotations": by_image[im["id"]]}
         for im in data["images"]
     ]
+
+
+def _multi_value(value) -> list[int] | int:
+    return UNLABELED if value == UNLABELED else [int(v) for v in value]
+
+
+def multi_hot(values: list, num_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-instance value lists (or -1 = unlabeled) -> (T, K) bool multi-hot and (T,) bool labeled."""
+    hot = np.zeros((len(values), num_values), dtype=bool)
+    labeled = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v != UNLABELED:
+            hot[i, v] = True
+            labeled[i] = True
+    return hot, labeled
 
 
 class CocoAttributeDataset(Dataset):
@@ -122,20 +142,29 @@ class CocoAttributeDataset(Dataset):
         anns = [a for a in record["annotations"] if not a["iscrowd"]]
         masks = np.stack([segmentation_to_mask(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
         labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.attribute_names}
+        attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.single_label_names}
+        labeled = {}
+        for group in self.schema.attributes:
+            if group.multi:
+                attributes[group.name], labeled[group.name] = multi_hot([a["attributes"][group.name] for a in anns],
+                                                                         len(group.values))
         if self.augmentation is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, masks = self.augmentation(image, masks, rng)
         keep = masks.reshape(masks.shape[0], -1).any(axis=1)  # cropped to nothing -> dropped with its attributes
         masks = masks[keep]
+        instances = {
+            "labels": torch.from_numpy(labels[keep]),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "boxes": torch.from_numpy(boxes_from_masks(masks)),
+            "attributes": {n: torch.from_numpy(np.ascontiguousarray(attributes[n][keep]))
+                           for n in self.schema.attribute_names},
+        }
+        if labeled:  # multi-hot rows and labeled flags are dropped with their cropped-away instances
+            instances["attribute_labeled"] = {n: torch.from_numpy(v[keep]) for n, v in labeled.items()}
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "instances": {
-                "labels": torch.from_numpy(labels[keep]),
-                "masks": torch.from_numpy(np.ascontiguousarray(masks)),
-                "boxes": torch.from_numpy(boxes_from_masks(masks)),
-                "attributes": {n: torch.from_numpy(v[keep]) for n, v in attributes.items()},
-            },
+            "instances": instances,
             "image_id": int(record["image_id"]),
             "file_name": record["file_name"],
             "height": h,
