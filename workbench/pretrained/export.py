@@ -59,7 +59,11 @@ def transformers_state(model, reference: dict[str, torch.Tensor]) -> dict[str, t
 def export_transformers(model, out_dir: str | os.PathLike, class_names: Sequence[str]) -> Path:
     """Write `model` as a transformers Mask2Former folder at `out_dir` (must not exist or be empty)."""
     from safetensors.torch import save_file
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+    try:
+        from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+    except ImportError as err:
+        raise ImportError("export to the transformers format needs the `transformers` package (a dev "
+                          "dependency: pip install -e '.[dev]')") from err
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
