@@ -273,7 +273,7 @@ def test_class_rows_carried_by_name_and_reported(ours, upstream_pkl, hf_dir):
 
 
 # ---- errors name the key; nothing is loaded ----
-def test_trunk_tensor_that_does_not_map_or_fit_is_an_error_naming_the_key(ours, tmp_path):
+def test_trunk_tensor_that_does_not_map_or_fit_is_an_error_naming_the_key(ours, hf_dir, tmp_path):
     model = ours[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -297,6 +297,13 @@ def test_trunk_tensor_that_does_not_map_or_fit_is_an_error_naming_the_key(ours, 
     del missing["backbone.res4.3.conv2.norm.running_var"]
     with pytest.raises(ValueError, match=r"backbone\.stages\.res4\.3\.bn2\.running_var"):
         wb.load_pretrained(model, write(missing))
+
+    from safetensors.torch import load_file, save_file
+    partial = load_file(str(hf_dir / "model.safetensors"))
+    del partial["model.transformer_module.decoder.layers.1.self_attn.k_proj.weight"]
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match=r"layers\.1\.self_attn\.q_proj\.weight \+ .*v_proj\.weight: only part"):
+        wb.load_pretrained(model, tmp_path / "partial.safetensors")
 
     deeper = wb.build_model(model.cfg.replace(dec_layers=2))
     with pytest.raises(ValueError, match=r"_layers\.2\..*does not have"):

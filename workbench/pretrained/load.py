@@ -87,7 +87,9 @@ def load_pretrained(model: torch.nn.Module, source: Source,
     backbone = model.cfg.backbone
     state = model.state_dict()
     pieces: dict[str, dict[int, torch.Tensor]] = {}
-    origin: dict[str, str] = {}
+    origin: dict[str, str] = {}  # our key -> the checkpoint key(s) it comes from, for messages
+    names: dict[str, dict[int, str]] = {}
+    chunks: dict[str, int] = {}
     dropped: list[tuple[str, str]] = []
     for key, tensor in ckpt.tensors.items():
         why = keymap.drop_reason(key)
@@ -106,14 +108,15 @@ def load_pretrained(model: torch.nn.Module, source: Source,
                              f"have: its architecture differs from the checkpoint's (build it from "
                              f"wb.pretrained_config({ckpt.path!r}))")
         pieces.setdefault(slot.key, {})[slot.chunk] = tensor
-        origin[slot.key] = key if slot.chunks == 1 else key.rsplit(".", 2)[0] + ".{q,k,v}_proj." + key.rsplit(".", 1)[1]
-        if slot.chunks > 1 and len(pieces[slot.key]) == slot.chunks:
-            pieces[slot.key] = {0: torch.cat([pieces[slot.key][c] for c in range(slot.chunks)], 0)}
+        names.setdefault(slot.key, {})[slot.chunk] = key
+        origin[slot.key] = " + ".join(names[slot.key][c] for c in sorted(names[slot.key]))
+        chunks[slot.key] = slot.chunks
     incoming = {}
-    for ours, parts in pieces.items():
-        if len(parts) != 1 or 0 not in parts:
-            raise ValueError(f"{ckpt.path}: {origin[ours]}: only chunks {sorted(parts)} of our {ours!r} found")
-        incoming[ours] = parts[0]
+    for ours, parts in pieces.items():  # q, k, v -> one in_proj / qkv
+        if sorted(parts) != list(range(chunks[ours])):
+            raise ValueError(f"{ckpt.path}: {origin[ours]}: only part(s) {sorted(parts)} of the {chunks[ours]} "
+                             f"that make our {ours!r} are in the checkpoint")
+        incoming[ours] = parts[0] if chunks[ours] == 1 else torch.cat([parts[c] for c in range(chunks[ours])], 0)
 
     new: list[tuple[str, str]] = []
     missing = []
