@@ -366,7 +366,8 @@ def test_export_round_trip_through_transformers(ours, hf_dir, tmp_path):
 
 
 # ---- the upstream implementation itself, when importable ----
-def test_parity_with_upstream_detectron2(tmp_path):
+@pytest.mark.parametrize("yaml", ["maskformer2_R50_bs16_50ep.yaml", "swin/maskformer2_swin_tiny_bs16_50ep.yaml"])
+def test_parity_with_upstream_detectron2(tmp_path, yaml):
     pytest.importorskip("detectron2", reason="detectron2 is not importable: upstream parity not run")
     mask2former = pytest.importorskip("mask2former", reason="upstream Mask2Former is not importable: "
                                       "upstream parity not run")
@@ -381,7 +382,7 @@ def test_parity_with_upstream_detectron2(tmp_path):
     add_deeplab_config(cfg)
     mask2former.add_maskformer2_config(cfg)
     cfg.merge_from_file(str(Path(mask2former.__file__).parents[1] / "configs" / "coco" / "instance-segmentation"
-                            / "maskformer2_R50_bs16_50ep.yaml"))
+                            / yaml))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.MASK_FORMER.HIDDEN_DIM", 32,
                          "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.MASK_DIM", 32,
                          "MODEL.MASK_FORMER.NHEADS", 4, "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 64,
