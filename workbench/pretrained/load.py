@@ -28,7 +28,7 @@ def _checkpoint(source: Source) -> Checkpoint:
 
 
 def pretrained_config(source: Source, num_classes: int | None = None,
-                      attributes: Mapping[str, Sequence[str]] | Sequence[AttributeSpec] = (),
+                      attributes: Mapping[str, Sequence[str]] | Sequence[AttributeSpec] | None = None,
                       **overrides) -> ModelConfig:
     """The ModelConfig of the checkpoint's architecture (backbone, widths, layers, queries, heads) with your
     `num_classes` (default: the checkpoint's) and `attributes`; `overrides` replace any other field.
@@ -38,7 +38,7 @@ def pretrained_config(source: Source, num_classes: int | None = None,
     """
     fields = checkpoint_fields(_checkpoint(source))
     fields["num_classes"] = fields["num_classes"] if num_classes is None else num_classes
-    fields.update(attributes=attributes)
+    fields.update(attributes=attributes or ())
     fields.update(overrides)
     return ModelConfig.coco_r50(**fields)
 
