@@ -56,8 +56,23 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+HEAD_MODULES = ("decoder.class_head", "decoder.attribute_heads.")  # what the user's categories/attributes define
+
+
+def freeze_parameters(model: MultiTaskMask2Former, freeze: str) -> int:
+    """solver.freeze: "backbone" or "trunk" (all but HEAD_MODULES) get requires_grad=False; returns how many."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if (freeze == "backbone" and name.startswith("backbone.")) or \
+                (freeze == "trunk" and not name.startswith(HEAD_MODULES)):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -> list[dict]:
-    """Backbone at lr x backbone_lr_multiplier; no weight decay on norm layers and embeddings (as upstream)."""
+    """Backbone at lr x backbone_lr_multiplier, heads (HEAD_MODULES) at lr x head_lr_multiplier; no weight
+    decay on norm layers and embeddings (as upstream); frozen parameters are left out."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -65,7 +80,8 @@ def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else 1.0)
+            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else
+                             solver.head_lr_multiplier if module_name.startswith(HEAD_MODULES) else 1.0)
             decay = 0.0 if isinstance(module, NORM_TYPES) or "level_embed" in name else solver.weight_decay
             groups.setdefault((group_lr, decay), []).append(param)
     return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
@@ -182,6 +198,11 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         dataset = build_train_dataset(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
+    if cfg.model.weights and not resume:  # a resumed run restores last.pt: never reload the weights over it
+        from workbench.pretrained.training import start_from_weights
+
+        start_from_weights(model, cfg, run_dir if info.is_main else None)
+    freeze_parameters(model, solver.freeze)
     lr = scaled_lr(solver)
     optimizer = torch.optim.AdamW(param_groups(model, solver, lr.lr), lr=lr.lr, weight_decay=solver.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(solver, s))
