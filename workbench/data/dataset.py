@@ -2,12 +2,16 @@
 
     item = {"image": uint8 (3, H, W) RGB,
             "instances": {"labels": int64 (T,), "masks": bool (T, H, W), "boxes": float32 (T, 4) xyxy,
-                          "attributes": {name: int64 (T,)}},      # every schema attribute, -1 = unlabeled
+                          "attributes": {name: int64 (T,)},       # every schema attribute, -1 = unlabeled
+                          "ignore": bool (H, W)},                 # union of iscrowd regions (labelme __ignore__)
             "image_id": int, "file_name": str, "height": int, "width": int}
 
 `labels` are category positions in the schema (0..C-1), not COCO category ids. `height`/`width` are the
 original image size (as in detectron2: predictions are resized back to it); the tensor's shape is the
 augmented size. Instances that augmentation crops to nothing are dropped together with their attributes.
+T may be 0: images without instances are negatives (every query learns "no object"), kept unless
+`keep_empty=False`. `iscrowd` annotations are not instances: their pixels form `ignore`, where the mask
+losses sample no points (model/criterion.py).
 Randomness: item i in epoch e uses `numpy.random.default_rng([seed, e, i])`, so results do not depend on
 worker count or order; call `set_epoch` to get new augmentations each epoch.
 """
@@ -31,10 +35,19 @@ __all__ = ["CocoAttributeDataset", "collate", "detectron2_dicts", "read_image"]
 BOX_MODE_XYWH_ABS = 1  # detectron2's BoxMode.XYWH_ABS
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating)."""
-    with Image.open(path) as im:
-        return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # a writable copy (torch wants one)
+def read_image(path: str | os.PathLike, referenced_by: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating).
+
+    A missing, truncated or undecodable file raises `DataError` naming it (and the annotation file that
+    references it, when given); PIL's own messages name neither.
+    """
+    try:
+        with Image.open(path) as im:
+            return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # a writable copy (torch wants one)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        ref = f" (referenced by {referenced_by})" if referenced_by else ""
+        raise DataError([Problem("unreadable_image", str(path),
+                                 f"cannot read the image{ref}: {type(e).__name__}: {e}")]) from None
 
 
 def _load(coco: str | os.PathLike | dict, image_root, schema: Schema | None):
@@ -87,7 +100,9 @@ class CocoAttributeDataset(Dataset):
     """Images of a COCO-with-attributes file with their instances, augmented by `augmentation`.
 
     coco: path or dict; image_root: folder the `file_name`s are relative to (default: the JSON's folder, or
-    the working directory for a dict); iscrowd annotations are skipped, as upstream's instance mappers do;
+    the working directory for a dict); iscrowd annotations are not instances (as in upstream's mappers) but
+    their union is returned as `instances["ignore"]`; keep_empty=False drops images without an instance
+    (upstream's training default `DATALOADER.FILTER_EMPTY_ANNOTATIONS`);
     augmentation: `transforms.build_augmentation(cfg, train)` or any callable (image, masks, rng) ->
     (image, masks); None = images as stored. schema: checked against the file when given.
     """
@@ -99,9 +114,13 @@ class CocoAttributeDataset(Dataset):
         augmentation: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple] | None = None,
         schema: Schema | None = None,
         seed: int = 0,
+        keep_empty: bool = True,
     ):
         self.data, self.image_root, self.schema = _load(coco, image_root, schema)
+        self.where = "the coco dict" if isinstance(coco, dict) else str(coco)
         self.records = detectron2_dicts(self.data, self.image_root, self.schema)
+        if not keep_empty:
+            self.records = [r for r in self.records if any(not a["iscrowd"] for a in r["annotations"])]
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
@@ -114,19 +133,24 @@ class CocoAttributeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = read_image(record["file_name"])
+        image = read_image(record["file_name"], referenced_by=self.where)
         h, w = record["height"], record["width"]
         if image.shape[:2] != (h, w):
             raise DataError([Problem("image_size_mismatch", record["file_name"],
-                                     f"image is {image.shape[1]}x{image.shape[0]} but the annotation file says {w}x{h}")])
+                                     f"image is {image.shape[1]}x{image.shape[0]} but {self.where} says {w}x{h}")])
         anns = [a for a in record["annotations"] if not a["iscrowd"]]
-        masks = np.stack([segmentation_to_mask(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
+        crowd = [a for a in record["annotations"] if a["iscrowd"]]
+        # instances and crowd regions travel through augmentation together, then split again
+        masks = np.zeros((len(anns) + len(crowd), h, w), bool)
+        for i, a in enumerate(anns + crowd):
+            masks[i] = segmentation_to_mask(a["segmentation"], h, w)
         labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
         attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.attribute_names}
         if self.augmentation is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, masks = self.augmentation(image, masks, rng)
-        keep = masks.reshape(masks.shape[0], -1).any(axis=1)  # cropped to nothing -> dropped with its attributes
+        masks, ignore = masks[: len(anns)], masks[len(anns):].any(axis=0)
+        keep = masks.any(axis=(1, 2))  # cropped to nothing -> dropped with its attributes
         masks = masks[keep]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
@@ -135,6 +159,7 @@ class CocoAttributeDataset(Dataset):
                 "masks": torch.from_numpy(np.ascontiguousarray(masks)),
                 "boxes": torch.from_numpy(boxes_from_masks(masks)),
                 "attributes": {n: torch.from_numpy(v[keep]) for n, v in attributes.items()},
+                "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
             },
             "image_id": int(record["image_id"]),
             "file_name": record["file_name"],

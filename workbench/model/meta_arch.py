@@ -125,7 +125,12 @@ class MultiTaskMask2Former(nn.Module):
             padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
             padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
             attrs = inst.get("attributes", {})
-            out.append({
+            target = {}
+            if inst.get("ignore") is not None:  # crowd / __ignore__ pixels; padding is not ignored
+                ignore = torch.as_tensor(inst["ignore"], device=self.device).bool()
+                target["ignore"] = padded.new_zeros(padded_size)
+                target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] = ignore
+            out.append({**target,
                 "labels": torch.as_tensor(inst["labels"], device=self.device).long(),
                 "masks": padded,
                 "attributes": {a.name: torch.as_tensor(attrs[a.name], device=self.device).long()
