@@ -231,11 +231,15 @@ class SolverConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """Where the COCO-with-attributes files are. Image `file_name`s are relative to `image_root` for both
-    splits; empty = each JSON's own folder (where `workbench data convert` puts them). `val` may be empty."""
+    splits; empty = each JSON's own folder (where `workbench data convert` puts them). `val` may be empty.
+
+    keep_empty: train on images without instances too (every query learns "no object" there: negatives teach
+    the model not to fire on background). Upstream filters them (`FILTER_EMPTY_ANNOTATIONS`); False does that."""
 
     train: str = ""
     val: str = ""
     image_root: str = ""
+    keep_empty: bool = True
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from workbench.data.masks import boxes_from_masks, segmentation_to_mask
+from workbench.data.masks import boxes_from_masks, mask_to_rle, rle_bbox, segmentation_to_mask
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
 
@@ -78,12 +78,13 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
     """
     data, root, schema = _load(coco, image_root, schema)
     label_of = schema.label_of()
+    images = {im["id"]: im for im in data["images"]}
     by_image: dict[int, list[dict]] = {im["id"]: [] for im in data["images"]}
     for ann in data["annotations"]:
         attrs = ann.get("attributes", {})
         by_image[ann["image_id"]].append({
             "segmentation": ann["segmentation"],
-            "bbox": list(ann["bbox"]),
+            "bbox": list(ann["bbox"]) if "bbox" in ann else _bbox_of(ann["segmentation"], images[ann["image_id"]]),
             "bbox_mode": BOX_MODE_XYWH_ABS,
             "category_id": label_of[ann["category_id"]],
             "iscrowd": int(ann.get("iscrowd", 0)),
@@ -94,6 +95,11 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
          "image_id": im["id"], "annotations": by_image[im["id"]]}
         for im in data["images"]
     ]
+
+
+def _bbox_of(segmentation, image: dict) -> list[float]:
+    """COCO [x, y, w, h] of a segmentation, for files written without `bbox` (validate warns about them)."""
+    return rle_bbox(mask_to_rle(segmentation_to_mask(segmentation, image["height"], image["width"])))
 
 
 class CocoAttributeDataset(Dataset):

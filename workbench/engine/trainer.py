@@ -264,4 +264,5 @@ def build_train_dataset(cfg: RunConfig):
     if not cfg.data.train:
         raise ValueError("data.train is empty: set the COCO-with-attributes training file in the config")
     return CocoAttributeDataset(cfg.data.train, cfg.data.image_root or None,
-                                augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed)
+                                augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed,
+                                keep_empty=cfg.data.keep_empty)

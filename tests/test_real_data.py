@@ -1,0 +1,152 @@
+"""Issue 12: real labelme folders and everyday mistakes never crash, overwrite or lose work.
+
+Each test is one reproduction from the issue, on tiny generated data.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import workbench as wb
+from workbench.cli import main as cli
+from workbench.config import AugmentConfig, DataConfig, RunConfig, SolverConfig
+from workbench.data.dataset import CocoAttributeDataset
+from workbench.data.labelme import convert_labelme
+from workbench.data.problems import DataError
+from workbench.data.schema import load_labels_txt, load_schema
+from workbench.data.synthetic import SynthConfig, synthesize
+from workbench.data.validate import validate_coco
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def labelme_folder(tmp_path, n=4, size=64) -> Path:
+    folder = tmp_path / "lm"
+    synthesize(folder, n, seed=0, cfg=SynthConfig(image_size=size))
+    return folder
+
+
+def edit(path: Path, change) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def square(label, x0, y0, x1, y1):
+    return {"label": label, "points": [[x0, y0], [x1, y1]], "shape_type": "rectangle", "group_id": None, "flags": {}}
+
+
+def tiny_run_cfg(train, val="", **solver):
+    args = dict(base_lr=1e-3, batch_size=2, max_iter=2, warmup_iters=1, checkpoint_period=1, log_period=1)
+    args.update(solver)
+    schema = load_schema(Path(train).parent / "schema.yaml")
+    model = wb.ModelConfig.tiny(**schema.model_fields(), loss=wb.LossConfig(num_points=64))
+    return RunConfig(model=model, solver=SolverConfig(**args), data=DataConfig(train=str(train), val=str(val)),
+                     augment=AugmentConfig.synthetic(image_size=64), device="cpu")
+
+
+# ---- 1. images without instances -----------------------------------------------------------------------------
+@pytest.fixture
+def with_empty_image(tmp_path):
+    folder = labelme_folder(tmp_path)
+    edit(folder / "shapes_00000.json", lambda d: d.update(shapes=[]))
+    convert_labelme(folder, load_schema(folder / "schema.yaml"), out=folder / "coco.json", progress=False)
+    return folder / "coco.json"
+
+
+def test_image_without_instances_trains_and_evaluates(with_empty_image, tmp_path):
+    ds = CocoAttributeDataset(with_empty_image)
+    empty = next(ds[i] for i in range(len(ds)) if ds.records[i]["file_name"].endswith("shapes_00000.png"))
+    assert empty["instances"]["masks"].shape == (0, 64, 64) and empty["instances"]["labels"].shape == (0,)
+    assert empty["instances"]["boxes"].shape == (0, 4)
+    assert len(CocoAttributeDataset(with_empty_image, keep_empty=False)) == len(ds) - 1
+    report = validate_coco(with_empty_image, progress=False)
+    assert report.ok and report.num_empty_images == 1 and "1 without instances" in str(report)
+    from workbench.engine.pipeline import train_and_evaluate
+
+    cfg = tiny_run_cfg(with_empty_image, with_empty_image, batch_size=4)
+    _, metrics = train_and_evaluate(cfg, tmp_path / "run", progress=False, num_overlays=4)
+    assert metrics.counts["images"] == 4
+
+
+# ---- 2. labelme ignore regions -------------------------------------------------------------------------------
+@pytest.fixture
+def with_ignore_region(tmp_path):
+    folder = labelme_folder(tmp_path)
+    edit(folder / "shapes_00001.json", lambda d: d["shapes"].append(square("__ignore__", 0, 0, 9, 9)))
+    return folder
+
+
+def test_ignore_shapes_become_crowd_regions_for_every_category(with_ignore_region):
+    schema = load_schema(with_ignore_region / "schema.yaml")
+    coco = convert_labelme(with_ignore_region, schema, out=with_ignore_region / "coco.json", progress=False)
+    crowd = [a for a in coco["annotations"] if a["iscrowd"]]
+    assert sorted(a["category_id"] for a in crowd) == [c.id for c in schema.categories]
+    assert all(a["area"] == 100 and a["attributes"] == {} for a in crowd)
+    report = validate_coco(with_ignore_region / "coco.json", progress=False)
+    assert report.ok and report.num_ignore_regions == 3
+    assert report.num_annotations == len(coco["annotations"]) - 3
+    assert report.summary.loc["total", ("instances", "")] == report.num_annotations
+    ds = CocoAttributeDataset(with_ignore_region / "coco.json")
+    item = next(ds[i] for i in range(len(ds)) if ds.records[i]["file_name"].endswith("shapes_00001.png"))
+    ignore = item["instances"]["ignore"]
+    assert ignore.dtype == torch.bool and ignore.shape == (64, 64) and ignore[:10, :10].all() and ignore.sum() == 100
+    others = [ds[i]["instances"]["ignore"] for i in range(len(ds)) if ds[i] is not item]
+    assert not any(o.any() for o in others[:1])
+
+
+def test_labels_txt_is_the_category_list(with_ignore_region, capsys):
+    labels = with_ignore_region.parent / "labels.txt"
+    labels.write_text("__ignore__\n_background_\ncircle\nsquare\ntriangle\n")
+    schema = load_labels_txt(labels)
+    assert schema.category_names == ["circle", "square", "triangle"] and schema.ignore_labels == ("__ignore__",)
+    for path in with_ignore_region.glob("*.json"):  # plain labelme: a category per shape, no attributes
+        edit(path, lambda d: [s.update(label=s["label"].split()[0], flags={}, description="") for s in d["shapes"]])
+    out = with_ignore_region / "coco.json"
+    assert cli(["data", "convert", str(with_ignore_region), "--labels", str(labels), "--out", str(out)]) == 0
+    assert "3 ignore-region annotations" in capsys.readouterr().out
+    labels.write_text("__ignore__\n_background_\ncircle\nsquare\n")
+    assert cli(["data", "convert", str(with_ignore_region), "--labels", str(labels),
+                "--schema", str(with_ignore_region / "schema.yaml"), "--out", str(out)]) == 1
+    assert "differ from the schema" in capsys.readouterr().err
+
+
+def test_ignore_region_reaches_the_loss_targets(with_ignore_region):
+    coco = with_ignore_region / "coco.json"
+    convert_labelme(with_ignore_region, load_schema(with_ignore_region / "schema.yaml"), out=coco, progress=False)
+    ds = CocoAttributeDataset(coco)
+    model = wb.build_model(tiny_run_cfg(coco).model)
+    targets = model.targets([ds[i] for i in range(len(ds))], (64, 64))
+    assert sum(int(t["ignore"].sum()) for t in targets) == 100
+
+
+# ---- 3. data checks at the boundary --------------------------------------------------------------------------
+def test_convert_checks_the_header_size_against_the_image(tmp_path):
+    folder = labelme_folder(tmp_path)
+    edit(folder / "shapes_00002.json", lambda d: d.update(imageWidth=80))
+    with pytest.raises(DataError, match=r"shapes_00002.json.*header says 80x64.*shapes_00002.png is 64x64") as err:
+        convert_labelme(folder, load_schema(folder / "schema.yaml"), out=folder / "coco.json", progress=False)
+    assert err.value.codes == ["image_size_mismatch"] and not (folder / "coco.json").exists()
+
+
+def test_missing_bbox_and_area_are_filled_and_reported(with_empty_image):
+    edit(with_empty_image, lambda d: [(a.pop("bbox"), a.pop("area")) for a in d["annotations"]])
+    report = validate_coco(with_empty_image, progress=False)
+    assert report.ok and "missing_bbox_area" in report.codes
+    from workbench.data.dataset import detectron2_dicts
+
+    boxes = [a["bbox"] for r in detectron2_dicts(with_empty_image) for a in r["annotations"]]
+    assert boxes and all(len(b) == 4 and b[2] > 0 for b in boxes)
+
+
+def test_unreadable_image_names_the_file_and_the_annotation_file(with_empty_image):
+    png = with_empty_image.parent / "shapes_00003.png"
+    png.write_bytes(png.read_bytes()[:200])  # truncated
+    ds = CocoAttributeDataset(with_empty_image)
+    i = next(i for i in range(len(ds)) if ds.records[i]["file_name"].endswith("shapes_00003.png"))
+    with pytest.raises(DataError, match=r"shapes_00003.png.*referenced by .*coco.json"):
+        ds[i]
