@@ -150,3 +150,48 @@ def test_unreadable_image_names_the_file_and_the_annotation_file(with_empty_imag
     i = next(i for i in range(len(ds)) if ds.records[i]["file_name"].endswith("shapes_00003.png"))
     with pytest.raises(DataError, match=r"shapes_00003.png.*referenced by .*coco.json"):
         ds[i]
+
+
+# ---- 4. config vs data, before any work ----------------------------------------------------------------------
+@pytest.fixture
+def coco(tmp_path):
+    folder = labelme_folder(tmp_path)
+    convert_labelme(folder, load_schema(folder / "schema.yaml"), out=folder / "coco.json", progress=False)
+    return folder / "coco.json"
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(attributes={"colour": ["red", "green", "blue"], "size": ["small", "medium", "large"]}),
+     r"model.attributes.colour: .*the data has `color`; the config says `colour`"),
+    (dict(attributes={"color": ["red", "green", "blue"], "size": ["small", "medium", "large"], "texture": ["a"]}),
+     r"model.attributes.texture: no such attribute in the data"),
+    (dict(attributes={"color": ["red", "blue", "green"], "size": ["small", "medium", "large"]}),
+     r"model.attributes.color: values \['red', 'blue', 'green'\] differ"),
+    (dict(attributes={"color": ["red", "green", "blue"]}), r"the data has attribute `size`"),
+    (dict(num_classes=2), r"model.num_classes is 2 but the data has 3 categories"),
+])
+def test_config_that_does_not_fit_the_data_fails_before_training(coco, tmp_path, change, message):
+    from workbench.config_file import ConfigError
+    from workbench.engine.trainer import train
+
+    cfg = tiny_run_cfg(coco)
+    cfg = RunConfig(**{**cfg.__dict__, "model": cfg.model.replace(**change)})
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_numbers_without_a_dot_are_floats_and_zero_queries_names_the_field(coco, tmp_path):
+    from workbench.config_file import ConfigError
+    from workbench.engine.cli import load_train_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"model: {{preset: tiny}}\nsolver: {{base_lr: 2e-3, weight_decay: 1E-4}}\ndata: {{train: {coco}}}\n")
+    cfg = load_train_config(path)
+    assert cfg.solver.base_lr == 0.002 and cfg.solver.weight_decay == 1e-4
+    path.write_text(f"model: {{preset: tiny, num_queries: 0}}\ndata: {{train: {coco}}}\n")
+    with pytest.raises(ConfigError, match="model: num_queries must be > 0"):
+        load_train_config(path)
+    path.write_text("solver: {base_lr: fast}\nmodel: {preset: tiny, num_classes: 1}\n")
+    with pytest.raises(ConfigError, match="solver.base_lr: expected float, got str 'fast'"):
+        load_train_config(path)

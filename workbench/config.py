@@ -115,6 +115,8 @@ class ModelConfig:
             raise ValueError(f"duplicate attribute names: {names}")
         if self.num_classes <= 0:
             raise ValueError("num_classes must be > 0")
+        if self.num_queries <= 0:
+            raise ValueError(f"num_queries must be > 0 (each query predicts one instance), got {self.num_queries}")
         if self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by nheads {self.nheads}")
         if self.dec_layers < 1 or self.enc_layers < 0:

@@ -6,6 +6,7 @@ falls back to a default. `model.preset: tiny | coco_r50` starts from that preset
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,9 @@ from workbench import config as C
 
 class ConfigError(ValueError):
     pass
+
+
+_YAML11_MISSED_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _convert(tp, value, path: str):
@@ -33,6 +37,8 @@ def _convert(tp, value, path: str):
         return tuple(_convert(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_MISSED_FLOAT.fullmatch(value.strip()):
+        return float(value)  # PyYAML follows YAML 1.1, where `2e-3` (no dot) is a string; users write it
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value

@@ -178,6 +178,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     solver = cfg.solver
     if dataset is None:
         dataset = build_train_dataset(cfg)
+    check_data(cfg, dataset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
     lr = scaled_lr(solver)
@@ -255,6 +256,17 @@ def absolute_data_paths(cfg: RunConfig) -> RunConfig:
     data = cfg.data
     return dataclasses.replace(cfg, data=dataclasses.replace(
         data, train=resolve(data.train), val=resolve(data.val), image_root=resolve(data.image_root)))
+
+
+def check_data(cfg: RunConfig, dataset) -> None:
+    """Before any work: the model's heads must fit the training (and validation) data's schema."""
+    from workbench.data.schema import schema_of_coco
+    from workbench.engine.preflight import check_model_matches_data
+
+    if getattr(dataset, "schema", None) is not None:
+        check_model_matches_data(cfg.model, dataset.schema, getattr(dataset, "where", "(training dataset)"))
+    if cfg.data.val and Path(cfg.data.val).is_file():
+        check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
 
 
 def build_train_dataset(cfg: RunConfig):
