@@ -15,10 +15,11 @@ from typing import Any, Mapping
 import yaml
 
 from workbench import config as C
+from workbench.errors import WorkbenchError
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(WorkbenchError, ValueError):
+    exit_code = 2
 
 
 _YAML11_MISSED_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

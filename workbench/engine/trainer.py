@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import dump_yaml, to_dict
 from workbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from workbench.errors import WorkbenchError
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.model import MultiTaskMask2Former, build_model
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(WorkbenchError, FloatingPointError):
     pass
 
 
