@@ -3,6 +3,7 @@
 Each test is one reproduction from the issue, on tiny generated data.
 """
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -195,3 +196,71 @@ def test_yaml_numbers_without_a_dot_are_floats_and_zero_queries_names_the_field(
     path.write_text("solver: {base_lr: fast}\nmodel: {preset: tiny, num_classes: 1}\n")
     with pytest.raises(ConfigError, match="solver.base_lr: expected float, got str 'fast'"):
         load_train_config(path)
+
+
+# ---- 5/6. run directories and checkpoints --------------------------------------------------------------------
+def engine_cfg(**solver):
+    args = dict(base_lr=1e-3, batch_size=2, max_iter=4, warmup_iters=1, checkpoint_period=1, log_period=1)
+    args.update(solver)
+    model = wb.ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g", "b"]}, loss=wb.LossConfig(num_points=32))
+    return RunConfig(model=model, solver=SolverConfig(**args), device="cpu")
+
+
+def engine_data(n=4):
+    from workbench.harness.synthetic import synthetic_batch
+
+    return synthetic_batch(3, {"color": 3}, batch=n, size=64, seed=0)
+
+
+def test_existing_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    from workbench.engine.trainer import RunDirectoryError, train
+
+    run = tmp_path / "run"
+    train(engine_cfg(max_iter=1), run, dataset=engine_data(), progress=False)
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(RunDirectoryError, match=r"already holds a run .*--resume .*--overwrite"):
+        train(engine_cfg(max_iter=1), run, dataset=engine_data(), progress=False)
+    assert (run / "metrics.jsonl").read_text() == before
+    (run / "notes.txt").write_text("mine")
+    (run / ".last.pt.abc123.tmp").write_bytes(b"partial")
+    train(engine_cfg(max_iter=2), run, dataset=engine_data(), progress=False, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and not list(run.glob(".*.tmp"))
+    assert ".last.pt.abc123.tmp" in capsys.readouterr().out
+
+
+def test_keep_checkpoints_and_fall_back_loudly_when_the_newest_is_corrupt(tmp_path, capsys):
+    from workbench.engine.trainer import train
+
+    data = engine_data()
+    straight = train(engine_cfg(), tmp_path / "a", dataset=data, progress=False).model.state_dict()
+    run = tmp_path / "b"
+    train(engine_cfg(keep_checkpoints=2), run, dataset=data, progress=False, max_iter=3)
+    assert sorted(p.name for p in run.glob("last*.pt")) == ["last.pt", "last_step2.pt", "last_step3.pt"]
+    assert os.path.samefile(run / "last.pt", run / "last_step3.pt")  # a link, not a second copy
+    with open(run / "last.pt", "r+b") as f:  # damaged on disk (the step-3 file shares its bytes)
+        f.truncate(os.path.getsize(run / "last.pt") // 3)
+    capsys.readouterr()
+    resumed = train(engine_cfg(), run, dataset=data, progress=False, resume=True).model.state_dict()
+    err = capsys.readouterr().err
+    assert "falling back" in err and "last.pt: corrupt or truncated" in err and "last_step2.pt (step 2)" in err
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # cut back to the checkpoint's step, then continued: no 3 twice
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_corrupt_and_unsafe_checkpoints_are_told_apart(tmp_path):
+    import pickle
+
+    from workbench.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(1000)})
+    whole = path.read_bytes()
+    for data in (b"", whole[:100], whole[: len(whole) // 2]):
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError, match=rf"{path}: corrupt or truncated checkpoint \({len(data)} bytes"):
+            load_checkpoint(path)
+    torch.save({"hook": pickle.Pickler}, path)
+    with pytest.raises(CheckpointError, match="refused to load: it holds objects other than tensors") as err:
+        load_checkpoint(path)
+    assert "corrupt" not in str(err.value)

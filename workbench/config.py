@@ -215,6 +215,7 @@ class SolverConfig:
     checkpoint_period: int = 5000
     log_period: int = 20
     num_workers: int = 0
+    keep_checkpoints: int = 2  # last.pt + this many last_step<N>.pt in all; resume falls back to an older one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -226,6 +227,8 @@ class SolverConfig:
             raise ValueError(f"solver.schedule must be 'poly' or 'step', got {self.schedule!r}")
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"solver.amp must be off|bf16|fp16, got {self.amp!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"solver.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.checkpoint_period <= 0 or self.log_period <= 0:
             raise ValueError("solver.checkpoint_period and solver.log_period must be > 0")
 

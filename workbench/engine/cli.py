@@ -17,7 +17,10 @@ def add_parser(sub) -> None:
     p.add_argument("--config", required=True, help="YAML mapping onto RunConfig (model/solver/data/augment/eval)")
     p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, checkpoints)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's, else auto)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (or the newest readable "
+                   "older checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an existing run directory (its run "
+                   "files are deleted); without it or --resume an existing run is refused")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation on data.val after training")
     p.set_defaults(func=run_train)
 
@@ -63,7 +66,8 @@ def run_train(args) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
     cfg = load_train_config(args.config)
-    train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval)
+    train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval,
+                       overwrite=args.overwrite)
     return 0
 
 

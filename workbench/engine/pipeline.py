@@ -17,13 +17,15 @@ from workbench.engine.trainer import TrainResult, train
 
 
 def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str | None = None, resume: bool = False,
-                       evaluate: bool = True, dataset=None, progress: bool = True, num_overlays: int = 6):
+                       evaluate: bool = True, dataset=None, progress: bool = True, num_overlays: int = 6,
+                       overwrite: bool = False):
     """Train, then (on the main process, when data.val is set) write metrics.json, loss_curve.png and
     overlays/ into `run_dir`. Returns (TrainResult, EvalResult or None)."""
     from workbench.engine.evaluate import write_metrics_json
     from workbench.inspect.draw import plot_loss_curve
 
-    result: TrainResult = train(cfg, run_dir, dataset=dataset, device=device, resume=resume, progress=progress)
+    result: TrainResult = train(cfg, run_dir, dataset=dataset, device=device, resume=resume, progress=progress,
+                                overwrite=overwrite)
     run_dir = Path(run_dir)
     if int(os.environ.get("RANK", "0")) != 0:
         return result, None

@@ -58,7 +58,8 @@ def display_figure(fig, handle=None):
 
 def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, dataset=None, progress: bool = True):
     """`engine.trainer.train` in `chunks` pieces (each resumes the last exactly), redrawing the loss curve
-    from metrics.jsonl after each piece. Returns the final `TrainResult` (same weights as one call)."""
+    from metrics.jsonl after each piece. Returns the final `TrainResult` (same weights as one call). A run
+    already in `run_dir` is replaced (a notebook cell is meant to be rerun)."""
     import dataclasses
 
     from workbench.engine.trainer import train
@@ -69,7 +70,7 @@ def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, data
     bounds = [round(total * (k + 1) / chunks) for k in range(chunks)]
     handle, result, seconds = None, None, 0.0
     for k, stop in enumerate(bounds):
-        result = train(cfg, run_dir, dataset=dataset, resume=k > 0, progress=progress, max_iter=stop)
+        result = train(cfg, run_dir, dataset=dataset, resume=k > 0, overwrite=k == 0, progress=progress, max_iter=stop)
         seconds += result.seconds
         handle = display_figure(loss_curve_figure(Path(run_dir) / "metrics.jsonl"), handle)
     return dataclasses.replace(result, seconds=seconds)
