@@ -90,9 +90,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):  # a damaged pickle stream, not a refused object
             raise _corrupt(path, size, err) from err
-        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
-                              f"(weights_only=True). Only load checkpoints you trust with other tools. "
-                              f"({str(err).splitlines()[0]})") from err
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain containers"
+                              f"{what} (weights_only=True). Only load checkpoints you trust with other tools.") from err
     except (EOFError, zipfile.BadZipFile, KeyError, ValueError) as err:
         raise _corrupt(path, size, err) from err
     except RuntimeError as err:
