@@ -263,4 +263,4 @@ def test_corrupt_and_unsafe_checkpoints_are_told_apart(tmp_path):
     torch.save({"hook": pickle.Pickler}, path)
     with pytest.raises(CheckpointError, match="refused to load: it holds objects other than tensors") as err:
         load_checkpoint(path)
-    assert "corrupt or truncated" not in str(err.value) and "_pickle.Pickler" in str(err.value)
+    assert "corrupt or truncated" not in str(err.value) and "pickle.Pickler" in str(err.value)
