@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -97,6 +98,9 @@ def run_predict(args) -> int:
     from workbench.engine.inference import load_run
 
     run = load_run(args.run, device=resolve_device(args.device or "auto"))
-    for path in draw_predictions(run, args.images, args.out):
+    failures: list[str] = []
+    for path in draw_predictions(run, args.images, args.out, failures=failures):
         print(path)
-    return 0
+    for failure in failures:  # after the rest were drawn
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0
