@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a run: segm AP, joint AP, per-attribute accuracy")
     p.add_argument("--run", required=True)
-    p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val)")
+    p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val); its "
+                   "metrics go to RUN/metrics_<name>.json, never over the run's metrics.json")
     p.add_argument("--images", default=None, help="image folder for --data (default: the file's folder)")
     p.add_argument("--device", default=None)
     p.add_argument("--scoring", choices=["main", "product", "mean"], default=None)
@@ -87,9 +88,23 @@ def run_eval(args) -> int:
         eval_cfg = dataclasses.replace(eval_cfg, dedupe_iou=args.dedupe_iou)
     dataset = eval_dataset(run.cfg, args.data, args.images)
     result = evaluate_model(run.model, args.data or run.cfg.data.val, dataset, eval_cfg, progress=not args.json)
-    write_metrics_json(result, Path(args.run) / "metrics.json")
+    out = Path(args.run) / ("metrics.json" if args.data is None else metrics_name(Path(args.run), result.data))
+    write_metrics_json(result, out)
+    print(f"wrote {out}", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table().to_string(index=False))
     return 0
+
+
+def metrics_name(run_dir: Path, data: dict) -> str:
+    """`metrics_<data file stem>.json`, or `metrics_<stem>-<hash8>.json` when that name already holds the
+    metrics of other data (e.g. two folders' coco.json): a result never replaces another data's."""
+    from workbench.data.io import read_json
+
+    stem = Path(data["path"]).stem
+    name = f"metrics_{stem}.json"
+    if (run_dir / name).is_file() and read_json(run_dir / name).get("data", {}).get("path") != data["path"]:
+        name = f"metrics_{stem}-{data['sha256'][:8]}.json"
+    return name
 
 
 def run_predict(args) -> int:

@@ -40,7 +40,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from workbench.config import EvalConfig
-from workbench.data.io import read_json, write_json_atomic
+from workbench.data.io import data_record, read_json, write_json_atomic
 from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
@@ -90,6 +90,7 @@ class EvalResult:
     tp_iou: float
     counts: dict[str, int]
     config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)  # {"path", "sha256"} of the ground truth (data_record)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (no NaN: undefined values are None)."""
@@ -339,6 +340,7 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     counts["true_positives"] = len(pairs)
     attributes = {a.name: _attribute_result(a.name, list(a.values), pairs, gt, dt) for a in schema.attributes}
     return EvalResult(
+        data=data_record(coco_gt) if not isinstance(coco_gt, Mapping) else {},
         segm=_summarize(main),
         joint=_summarize(joint),
         per_category_ap=per_category,
