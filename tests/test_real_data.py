@@ -264,3 +264,82 @@ def test_corrupt_and_unsafe_checkpoints_are_told_apart(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load: it holds objects other than tensors") as err:
         load_checkpoint(path)
     assert "corrupt or truncated" not in str(err.value) and "pickle.Pickler" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 1-step run on generated data, with an image without instances and a validation file."""
+    tmp = tmp_path_factory.mktemp("trained")
+    folder = labelme_folder(tmp)
+    edit(folder / "shapes_00000.json", lambda d: d.update(shapes=[]))
+    convert_labelme(folder, load_schema(folder / "schema.yaml"), out=folder / "coco.json", progress=False)
+    from workbench.engine.trainer import train
+
+    train(tiny_run_cfg(folder / "coco.json", folder / "coco.json", max_iter=1), tmp / "run", progress=False)
+    return tmp / "run", folder
+
+
+def test_eval_on_other_data_never_replaces_the_runs_metrics(trained_run, tmp_path, capsys):
+    run, folder = trained_run
+    (run / "metrics.json").write_text('{"mine": 1}')
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    assert cli(["eval", "--run", str(run), "--data", str(other / "coco.json"), "--json"]) == 0
+    assert (run / "metrics.json").read_text() == '{"mine": 1}'
+    written = json.loads((run / "metrics_coco.json").read_text())
+    assert written["data"]["path"] == str((other / "coco.json").resolve()) and len(written["data"]["sha256"]) == 64
+    third = tmp_path / "third"  # same file name, other folder: its own file
+    shutil.copytree(folder, third)
+    assert cli(["eval", "--run", str(run), "--data", str(third / "coco.json"), "--json"]) == 0
+    assert json.loads((run / "metrics_coco.json").read_text())["data"]["path"] == written["data"]["path"]
+    assert len(list(run.glob("metrics_coco-*.json"))) == 1
+
+
+def test_predict_any_size_keeps_going_and_never_overwrites(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    inputs = tmp_path / "in"
+    (inputs / "b").mkdir(parents=True)
+    for name, size in (("one.png", (1, 1)), ("s32.png", (32, 32)), ("odd.png", (50, 70)), ("b/odd.png", (7, 3))):
+        Image.fromarray(np.full((*size, 3), 90, np.uint8)).save(inputs / name)
+    (inputs / "broken.png").write_bytes((inputs / "s32.png").read_bytes()[:60])
+    names = ["one.png", "broken.png", "s32.png", "odd.png", "b/odd.png"]
+    out = tmp_path / "out"
+    code = cli(["predict", "--run", str(run), *[str(inputs / n) for n in names], "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "broken.png" in captured.err and "Traceback" not in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["odd_1.png", "odd_2.png", "one.png", "s32.png"]
+    before = (inputs / "one.png").read_bytes()
+    assert cli(["predict", "--run", str(run), str(inputs / "one.png"), "--out", str(inputs)]) == 1
+    assert "holds input image" in capsys.readouterr().err and (inputs / "one.png").read_bytes() == before
+
+
+def test_ablation_refuses_cells_scored_on_different_data(tmp_path):
+    from workbench.ablation.tables import check_same_data
+    from workbench.errors import WorkbenchError
+
+    for i, digest in enumerate(["aa" * 32, "aa" * 32, "bb" * 32]):
+        (tmp_path / f"cell{i}").mkdir()
+        (tmp_path / f"cell{i}" / "metrics.json").write_text(json.dumps({"data": {"path": "v.json", "sha256": digest}}))
+    check_same_data(tmp_path, [tmp_path / "cell0", tmp_path / "cell1"])
+    with pytest.raises(WorkbenchError, match=r"different validation data .*cell2"):
+        check_same_data(tmp_path, [tmp_path / f"cell{i}" for i in range(3)])
+
+
+# ---- 8. CLI errors: the message alone ------------------------------------------------------------------------
+def test_cli_errors_are_one_message_and_debug_shows_the_traceback(coco, tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {{preset: tiny, num_classes: 2}}\ndata: {{train: {coco}}}\n")
+    assert cli(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the config does not fit the data") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2
+    from workbench.config_file import ConfigError
+
+    with pytest.raises(ConfigError):
+        cli(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--debug"])
+    monkeypatch.setenv("WORKBENCH_DEBUG", "1")
+    with pytest.raises(ConfigError):
+        cli(["train", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    monkeypatch.delenv("WORKBENCH_DEBUG")
+    assert cli(["eval", "--run", str(tmp_path / "nothing")]) == 1
+    assert "not a run directory" in capsys.readouterr().err
