@@ -2,6 +2,7 @@
 
 Each test is one reproduction from the issue, on tiny generated data.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -343,3 +344,43 @@ def test_cli_errors_are_one_message_and_debug_shows_the_traceback(coco, tmp_path
     monkeypatch.delenv("WORKBENCH_DEBUG")
     assert cli(["eval", "--run", str(tmp_path / "nothing")]) == 1
     assert "not a run directory" in capsys.readouterr().err
+
+
+# ---- 10. realistic mistakes the suite must catch ----------------------------------------------------------------
+def test_attribute_accuracy_counts_true_positives_only_not_a_duplicate_false_positive():
+    from test_evaluate import CIRCLE, RED, BLUE, SMALL, box_mask, inst, make_gt, make_pred
+    from workbench.engine.evaluate import evaluate_predictions
+
+    gt = make_gt({1: [(CIRCLE, box_mask(5, 5, 25, 25), {"color": RED, "size": SMALL})]})
+    right = inst(box_mask(5, 5, 25, 25), 0, 0.9, RED, SMALL)
+    duplicate = inst(box_mask(5, 5, 24, 25), 0, 0.6, BLUE, SMALL)  # best IoU with the same GT, but a FP
+    result = evaluate_predictions(gt, {1: make_pred([right, duplicate])})
+    assert result.counts["true_positives"] == 1
+    color = result.attributes["color"]
+    assert (color.correct, color.count, color.accuracy) == (1, 1, 1.0)
+    assert color.confusion[RED][BLUE] == 0
+
+
+def test_train_honours_its_device_argument(monkeypatch, tmp_path):
+    import workbench.device
+    from workbench.engine.trainer import train
+
+    asked = []
+    real = workbench.device.resolve_device
+
+    def recording(spec=None):
+        asked.append(spec)
+        return real("cpu")
+
+    monkeypatch.setattr(workbench.device, "resolve_device", recording)
+    cfg = dataclasses.replace(engine_cfg(max_iter=1), device="cuda:7")  # a device that must not be used
+    train(cfg, tmp_path / "run", dataset=engine_data(), device="cpu", progress=False)
+    assert asked == ["cpu"]
+
+
+def test_unknown_bare_flag_is_reported(tmp_path):
+    folder = labelme_folder(tmp_path, n=1)
+    edit(folder / "shapes_00000.json", lambda d: d["shapes"][0].update(flags={"rde": True}))
+    with pytest.raises(DataError, match=r"flag 'rde' is not an attribute value") as err:
+        convert_labelme(folder, load_schema(folder / "schema.yaml"), progress=False)
+    assert err.value.codes == ["unknown_attribute_value"]
