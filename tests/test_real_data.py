@@ -384,3 +384,38 @@ def test_unknown_bare_flag_is_reported(tmp_path):
     with pytest.raises(DataError, match=r"flag 'rde' is not an attribute value") as err:
         convert_labelme(folder, load_schema(folder / "schema.yaml"), progress=False)
     assert err.value.codes == ["unknown_attribute_value"]
+
+
+def test_inspector_and_evaluation_take_empty_images_and_crowd_regions(with_empty_image):
+    from test_evaluate import CIRCLE, RED, SMALL, box_mask, inst, make_gt, make_pred
+    from workbench.engine.evaluate import evaluate_predictions
+    from workbench.inspect.figures import annotation_grid, query_figure
+    from workbench.inspect.queries import inspect_item, query_table
+    from workbench.inspect.tables import instances_table
+
+    ds = CocoAttributeDataset(with_empty_image)
+    item = next(ds[i] for i in range(len(ds)) if len(ds[i]["instances"]["labels"]) == 0)
+    model = wb.build_model(tiny_run_cfg(with_empty_image).model)
+    names = ds.schema.category_names
+    q = inspect_item(model, item, categories=names)
+    assert len(query_table(q)) == model.cfg.num_queries and np.isnan(q.matched_iou).all()
+    query_figure(q, 0)
+    assert len(instances_table(item, names, ds.schema.model_attributes())) == 0
+    annotation_grid([item], names, ds.schema.model_attributes())
+    # a detection on a crowd region is neither a TP nor a FP; joint AP and accuracy agree
+    gt = make_gt({1: [(CIRCLE, box_mask(0, 0, 10, 10), {"color": RED, "size": SMALL})]})
+    gt["annotations"].append(dict(gt["annotations"][0], id=2, segmentation=make_gt(
+        {1: [(CIRCLE, box_mask(20, 20, 40, 40), {})]})["annotations"][0]["segmentation"], iscrowd=1, attributes={}))
+    on_crowd = inst(box_mask(22, 22, 38, 38), 0, 0.95, RED, SMALL)
+    right = inst(box_mask(0, 0, 10, 10), 0, 0.9, RED, SMALL)
+    result = evaluate_predictions(gt, {1: make_pred([on_crowd, right])})
+    assert result.segm["AP"] == pytest.approx(100.0) and result.joint["AP"] == pytest.approx(100.0)
+    assert result.counts["ground_truth"] == 1 and result.attributes["color"].count == 1
+
+
+def test_convert_removes_temp_files_a_killed_conversion_left(tmp_path):
+    folder = labelme_folder(tmp_path, n=1)
+    (folder / ".coco.json.x1y2.tmp").write_text("half")
+    (folder / ".other.json.x1y2.tmp").write_text("not ours")
+    convert_labelme(folder, load_schema(folder / "schema.yaml"), out=folder / "coco.json", progress=False)
+    assert sorted(p.name for p in folder.glob(".*.tmp")) == [".other.json.x1y2.tmp"]

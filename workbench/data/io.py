@@ -44,6 +44,16 @@ def data_record(path: str | os.PathLike) -> dict[str, str]:
     return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
 
 
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete `.<name>.*.tmp` siblings of `path` that a killed `write_bytes_atomic` left behind (call before
+    writing `path` again, when no other process writes it)."""
+    path = Path(path)
+    stale = [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` via a temporary file in the same folder and `os.replace`."""
     path = Path(path)

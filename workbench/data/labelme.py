@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from workbench.data.io import read_json
+from workbench.data.io import read_json, remove_stale_temps
 from workbench.data.masks import mask_to_rle, rle_area, rle_bbox
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import Schema, save_coco
@@ -405,5 +405,6 @@ def convert_labelme(
         raise DataError(problems)
     coco = {"images": images, "annotations": annotations, **schema.coco_header()}
     if out is not None:
+        remove_stale_temps(out)  # left by a conversion that was killed mid-write
         save_coco(coco, out)
     return coco
