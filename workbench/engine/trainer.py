@@ -27,8 +27,8 @@ from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
 from workbench.engine.checkpoint import (load_latest, remove_stale_temp_files, rng_state, save_checkpoint, save_rotating,
                                          set_rng_state)
-from workbench.errors import WorkbenchError
 from workbench.engine.schedule import lr_factor, scaled_lr
+from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
@@ -177,7 +177,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool 
         raise RunDirectoryError(f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue "
                                 "it or --overwrite to start again there (or choose another --out)")
     if resume and overwrite:
-        raise ValueError("resume and overwrite exclude each other")
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
     if not is_main:  # every process checks; only the main one deletes
         return
     if overwrite:
