@@ -169,7 +169,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_
              "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json")
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to reuse a run directory silently; with `overwrite` delete its run files (only those: the folder
     may hold the user's other files); always remove temp files a killed write left behind."""
     existing = sorted({p.name for pattern in RUN_FILES[:5] for p in run_dir.glob(pattern)})
@@ -178,8 +178,6 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool 
                                 "it or --overwrite to start again there (or choose another --out)")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
-    if not is_main:  # every process checks; only the main one deletes
-        return
     if overwrite:
         for pattern in RUN_FILES:
             for p in run_dir.glob(pattern):
@@ -235,8 +233,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     batches = EpochBatches(len(dataset), solver.batch_size, cfg.seed, info)
     start = 0
-    prepare_run_dir(run_dir, resume, overwrite, is_main=info.is_main)
-    if info.is_main:
+    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
+        prepare_run_dir(run_dir, resume, overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         ckpt, ckpt_path = load_latest(run_dir, map_location=dev)
