@@ -4,7 +4,7 @@ import torch
 from workbench.model import backbone as bb
 
 
-@pytest.mark.parametrize("name", ["tiny", "resnet50"])
+@pytest.mark.parametrize("name", ["tiny", "resnet50", "resnet101"])
 def test_strides_and_channels(name):
     net = bb.build_backbone(name).eval()
     with torch.no_grad():
@@ -34,6 +34,21 @@ def test_pretrained_weights_load_from_cache(tmp_path, monkeypatch):
     net = bb.build_backbone("resnet50", pretrained=True)
     assert torch.equal(net.stem[0].weight, reference.conv1.weight)
     assert torch.equal(net.stages["res5"][0].conv1.weight, reference.layer4[0].conv1.weight)
+
+
+def test_resnet101_is_resnet50_with_a_deeper_res4(tmp_path, monkeypatch):
+    """Same stem and channels; res4 has 23 bottlenecks (6 in ResNet-50); its ImageNet weights load from the cache."""
+    from torchvision.models import ResNet101_Weights, resnet101
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    reference = resnet101()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(reference.state_dict(), bb.cached_weights_path(ResNet101_Weights.IMAGENET1K_V1))
+    r50, r101 = bb.build_backbone("resnet50"), bb.build_backbone("resnet101", pretrained=True)
+    assert r101.out_channels == r50.out_channels
+    assert [len(r101.stages[n]) for n in bb.FEATURE_NAMES] == [3, 4, 23, 3]
+    assert [len(r50.stages[n]) for n in bb.FEATURE_NAMES] == [3, 4, 6, 3]
+    assert torch.equal(r101.stages["res4"][22].conv3.weight, reference.layer3[22].conv3.weight)
 
 
 def test_unknown_backbone():

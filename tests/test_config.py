@@ -20,6 +20,19 @@ def test_presets():
     assert (coco.loss.class_weight, coco.loss.mask_weight, coco.loss.dice_weight) == (2.0, 5.0, 5.0)
     assert (coco.loss.num_points, coco.loss.oversample_ratio, coco.loss.importance_sample_ratio) == (12544, 3.0, 0.75)
     assert coco.loss.no_object_weight == 0.1
+    # upstream configs/coco/instance-segmentation/{maskformer2_R101,swin/maskformer2_swin_*}.yaml: the R50 head,
+    # their backbone, SWIN.WINDOW_SIZE, SWIN.DROP_PATH_RATE, and NUM_OBJECT_QUERIES 200 for Swin-L
+    head = dict(coco.__dict__, backbone=None, backbone_window_size=None, backbone_drop_path_rate=None, num_queries=None)
+    for preset, backbone, window, drop_path, queries in [
+        ("coco_r101", "resnet101", 7, 0.0, 100), ("coco_swin_t", "swin_t", 7, 0.3, 100),
+        ("coco_swin_s", "swin_s", 7, 0.3, 100), ("coco_swin_b", "swin_b", 12, 0.3, 100),
+        ("coco_swin_l", "swin_l", 12, 0.3, 200),
+    ]:
+        cfg = getattr(ModelConfig, preset)()
+        assert (cfg.backbone, cfg.backbone_window_size, cfg.backbone_drop_path_rate, cfg.num_queries) == (
+            backbone, window, drop_path, queries), preset
+        assert dict(cfg.__dict__, backbone=None, backbone_window_size=None, backbone_drop_path_rate=None,
+                    num_queries=None) == head, preset
 
 
 def test_frozen():

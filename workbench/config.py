@@ -1,30 +1,43 @@
 """Frozen configuration dataclasses.
 
 Every field is read somewhere (tests/test_config.py checks that each field name appears in the package
-outside this file). Presets: `ModelConfig.tiny()` for tests and `ModelConfig.coco_r50()` with upstream
-Mask2Former's COCO instance-segmentation values.
+outside this file). Presets: `ModelConfig.tiny()` for tests and `ModelConfig.coco_r50()`, `coco_r101()`,
+`coco_swin_t()`/`_s`/`_b`/`_l` with upstream Mask2Former's COCO instance-segmentation values.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
-__all__ = ["AttributeSpec", "AugmentConfig", "DataConfig", "LossConfig", "ModelConfig", "SolverConfig"]
+__all__ = ["ATTRIBUTE_KINDS", "AttributeSpec", "AugmentConfig", "DataConfig", "LossConfig", "ModelConfig", "SolverConfig"]
+
+
+ATTRIBUTE_KINDS = ("single", "multi")
+MULTI_LABEL_LOSSES = ("bce", "focal")
 
 
 @dataclass(frozen=True)
 class AttributeSpec:
-    """One independent per-instance label (e.g. colour) with its own K+1-way head.
+    """One independent per-instance label group (e.g. colour).
+
+    kind "single": one value out of K, a K+1-way softmax head (index K = "no object").
+    kind "multi": any subset of the K values (e.g. Fashionpedia's textile patterns), K sigmoid logits and no
+    no-object slot (the class head says whether there is an object); at inference the values whose
+    probability exceeds `threshold` are the predicted set.
 
     `weight` scales both its loss and its matcher cost (as upstream uses the class weight for both);
-    `no_object_weight` is the cross-entropy weight of its "no object" slot (index K).
+    `no_object_weight` is the cross-entropy weight of a single group's "no object" slot (index K);
+    `loss` is a multi group's criterion, "bce" | "focal" ("" = `LossConfig.multi_label_loss`).
     """
 
     name: str
     values: tuple[str, ...]
     weight: float = 1.0
     no_object_weight: float = 0.1
+    kind: str = "single"
+    threshold: float = 0.5
+    loss: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -36,11 +49,27 @@ class AttributeSpec:
             raise ValueError(f"attribute {self.name!r}: duplicate values in {self.values}")
         if self.weight < 0 or self.no_object_weight < 0:
             raise ValueError(f"attribute {self.name!r}: weights must be >= 0")
+        if self.kind not in ATTRIBUTE_KINDS:
+            raise ValueError(f"attribute {self.name!r}: kind must be one of {ATTRIBUTE_KINDS}, got {self.kind!r}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"attribute {self.name!r}: threshold must be in (0, 1), got {self.threshold!r}")
+        if self.loss not in ("", *MULTI_LABEL_LOSSES):
+            raise ValueError(f"attribute {self.name!r}: loss must be '' (LossConfig's) or one of "
+                             f"{MULTI_LABEL_LOSSES}, got {self.loss!r}")
 
     @property
     def num_values(self) -> int:
-        """K: the real values. Heads have K+1 outputs; index K is "no object"."""
+        """K: the real values. Single heads have K+1 outputs (index K is "no object"), multi heads K."""
         return len(self.values)
+
+    @property
+    def multi(self) -> bool:
+        return self.kind == "multi"
+
+    @property
+    def num_logits(self) -> int:
+        """Outputs of this group's head: K+1 (single) or K (multi)."""
+        return self.num_values if self.multi else self.num_values + 1
 
 
 @dataclass(frozen=True)
@@ -56,8 +85,16 @@ class LossConfig:
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
     boundary_weight: float = 0.0  # boundary-aware mask loss (model/boundary_loss.py); 0 = off, term not computed
+    multi_label_loss: str = "bce"  # multi-label attribute groups: "bce" | "focal" (AttributeSpec.loss overrides)
+    focal_alpha: float = 0.25  # sigmoid focal loss (Lin et al.) of multi groups: positive-class weight, -1 = none
+    focal_gamma: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.multi_label_loss not in MULTI_LABEL_LOSSES:
+            raise ValueError(f"LossConfig.multi_label_loss must be one of {MULTI_LABEL_LOSSES}, "
+                             f"got {self.multi_label_loss!r}")
+        if not (self.focal_alpha == -1 or 0 <= self.focal_alpha <= 1) or self.focal_gamma < 0:
+            raise ValueError("LossConfig.focal_alpha must be in [0, 1] (or -1 = off) and focal_gamma >= 0")
         if self.boundary_weight < 0:
             raise ValueError("LossConfig.boundary_weight must be >= 0 (0 = off)")
         if self.num_points <= 0:
@@ -68,9 +105,14 @@ class LossConfig:
             raise ValueError("LossConfig.importance_sample_ratio must be in [0, 1]")
 
 
+_Attributes = Union[Mapping[str, Sequence[str]], Sequence[AttributeSpec]]
+
+
 def _as_attribute_specs(attributes) -> tuple[AttributeSpec, ...]:
-    if isinstance(attributes, Mapping):
-        return tuple(AttributeSpec(name, tuple(values)) for name, values in attributes.items())
+    if isinstance(attributes, Mapping):  # {name: [values]} (single) or {name: {values: [...], kind: multi, ...}}
+        return tuple(AttributeSpec(name, **{**values, "values": tuple(values["values"])})
+                     if isinstance(values, Mapping) else AttributeSpec(name, tuple(values))
+                     for name, values in attributes.items())
     specs = []
     for a in attributes:
         if isinstance(a, AttributeSpec):
@@ -88,9 +130,12 @@ class ModelConfig:
 
     num_classes: int
     attributes: tuple[AttributeSpec, ...] = ()
-    backbone: str = "resnet50"  # "resnet50" | "mobilenet_v3_large" | "tiny" (see model/backbone.py)
+    backbone: str = "resnet50"  # "resnet50" | "resnet101" | "mobilenet_v3_large" | "tiny" | "swin_t" | "swin_s"
+    #                             | "swin_b" | "swin_l" (see model/backbone.py, model/swin.py)
     pretrained_backbone: bool = False  # load torchvision weights from the local cache (never downloads)
-    backbone_norm: str = "auto"  # "auto" (frozen BN when pretrained, as upstream) | "bn" | "frozen_bn"
+    backbone_norm: str = "auto"  # "auto" (frozen BN when pretrained, as upstream) | "bn" | "frozen_bn"; Swin: "auto"
+    backbone_window_size: int = 7  # Swin only: attention window (upstream SWIN.WINDOW_SIZE; 12 for its Swin-B/L)
+    backbone_drop_path_rate: float = 0.0  # Swin only: stochastic depth at the last block (upstream DROP_PATH_RATE)
     hidden_dim: int = 256
     num_queries: int = 100
     nheads: int = 8
@@ -103,6 +148,7 @@ class ModelConfig:
     dropout: float = 0.0
     size_divisibility: int = 32
     attribute_cost_weight: float = 1.0  # scales every attribute's matcher cost; 0 switches them off
+    multi_label_cost_weight: float = 1.0  # further scales multi-label groups' matcher costs; 0 switches them off
     test_topk: int = 100  # instances kept per image at inference (top-k over queries x classes)
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
@@ -121,14 +167,22 @@ class ModelConfig:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by nheads {self.nheads}")
         if self.dec_layers < 1 or self.enc_layers < 0:
             raise ValueError("dec_layers must be >= 1 and enc_layers >= 0")
-        if self.attribute_cost_weight < 0:
-            raise ValueError("attribute_cost_weight must be >= 0")
+        if self.attribute_cost_weight < 0 or self.multi_label_cost_weight < 0:
+            raise ValueError("attribute_cost_weight and multi_label_cost_weight must be >= 0")
         if self.backbone_norm not in ("auto", "bn", "frozen_bn"):
             raise ValueError(f"backbone_norm must be 'auto', 'bn' or 'frozen_bn', got {self.backbone_norm!r}")
+        if self.backbone_window_size < 1:
+            raise ValueError(f"backbone_window_size must be >= 1, got {self.backbone_window_size}")
+        if not 0 <= self.backbone_drop_path_rate < 1:
+            raise ValueError(f"backbone_drop_path_rate must be in [0, 1), got {self.backbone_drop_path_rate}")
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.attributes)
+
+    def multi_label_loss(self, a: AttributeSpec) -> str:
+        """The criterion of multi group `a`: its own `loss`, else `loss.multi_label_loss`."""
+        return a.loss or self.loss.multi_label_loss
 
     def attribute(self, name: str) -> AttributeSpec:
         for a in self.attributes:
@@ -166,13 +220,14 @@ class ModelConfig:
         return cls(**values)
 
     @classmethod
-    def coco_r50(
+    def _coco_instance(
         cls,
         num_classes: int = 80,
         attributes: Mapping[str, Sequence[str]] | Sequence[AttributeSpec] = (),
         **overrides,
     ) -> "ModelConfig":
-        """Upstream maskformer2_R50_bs16_50ep (COCO instance): 100 queries, 9+1 decoder predictions."""
+        """Upstream's COCO instance-segmentation head (maskformer2_R50_bs16_50ep.yaml, which every COCO instance
+        YAML builds on): 100 queries, 9+1 decoder predictions, 6 deformable encoder layers, widths 256/2048/1024."""
         values = dict(
             num_classes=num_classes,
             attributes=attributes,
@@ -189,6 +244,47 @@ class ModelConfig:
         )
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def coco_r50(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream maskformer2_R50_bs16_50ep (COCO instance): 100 queries, 9+1 decoder predictions."""
+        return cls._coco_instance(num_classes, attributes, **overrides)
+
+    @classmethod
+    def coco_r101(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream maskformer2_R101_bs16_50ep: the R50 model with ResNet-101 (RESNETS.DEPTH 101)."""
+        return cls._coco_instance(num_classes, attributes, **{"backbone": "resnet101", **overrides})
+
+    @classmethod
+    def coco_swin_t(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_tiny_bs16_50ep: Swin-T (embed 96, depths 2-2-6-2, heads 3-6-12-24),
+        window 7, drop path 0.3; head as R50 (100 queries)."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_t", "backbone_window_size": 7, "backbone_drop_path_rate": 0.3, **overrides})
+
+    @classmethod
+    def coco_swin_s(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_small_bs16_50ep: Swin-S (embed 96, depths 2-2-18-2, heads 3-6-12-24),
+        window 7, drop path 0.3; head as R50 (100 queries)."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_s", "backbone_window_size": 7, "backbone_drop_path_rate": 0.3, **overrides})
+
+    @classmethod
+    def coco_swin_b(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_base_IN21k_384_bs16_50ep (and swin_base_384_bs16_50ep, the same model
+        from IN-1k weights): Swin-B (embed 128, depths 2-2-18-2, heads 4-8-16-32), window 12, drop path 0.3;
+        head as R50 (100 queries). Window 12 means torchvision's window-7 ImageNet Swin-B does not load into it."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_b", "backbone_window_size": 12, "backbone_drop_path_rate": 0.3, **overrides})
+
+    @classmethod
+    def coco_swin_l(cls, num_classes: int = 80, attributes: _Attributes = (), **overrides) -> "ModelConfig":
+        """Upstream swin/maskformer2_swin_large_IN21k_384_bs16_100ep: Swin-L (embed 192, depths 2-2-18-2, heads
+        6-12-24-48), window 12, drop path 0.3, 200 queries (its 100-epoch schedule, MAX_ITER 737500 and STEPS
+        655556/710184, is the solver's: set it in SolverConfig)."""
+        return cls._coco_instance(num_classes, attributes, **{
+            "backbone": "swin_l", "backbone_window_size": 12, "backbone_drop_path_rate": 0.3, "num_queries": 200,
+            **overrides})
 
 
 @dataclass(frozen=True)
@@ -327,10 +423,13 @@ class EvalConfig:
         "main"     c * m                       (upstream Mask2Former, the model's `scores`)
         "product"  c * m * prod_i a_i
         "mean"     (c + sum_i a_i) / (1 + A) * m
+    A multi-label group's a_i is the mean over its K values of the probability of the decision taken (p where
+    the value is predicted, i.e. p > its threshold, and 1 - p where not).
     dedupe_iou: None = off; else greedy mask-IoU duplicate suppression across queries, class-agnostic, by the
     ranking score: an instance whose mask IoU with a kept one is >= dedupe_iou is removed.
     score_threshold: instances whose ranking score is below it are removed (0 keeps all).
-    drop_no_object: remove instances where any attribute's no-object prob exceeds its best real value's prob.
+    drop_no_object: remove instances where any single-label attribute's no-object prob exceeds its best real
+    value's prob (multi-label groups have no no-object slot).
     max_dets: at most this many instances per image (highest ranking scores) are evaluated; also COCOeval's
     maxDets.
     """

@@ -1,7 +1,8 @@
 """YAML config files <-> the frozen dataclasses in config.py.
 
 Unknown keys are errors that name the full key path (`model.loss.num_pointz`), so a typo never silently
-falls back to a default. `model.preset: tiny | coco_r50` starts from that preset.
+falls back to a default. `model.preset` (one of MODEL_PRESETS: tiny, coco_r50, coco_r101, coco_swin_t, coco_swin_s,
+coco_swin_b, coco_swin_l) starts from that `ModelConfig` preset; keys given next to it override it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import yaml
 
 from workbench import config as C
 from workbench.errors import WorkbenchError
+
+
+MODEL_PRESETS = ("tiny", "coco_r50", "coco_r101", "coco_swin_t", "coco_swin_s", "coco_swin_b", "coco_swin_l")
 
 
 class ConfigError(WorkbenchError, ValueError):
@@ -68,11 +72,13 @@ def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapp
     for key, value in (defaults or {}).items():
         data.setdefault(key, value)
     if "attributes" in data and isinstance(data["attributes"], Mapping):
-        data["attributes"] = [{"name": k, "values": list(v)} for k, v in data["attributes"].items()]
+        # {name: [values]} or, for a multi-label group, {name: {values: [...], kind: multi, ...}}
+        data["attributes"] = [{"name": k, **v} if isinstance(v, Mapping) else {"name": k, "values": list(v)}
+                              for k, v in data["attributes"].items()]
     if preset is None:
         return from_dict(C.ModelConfig, data, path)
-    if preset not in ("tiny", "coco_r50"):
-        raise ConfigError(f"{path}.preset: expected 'tiny' or 'coco_r50', got {preset!r}")
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"{path}.preset: expected one of {MODEL_PRESETS}, got {preset!r}")
     base = dataclasses.asdict(getattr(C.ModelConfig, preset)(num_classes=data.get("num_classes", 1)))
     loss = {**base.pop("loss"), **data.pop("loss", {})}
     return from_dict(C.ModelConfig, {**base, **data, "loss": loss}, path)

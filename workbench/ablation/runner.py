@@ -88,12 +88,15 @@ def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) 
     folder = Path(folder)
     marker = folder / "synthetic.json"
     wanted = {"train_images": spec.train_images, "val_images": spec.val_images, "image_size": spec.image_size}
+    if spec.patterns:  # only then: markers of existing single-label data stay valid
+        wanted["patterns"] = True
     if marker.is_file():
         if _read_json(marker) == wanted:
             return folder
         raise GridError(f"{folder} holds synthetic data made with {_read_json(marker)}, not {wanted}; "
                         "remove the folder or set synthetic.dir elsewhere")
-    synthetic_splits(folder, spec.train_images, spec.val_images, spec.image_size, progress=progress)
+    synthetic_splits(folder, spec.train_images, spec.val_images, spec.image_size, progress=progress,
+                     patterns=spec.patterns)
     _write_json(marker, wanted)
     return folder
 

@@ -35,7 +35,7 @@ from workbench.model.backbone import BACKBONE_NAMES, NORMS
 from workbench.model.matcher import HungarianMatcher
 
 __all__ = ["add_maskformer2_keys", "add_multitask_config", "attribute_cost_weights", "model_config_from_cfg",
-           "matcher_from_cfg"]
+           "matcher_from_cfg", "set_model_keys"]
 
 UPSTREAM_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # read as ours: same decoder plus attribute heads
 
@@ -101,8 +101,12 @@ def add_maskformer2_keys(cfg: CN) -> None:
 
 
 def add_multitask_config(cfg: CN) -> None:
-    """Add our keys under MODEL.MULTITASK (and upstream's via `add_maskformer2_keys` when cfg lacks them), and
-    register our meta-architecture, transformer decoder and backbone in detectron2's registries.
+    """Add our keys under MODEL.MULTITASK (and upstream's via `add_maskformer2_keys` when cfg lacks them), set
+    the model keys to `ModelConfig.coco_r50()` (META_ARCHITECTURE "MultiTaskMaskFormer", our ResNet-50 via
+    "build_workbench_backbone", RGB input), and register our meta-architecture, transformer decoder and
+    backbone in detectron2's registries. So `get_cfg(); add_multitask_config(cfg); build_model(cfg)` builds the
+    multi-task coco_r50 model as is, never detectron2's default R-CNN; a YAML merged afterwards (upstream's
+    COCO instance YAML as `_BASE_` plus META_ARCHITECTURE "MultiTaskMaskFormer") overrides these defaults.
 
     MODEL.MULTITASK:
       ATTRIBUTE_NAMES              ["color", "size"]; empty = no attributes (then the model is Mask2Former)
@@ -113,9 +117,11 @@ def add_multitask_config(cfg: CN) -> None:
       ATTRIBUTE_NO_OBJECT_WEIGHTS  cross-entropy weight of each head's "no object" slot; empty = 0.1 each
       SCORING                      "main" | "product" | "mean": the score instances are ranked by (see
                                    workbench.config.EvalConfig) -- Instances.scores and so COCOEvaluator
-      BACKBONE.NAME / PRETRAINED / NORM   our backbones ("resnet50" | "mobilenet_v3_large" | "tiny";
-                                   weights from the local torch hub cache; "auto" | "bn" | "frozen_bn"),
-                                   used when MODEL.BACKBONE.NAME is "build_workbench_backbone"
+      BACKBONE.NAME / PRETRAINED / NORM   our backbones (workbench.model.backbone.BACKBONE_NAMES: ResNet,
+                                   MobileNetV3, Swin, tiny; weights from the local torch hub cache; "auto" |
+                                   "bn" | "frozen_bn"), used when MODEL.BACKBONE.NAME is "build_workbench_backbone"
+      BACKBONE.WINDOW_SIZE / DROP_PATH_RATE   Swin only (upstream's MODEL.SWIN.WINDOW_SIZE / DROP_PATH_RATE):
+                                   7 and 0.0 otherwise
     `workbench.d2.data.multitask_keys_from_dataset(name)` gives NUM_CLASSES and the vocabularies of a
     registered dataset.
     """
@@ -132,7 +138,72 @@ def add_multitask_config(cfg: CN) -> None:
     mt.BACKBONE.NAME = "resnet50"
     mt.BACKBONE.PRETRAINED = False
     mt.BACKBONE.NORM = "auto"
+    mt.BACKBONE.WINDOW_SIZE = 7
+    mt.BACKBONE.DROP_PATH_RATE = 0.0
+    set_model_keys(cfg, ModelConfig.coco_r50())
     import workbench.d2.modeling  # noqa: F401  -- registers MultiTaskMaskFormer, the decoder and the backbone
+
+
+def set_model_keys(cfg: CN, m: ModelConfig) -> None:
+    """Write `m` into cfg's model keys: the inverse of `model_config_from_cfg` (it returns `m` again), with
+    META_ARCHITECTURE "MultiTaskMaskFormer" and our backbone (MODEL.BACKBONE.NAME "build_workbench_backbone").
+    Keys without a ModelConfig field (enc_dim_feedforward, attribute_cost_weight, boundary loss) are upstream's
+    fixed values, so `m` must keep those at their defaults."""
+    fixed = ModelConfig(num_classes=m.num_classes)
+    for name in ("enc_dim_feedforward", "attribute_cost_weight"):
+        if getattr(m, name) != getattr(fixed, name):
+            raise ValueError(f"ModelConfig.{name} = {getattr(m, name)} has no detectron2 key (fixed at "
+                             f"{getattr(fixed, name)} there)")
+    if m.loss.boundary_weight != 0:
+        raise ValueError("ModelConfig.loss.boundary_weight has no detectron2 key (the boundary loss is off there)")
+    cfg.MODEL.META_ARCHITECTURE = "MultiTaskMaskFormer"
+    cfg.MODEL.BACKBONE.NAME = "build_workbench_backbone"
+    cfg.MODEL.PIXEL_MEAN = list(m.pixel_mean)
+    cfg.MODEL.PIXEL_STD = list(m.pixel_std)
+    cfg.INPUT.FORMAT = "RGB"  # our backbones and pixel_mean are RGB
+    mt = cfg.MODEL.MULTITASK
+    mt.ATTRIBUTE_NAMES = [a.name for a in m.attributes]
+    mt.ATTRIBUTE_VALUES = [list(a.values) for a in m.attributes]
+    mt.ATTRIBUTE_LOSS_WEIGHTS = [a.weight for a in m.attributes]
+    mt.ATTRIBUTE_COST_WEIGHTS = []
+    mt.ATTRIBUTE_NO_OBJECT_WEIGHTS = [a.no_object_weight for a in m.attributes]
+    mt.BACKBONE.NAME = m.backbone
+    mt.BACKBONE.PRETRAINED = m.pretrained_backbone
+    mt.BACKBONE.NORM = m.backbone_norm
+    mt.BACKBONE.WINDOW_SIZE = m.backbone_window_size
+    mt.BACKBONE.DROP_PATH_RATE = m.backbone_drop_path_rate
+    head = cfg.MODEL.SEM_SEG_HEAD
+    head.NUM_CLASSES = m.num_classes
+    head.CONVS_DIM = m.hidden_dim
+    head.MASK_DIM = m.mask_dim
+    head.NORM = "GN"
+    head.COMMON_STRIDE = 4
+    head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    head.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = m.enc_n_points
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = m.nheads
+    head.TRANSFORMER_ENC_LAYERS = m.enc_layers
+    mf = cfg.MODEL.MASK_FORMER
+    mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+    mf.HIDDEN_DIM = m.hidden_dim
+    mf.NUM_OBJECT_QUERIES = m.num_queries
+    mf.NHEADS = m.nheads
+    mf.DIM_FEEDFORWARD = m.dim_feedforward
+    mf.DEC_LAYERS = m.dec_layers + 1  # upstream counts the prediction from the learnable queries
+    mf.DROPOUT = m.dropout
+    mf.PRE_NORM = False
+    mf.SIZE_DIVISIBILITY = m.size_divisibility
+    mf.DEEP_SUPERVISION = m.loss.deep_supervision
+    mf.CLASS_WEIGHT = m.loss.class_weight
+    mf.MASK_WEIGHT = m.loss.mask_weight
+    mf.DICE_WEIGHT = m.loss.dice_weight
+    mf.NO_OBJECT_WEIGHT = m.loss.no_object_weight
+    mf.TRAIN_NUM_POINTS = m.loss.num_points
+    mf.OVERSAMPLE_RATIO = m.loss.oversample_ratio
+    mf.IMPORTANCE_SAMPLE_RATIO = m.loss.importance_sample_ratio
+    mf.TEST.INSTANCE_ON, mf.TEST.SEMANTIC_ON, mf.TEST.PANOPTIC_ON = True, False, False
+    cfg.TEST.DETECTIONS_PER_IMAGE = m.test_topk
 
 
 def _per_attribute(values, names, key: str, default: float) -> list[float]:
@@ -194,6 +265,8 @@ def model_config_from_cfg(cfg: CN) -> ModelConfig:
         backbone=mt.BACKBONE.NAME,
         pretrained_backbone=bool(mt.BACKBONE.PRETRAINED),
         backbone_norm=mt.BACKBONE.NORM,
+        backbone_window_size=int(mt.BACKBONE.WINDOW_SIZE),
+        backbone_drop_path_rate=float(mt.BACKBONE.DROP_PATH_RATE),
         hidden_dim=mf.HIDDEN_DIM,
         num_queries=mf.NUM_OBJECT_QUERIES,
         nheads=mf.NHEADS,

@@ -13,6 +13,8 @@ def add_parser(sub) -> None:
     s.add_argument("--images", type=int, default=200, help="number of images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--patterns", action="store_true",
+                   help="add the multi-label group `pattern` (stripes / dots / outline, any subset)")
     s.set_defaults(func=run_synth)
 
     c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON (written atomically)")
@@ -22,6 +24,14 @@ def add_parser(sub) -> None:
                                     "_background_ skipped); with --schema its categories must agree")
     c.add_argument("--out", required=True, help="output COCO JSON; file_names are relative to LABELME_DIR")
     c.set_defaults(func=run_convert)
+
+    f = data_sub.add_parser("import-fashionpedia", help="Fashionpedia JSON -> COCO-with-attributes (written atomically)")
+    f.add_argument("src", help="Fashionpedia annotation file (attributes + per-annotation attribute_ids)")
+    f.add_argument("--out", required=True, help="output COCO-with-attributes JSON")
+    f.add_argument("--all-multi", action="store_true",
+                   help="make every attribute group multi-label (default: only groups where some annotation "
+                        "holds several values)")
+    f.set_defaults(func=run_import_fashionpedia)
 
     v = data_sub.add_parser("validate", help="check a COCO-with-attributes file; exit 1 on errors")
     v.add_argument("coco", help="COCO-with-attributes JSON")
@@ -35,7 +45,8 @@ def run_synth(args) -> int:
     from workbench.data.synthetic import SynthConfig, synthesize
 
     try:
-        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size))
+        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size,
+                                                                                  patterns=args.patterns))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -63,6 +74,20 @@ def run_convert(args) -> int:
     empty = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"] if not a["iscrowd"]})
     print(f"wrote {args.out}: {len(coco['images'])} images ({empty} without instances), "
           f"{len(coco['annotations']) - crowd} instances, {crowd} ignore-region annotations")
+    return 0
+
+
+def run_import_fashionpedia(args) -> int:
+    from workbench.data.fashionpedia import import_fashionpedia
+    from workbench.data.problems import DataError
+
+    try:
+        coco = import_fashionpedia(args.src, args.out, all_multi=args.all_multi)
+    except DataError as e:
+        print(f"error: {e}\nnothing written.", file=sys.stderr)
+        return 1
+    kinds = ", ".join(f"{a['name']} ({a.get('kind', 'single')}, {len(a['values'])})" for a in coco["attributes"])
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} instances; groups: {kinds}")
     return 0
 
 

@@ -2,7 +2,9 @@
 
     item = {"image": uint8 (3, H, W) RGB,
             "instances": {"labels": int64 (T,), "masks": bool (T, H, W), "boxes": float32 (T, 4) xyxy,
-                          "attributes": {name: int64 (T,)},       # every schema attribute, -1 = unlabeled
+                          "attributes": {name: int64 (T,)},       # every single group, -1 = unlabeled
+                          # with multi-label groups also: "attributes": {name: bool (T, K) multi-hot} and
+                          # "attribute_labeled": {name: bool (T,)} (False = the group is unlabeled)
                           "ignore": bool (H, W)},                 # union of iscrowd regions (labelme __ignore__)
             "image_id": int, "file_name": str, "height": int, "width": int}
 
@@ -74,7 +76,8 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
     Per image: `file_name` (joined with `image_root`), `height`, `width`, `image_id`, `annotations`; per
     annotation: `segmentation` (as stored: RLE or polygons), `bbox` [x, y, w, h], `bbox_mode` (1 =
     BoxMode.XYWH_ABS), `category_id` (contiguous 0..C-1, as detectron2's loader maps it), `iscrowd`, and
-    `attributes` {name: value id, -1 = unlabeled} for every schema attribute.
+    `attributes` {name: value id, -1 = unlabeled} for every single group and {name: [value ids], -1 =
+    unlabeled} for every multi-label group.
     """
     data, root, schema = _load(coco, image_root, schema)
     label_of = schema.label_of()
@@ -88,7 +91,8 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
             "bbox_mode": BOX_MODE_XYWH_ABS,
             "category_id": label_of[ann["category_id"]],
             "iscrowd": int(ann.get("iscrowd", 0)),
-            "attributes": {name: int(attrs.get(name, UNLABELED)) for name in schema.attribute_names},
+            "attributes": {a.name: _multi_value(attrs.get(a.name, UNLABELED)) if a.multi
+                           else int(attrs.get(a.name, UNLABELED)) for a in schema.attributes},
         })
     return [
         {"file_name": str(root / im["file_name"]), "height": im["height"], "width": im["width"],
@@ -100,6 +104,21 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
 def _bbox_of(segmentation, image: dict) -> list[float]:
     """COCO [x, y, w, h] of a segmentation, for files written without `bbox` (validate warns about them)."""
     return rle_bbox(mask_to_rle(segmentation_to_mask(segmentation, image["height"], image["width"])))
+
+
+def _multi_value(value) -> list[int] | int:
+    return UNLABELED if value == UNLABELED else [int(v) for v in value]
+
+
+def multi_hot(values: list, num_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-instance value lists (or -1 = unlabeled) -> (T, K) bool multi-hot and (T,) bool labeled."""
+    hot = np.zeros((len(values), num_values), dtype=bool)
+    labeled = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v != UNLABELED:
+            hot[i, v] = True
+            labeled[i] = True
+    return hot, labeled
 
 
 class CocoAttributeDataset(Dataset):
@@ -151,22 +170,31 @@ class CocoAttributeDataset(Dataset):
         for i, a in enumerate(anns + crowd):
             masks[i] = segmentation_to_mask(a["segmentation"], h, w)
         labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.attribute_names}
+        attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.single_label_names}
+        labeled = {}
+        for group in self.schema.attributes:
+            if group.multi:
+                attributes[group.name], labeled[group.name] = multi_hot([a["attributes"][group.name] for a in anns],
+                                                                         len(group.values))
         if self.augmentation is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, masks = self.augmentation(image, masks, rng)
         masks, ignore = masks[: len(anns)], masks[len(anns):].any(axis=0)
         keep = masks.any(axis=(1, 2))  # cropped to nothing -> dropped with its attributes
         masks = masks[keep]
+        instances = {
+            "labels": torch.from_numpy(labels[keep]),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "boxes": torch.from_numpy(boxes_from_masks(masks)),
+            "attributes": {n: torch.from_numpy(np.ascontiguousarray(attributes[n][keep]))
+                           for n in self.schema.attribute_names},
+            "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
+        }
+        if labeled:  # multi-hot rows and labeled flags are dropped with their cropped-away instances
+            instances["attribute_labeled"] = {n: torch.from_numpy(v[keep]) for n, v in labeled.items()}
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "instances": {
-                "labels": torch.from_numpy(labels[keep]),
-                "masks": torch.from_numpy(np.ascontiguousarray(masks)),
-                "boxes": torch.from_numpy(boxes_from_masks(masks)),
-                "attributes": {n: torch.from_numpy(v[keep]) for n, v in attributes.items()},
-                "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
-            },
+            "instances": instances,
             "image_id": int(record["image_id"]),
             "file_name": record["file_name"],
             "height": h,

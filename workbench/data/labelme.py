@@ -8,9 +8,11 @@ Attributes can be written three ways; the schema's `attribute_sources` says whic
     flags        {"red": true} or {"color=red": true}      (a bare value must be unique across attributes)
     label        "circle color=red size=small"            (the non-`key=value` words are the category)
     description  "color=red, size=small"                   (other words in the description are ignored)
-A missing attribute is unlabeled (-1 downstream). Shapes labelled with one of the schema's `ignore_labels`
-(labelme's `__ignore__`) become ignore regions: COCO `iscrowd: 1` annotations, one per category (see
-schema.py). A file with no shapes is an image without instances (a negative), as in COCO. Every problem in every file is collected first; if there is
+A multi-label group (schema `kind: multi`) takes every value given for it on a shape (e.g. two flags
+"stripes" and "dots"); several values of a single-label group on one shape are an error. A missing attribute is
+unlabeled (-1 downstream). Shapes labelled with one of the schema's `ignore_labels` (labelme's `__ignore__`)
+become ignore regions: COCO `iscrowd: 1` annotations, one per category (see schema.py). A file with no shapes
+is an image without instances (a negative), as in COCO. Every problem in every file is collected first; if there is
 any, `DataError` lists them all and nothing is written.
 """
 from __future__ import annotations
@@ -140,7 +142,8 @@ class _Attributes:
 
     def __init__(self, schema: Schema, where: str, problems: list[Problem]):
         self.schema, self.where, self.problems = schema, where, problems
-        self.values: dict[str, str] = {}
+        self.values: dict[str, str] = {}  # single groups
+        self.multi: dict[str, set[str]] = {}  # multi-label groups: every value given
 
     def set(self, name: str, value: str, source: str) -> None:
         vocab = self.schema.attribute(name)
@@ -158,14 +161,20 @@ class _Attributes:
                                         f"{name}={value} is given in the shape's {source}, but the schema's "
                                         f"attribute_sources are {list(self.schema.attribute_sources)}"))
             return
+        if vocab.multi:
+            self.multi.setdefault(name, set()).add(value)
+            return
         old = self.values.get(name)
         if old is not None and old != value:
             self.problems.append(Problem("conflicting_attribute", self.where,
-                                        f"attribute {name!r} is both {old!r} and {value!r}"))
+                                        f"attribute {name!r} is both {old!r} and {value!r}; it is single-label in "
+                                        f"the schema (give it `kind: multi` there if several values may apply)"))
             return
         self.values[name] = value
 
     def merge(self, other: "_Attributes") -> None:
+        for name, values in other.multi.items():  # parts of one object: the union of their values
+            self.multi.setdefault(name, set()).update(values)
         for name, value in other.values.items():
             old = self.values.get(name)
             if old is not None and old != value:
@@ -174,8 +183,14 @@ class _Attributes:
             else:
                 self.values[name] = value
 
-    def ids(self) -> dict[str, int]:
-        return {a.name: a.value_id(self.values[a.name]) for a in self.schema.attributes if a.name in self.values}
+    def ids(self) -> dict[str, int | list[int]]:
+        out: dict[str, int | list[int]] = {}
+        for a in self.schema.attributes:
+            if a.multi and a.name in self.multi:
+                out[a.name] = sorted(a.value_id(v) for v in self.multi[a.name])
+            elif a.name in self.values:
+                out[a.name] = a.value_id(self.values[a.name])
+        return out
 
 
 def _bare_value_owner(schema: Schema, value: str) -> list[str]:

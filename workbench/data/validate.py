@@ -64,7 +64,10 @@ class ValidationReport:
 
 
 def summary_table(data: dict, schema: Schema) -> pd.DataFrame:
-    """Rows: categories (+ "total"); columns: ("instances", "") and (attribute, value | "unlabeled") counts."""
+    """Rows: categories (+ "total"); columns: ("instances", "") and (attribute, value | "unlabeled") counts.
+
+    A multi-label group counts, per value, the instances holding it (a row may hold several values).
+    """
     columns = [("instances", "")] + [(a.name, v) for a in schema.attributes for v in (*a.values, "unlabeled")]
     names = {c.id: c.name for c in schema.categories}
     counts = pd.DataFrame(0, index=[c.name for c in schema.categories], columns=pd.MultiIndex.from_tuples(columns))
@@ -77,6 +80,10 @@ def summary_table(data: dict, schema: Schema) -> pd.DataFrame:
         attrs = ann.get("attributes", {}) if isinstance(ann.get("attributes"), dict) else {}
         for a in schema.attributes:
             v = attrs.get(a.name, UNLABELED)
+            if a.multi and isinstance(v, list):  # every value it holds is counted (a row may hold several)
+                for k in {k for k in v if isinstance(k, int) and 0 <= k < len(a.values)}:
+                    counts.loc[row, (a.name, a.values[k])] += 1
+                continue
             label = a.values[v] if isinstance(v, int) and 0 <= v < len(a.values) else "unlabeled"
             counts.loc[row, (a.name, label)] += 1
     counts.loc["total"] = counts.sum(axis=0)
@@ -169,6 +176,9 @@ def _schema_problems(file_schema: Schema, schema: Schema, where: str) -> list[Pr
         if ref is None:
             problems.append(Problem("unknown_attribute", f"{where}: attributes", f"attribute {a.name!r} is not in the "
                                     f"schema ({schema.attribute_names})"))
+        elif a.kind != ref.kind:
+            problems.append(Problem("schema_mismatch", f"{where}: attributes.{a.name}",
+                                    f"the file says kind {a.kind!r}, the schema {ref.kind!r}"))
         elif a.values != ref.values:
             problems.append(Problem("unknown_attribute_value", f"{where}: attributes.{a.name}",
                                     f"values {list(a.values)} differ from the schema's {list(ref.values)}"))

@@ -26,7 +26,10 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("eval", help="evaluate a run: segm AP, joint AP, per-attribute accuracy")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", default=None, help="run directory (required unless --fashionpedia-results)")
+    p.add_argument("--fashionpedia-results", default=None, metavar="FILE",
+                   help="score a results file in Fashionpedia's format with AP(IoU+F1) against --data "
+                        "(Fashionpedia or COCO-with-attributes GT); no model is run")
     p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val); its "
                    "metrics go to RUN/metrics_<name>.json, never over the run's metrics.json")
     p.add_argument("--images", default=None, help="image folder for --data (default: the file's folder)")
@@ -76,6 +79,10 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     import dataclasses
 
+    if args.fashionpedia_results:
+        return run_eval_fashionpedia(args)
+    if not args.run:
+        raise SystemExit("workbench eval: --run RUN_DIR is required (or --fashionpedia-results FILE --data GT)")
     from workbench.device import resolve_device
     from workbench.engine.evaluate import write_metrics_json
     from workbench.engine.inference import eval_dataset, evaluate_model, load_run
@@ -105,6 +112,28 @@ def metrics_name(run_dir: Path, data: dict) -> str:
     if (run_dir / name).is_file() and read_json(run_dir / name).get("data", {}).get("path") != data["path"]:
         name = f"metrics_{stem}-{data['sha256'][:8]}.json"
     return name
+
+
+def run_eval_fashionpedia(args) -> int:
+    import sys
+
+    from workbench.data.problems import DataError
+    from workbench.engine.fashionpedia import evaluate_fashionpedia_results
+
+    if not args.data:
+        print("error: --fashionpedia-results needs --data GT.json (the ground truth)", file=sys.stderr)
+        return 1
+    try:
+        result = evaluate_fashionpedia_results(args.data, args.fashionpedia_results)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"IoU+F1 {key:<14} {'n/a' if value is None else f'{value:.2f}'}")
+    return 0
 
 
 def run_predict(args) -> int:

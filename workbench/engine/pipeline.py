@@ -59,7 +59,8 @@ def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
 
     categories, attributes = _schema_names(run)
     pred = run.model([item])[0]
-    sel = select_instances(pred, run.cfg.eval, list(attributes))
+    multi = [a.name for a in run.cfg.model.attributes if a.multi]
+    sel = select_instances(pred, run.cfg.eval, [n for n in attributes if n not in multi], multi)
     kept = take(to_numpy(pred), sel.index)
     kept["scores"] = sel.scores
     keep = sel.scores >= max(0.3, run.cfg.eval.score_threshold)  # draw the confident ones only

@@ -22,7 +22,7 @@ def check_model_matches_data(model: ModelConfig, schema: Schema, where: str) -> 
         problems.append(f"model.num_classes is {model.num_classes} but the data has {schema.num_classes} "
                         f"categories {schema.category_names}; set model.num_classes: {schema.num_classes} "
                         "(or leave it out: it defaults to the data's)")
-    data_attrs = schema.model_attributes()
+    data_attrs = schema.attribute_values  # names -> values; kind may differ on purpose (an ablation of `kind`)
     for spec in model.attributes:
         if spec.name not in data_attrs:
             close = difflib.get_close_matches(spec.name, list(data_attrs), n=1)

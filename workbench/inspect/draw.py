@@ -21,10 +21,16 @@ def _numpy(x):
 
 def instance_caption(i: int, pred: Mapping, categories: Sequence[str],
                      attributes: Mapping[str, Sequence[str]]) -> str:
-    """"circle red/small .93 q7": category, attribute values, score and the query that predicted it."""
+    """"circle red/small .93 q7": category, attribute values, score and the query that predicted it; a
+    multi-label group shows its predicted set joined by "+" ("stripes+dots"), "-" when empty."""
     label = categories[int(_numpy(pred["labels"])[i])]
-    values = [vocab[int(_numpy(pred["attributes"][name])[i])] for name, vocab in attributes.items()
-              if name in pred.get("attributes", {})]
+    values = []
+    for name, vocab in attributes.items():
+        if name in pred.get("attributes", {}):
+            values.append(vocab[int(_numpy(pred["attributes"][name])[i])])
+        elif name in pred.get("attribute_sets", {}):
+            chosen = np.flatnonzero(_numpy(pred["attribute_sets"][name])[i])
+            values.append("+".join(vocab[k] for k in chosen) or "-")
     score = float(_numpy(pred["scores"])[i])
     query = int(_numpy(pred["query_index"])[i]) if "query_index" in pred else i
     return f"{label} {'/'.join(values)} {score:.2f} q{query}".replace("  ", " ")

@@ -1,6 +1,8 @@
 """Backbones returning res2..res5 feature maps at strides 4, 8, 16, 32.
 
     "resnet50"            torchvision ResNet-50, channels 256/512/1024/2048
+    "resnet101"           torchvision ResNet-101, same stages and channels (23 blocks in res4 instead of 6)
+    "swin_t" .. "swin_l"  Swin Transformer T/S/B/L (model/swin.py), channels C/2C/4C/8C with C = 96/96/128/192
     "mobilenet_v3_large"  torchvision MobileNetV3-Large, channels 24/40/112/960
     "tiny"                conv-GN-ReLU blocks for tests and the demo, channels 32/64/96/128
 
@@ -10,6 +12,9 @@ torch hub cache (where `torchvision` itself would have saved it) and fails with 
 Normalisation (`norm`, `ModelConfig.backbone_norm`): "bn" trains BatchNorm (statistics and affine), "frozen_bn"
 uses torchvision's FrozenBatchNorm2d (statistics and affine are fixed buffers: no gradients, no updates in
 train mode), "auto" = frozen when pretrained (as upstream fine-tunes ImageNet backbones), trainable otherwise.
+Swin has no BatchNorm (LayerNorm, always trained, as upstream): only "auto" is accepted there, anything else is an
+error naming `backbone_norm`. `window_size` and `drop_path_rate` (ModelConfig.backbone_window_size /
+backbone_drop_path_rate) are Swin's; the other backbones refuse non-default values.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ from torch import nn
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
-BACKBONE_NAMES = ("resnet50", "mobilenet_v3_large", "tiny")
+SWIN_NAMES = ("swin_t", "swin_s", "swin_b", "swin_l")
+BACKBONE_NAMES = ("resnet50", "resnet101", "mobilenet_v3_large", "tiny", *SWIN_NAMES)
 NORMS = ("auto", "bn", "frozen_bn")
 
 
@@ -81,22 +87,25 @@ def norm_layer(norm: str, pretrained: bool, eps: float = 1e-5, momentum: float =
     return partial(nn.BatchNorm2d, eps=eps, momentum=momentum)
 
 
-class ResNet50Backbone(StagedBackbone):
-    """torchvision ResNet-50; BatchNorm per `norm` (default: frozen when pretrained, as upstream)."""
+class ResNetBackbone(StagedBackbone):
+    """torchvision ResNet-50 or -101 (`depth`); BatchNorm per `norm` (default: frozen when pretrained, as upstream)."""
 
-    def __init__(self, pretrained: bool = False, norm: str = "auto") -> None:
+    def __init__(self, depth: int = 50, pretrained: bool = False, norm: str = "auto") -> None:
         super().__init__()
-        from torchvision.models import ResNet50_Weights, resnet50
+        from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
 
-        net = resnet50(weights=None, norm_layer=norm_layer(norm, pretrained))
+        builders = {50: (resnet50, ResNet50_Weights.IMAGENET1K_V1), 101: (resnet101, ResNet101_Weights.IMAGENET1K_V1)}
+        if depth not in builders:
+            raise ValueError(f"ResNet depth must be 50 or 101, got {depth}")
+        build, weights = builders[depth]
+        net = build(weights=None, norm_layer=norm_layer(norm, pretrained))
         if pretrained:
-            net.load_state_dict(load_cached_state_dict(ResNet50_Weights.IMAGENET1K_V1))
+            net.load_state_dict(load_cached_state_dict(weights))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleDict(
             OrderedDict(res2=net.layer1, res3=net.layer2, res4=net.layer3, res5=net.layer4)
         )
         self.out_channels = {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
-
 
 
 class MobileNetV3LargeBackbone(Backbone):
@@ -201,10 +210,22 @@ class TinyBackbone(StagedBackbone):
 
 
 
-def build_backbone(name: str, pretrained: bool = False, norm: str = "auto") -> Backbone:
-    """name in BACKBONE_NAMES; norm "auto" | "bn" | "frozen_bn" (BatchNorm backbones only)."""
-    if name == "resnet50":
-        return ResNet50Backbone(pretrained=pretrained, norm=norm)
+def build_backbone(name: str, pretrained: bool = False, norm: str = "auto", window_size: int = 7,
+                   drop_path_rate: float = 0.0) -> Backbone:
+    """name in BACKBONE_NAMES; norm "auto" | "bn" | "frozen_bn" (BatchNorm backbones only; Swin takes "auto");
+    window_size and drop_path_rate are Swin's (ModelConfig.backbone_window_size / backbone_drop_path_rate)."""
+    if name in SWIN_NAMES:
+        if norm != "auto":
+            raise ValueError(f"backbone {name!r} uses LayerNorm, trained as upstream does; backbone_norm={norm!r} "
+                             f"applies to BatchNorm backbones only: set backbone_norm: auto")
+        from workbench.model.swin import build_swin_backbone
+
+        return build_swin_backbone(name, window_size=window_size, drop_path_rate=drop_path_rate, pretrained=pretrained)
+    if window_size != 7 or drop_path_rate != 0.0:
+        raise ValueError(f"backbone_window_size={window_size} / backbone_drop_path_rate={drop_path_rate} apply to "
+                         f"Swin backbones {SWIN_NAMES} only; backbone {name!r} takes the defaults (7, 0.0)")
+    if name in ("resnet50", "resnet101"):
+        return ResNetBackbone(int(name[len("resnet"):]), pretrained=pretrained, norm=norm)
     if name == "mobilenet_v3_large":
         return MobileNetV3LargeBackbone(pretrained=pretrained, norm=norm)
     if name == "tiny":
@@ -218,5 +239,7 @@ def build_backbone(name: str, pretrained: bool = False, norm: str = "auto") -> B
 
 
 def backbone_from_config(cfg) -> Backbone:
-    """The backbone a `ModelConfig` asks for: `backbone`, `pretrained_backbone`, `backbone_norm`."""
-    return build_backbone(cfg.backbone, pretrained=cfg.pretrained_backbone, norm=cfg.backbone_norm)
+    """The backbone a `ModelConfig` asks for: `backbone`, `pretrained_backbone`, `backbone_norm`, and for Swin
+    `backbone_window_size` and `backbone_drop_path_rate`."""
+    return build_backbone(cfg.backbone, pretrained=cfg.pretrained_backbone, norm=cfg.backbone_norm,
+                          window_size=cfg.backbone_window_size, drop_path_rate=cfg.backbone_drop_path_rate)
