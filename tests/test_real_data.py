@@ -419,3 +419,17 @@ def test_convert_removes_temp_files_a_killed_conversion_left(tmp_path):
     (folder / ".other.json.x1y2.tmp").write_text("not ours")
     convert_labelme(folder, load_schema(folder / "schema.yaml"), out=folder / "coco.json", progress=False)
     assert sorted(p.name for p in folder.glob(".*.tmp")) == [".other.json.x1y2.tmp"]
+
+
+def test_an_image_with_only_an_ignore_region_is_an_empty_image_with_an_ignore_map(tmp_path):
+    folder = labelme_folder(tmp_path, n=2)
+    edit(folder / "shapes_00000.json", lambda d: d.update(shapes=[square("__ignore__", 5, 5, 14, 14)]))
+    convert_labelme(folder, load_schema(folder / "schema.yaml"), out=folder / "coco.json", progress=False)
+    report = validate_coco(folder / "coco.json", progress=False)
+    assert report.ok and report.num_empty_images == 1 and report.num_ignore_regions == 3
+    ds = CocoAttributeDataset(folder / "coco.json")
+    item = next(ds[i] for i in range(len(ds)) if ds.records[i]["file_name"].endswith("shapes_00000.png"))
+    assert len(item["instances"]["labels"]) == 0 and int(item["instances"]["ignore"].sum()) == 100
+    model = wb.build_model(tiny_run_cfg(folder / "coco.json").model).train()
+    losses = model([ds[0], ds[1]], generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in losses.values())
