@@ -153,6 +153,9 @@ class ModelConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     loss: LossConfig = field(default_factory=LossConfig)
+    # Mask2Former checkpoint to start training from (workbench/pretrained): upstream .pkl/.pth, a transformers
+    # folder or .safetensors; "" = none. Loaded before the first step, never over a resumed run.
+    weights: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attributes", _as_attribute_specs(self.attributes))
@@ -299,6 +302,11 @@ class SolverConfig:
     scale_lr: bool = True
     weight_decay: float = 0.05
     backbone_lr_multiplier: float = 0.1
+    # lr x this for the heads your data defines (class head, attribute heads), e.g. > 1 when fine-tuning
+    head_lr_multiplier: float = 1.0
+    # "none" | "backbone" (backbone frozen) | "trunk" (all but the class and attribute heads frozen): frozen
+    # parameters get requires_grad=False and no optimizer state
+    freeze: str = "none"
     max_iter: int = 368750
     warmup_iters: int = 10
     warmup_factor: float = 1.0
@@ -323,6 +331,10 @@ class SolverConfig:
             raise ValueError(f"solver.schedule must be 'poly' or 'step', got {self.schedule!r}")
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"solver.amp must be off|bf16|fp16, got {self.amp!r}")
+        if self.freeze not in ("none", "backbone", "trunk"):
+            raise ValueError(f"solver.freeze must be 'none', 'backbone' or 'trunk', got {self.freeze!r}")
+        if self.head_lr_multiplier < 0 or self.backbone_lr_multiplier < 0:
+            raise ValueError("solver.head_lr_multiplier and solver.backbone_lr_multiplier must be >= 0")
         if self.keep_checkpoints < 1:
             raise ValueError(f"solver.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.checkpoint_period <= 0 or self.log_period <= 0:

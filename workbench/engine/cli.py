@@ -23,7 +23,16 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="start again in an existing run directory (its run "
                    "files are deleted); without it or --resume an existing run is refused")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation on data.val after training")
+    p.add_argument("--weights", default=None, help="Mask2Former checkpoint to start from (overrides model.weights): "
+                   "upstream .pkl/.pth, transformers folder or .safetensors")
     p.set_defaults(func=run_train)
+
+    p = sub.add_parser("export-weights", help="write a trained run as a transformers Mask2Former folder")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["transformers"], required=True)
+    p.add_argument("out", metavar="OUT_DIR", help="new folder: config.json, model.safetensors "
+                   "(+ attribute_heads.safetensors: transformers' model has no attribute heads)")
+    p.set_defaults(func=run_export_weights)
 
     p = sub.add_parser("eval", help="evaluate a run: segm AP, joint AP, per-attribute accuracy")
     p.add_argument("--run", default=None, help="run directory (required unless --fashionpedia-results)")
@@ -53,24 +62,48 @@ def run_demo(args) -> int:
     return demo(args.out, args.data_dir, device=args.device, max_iter=args.max_iter or DEMO_MAX_ITER)
 
 
-def load_train_config(path: str):
-    """YAML -> RunConfig; num_classes/attributes default to the training data's schema."""
+def load_train_config(path: str, weights: str | None = None):
+    """YAML -> RunConfig; num_classes/attributes default to the training data's schema. With `model.weights`
+    (or `weights`, which overrides it) the architecture fields the YAML leaves out come from the checkpoint
+    (wb.pretrained_config): YAML > checkpoint > preset."""
     from workbench.config_file import read_yaml, run_config_from_dict
     from workbench.data.schema import schema_of_coco
 
     doc = read_yaml(path)
     defaults = {}
     train_json = (doc.get("data") or {}).get("train")
-    model = doc.get("model") or {}
+    model = dict(doc.get("model") or {})
+    if weights is not None:
+        model["weights"] = weights
+    if model.get("weights"):
+        from workbench.pretrained.load import checkpoint_fields
+        from workbench.pretrained.source import read_checkpoint
+
+        model["weights"] = str(Path(model["weights"]).resolve())
+        defaults.update(checkpoint_fields(read_checkpoint(model["weights"])))
+    doc = {**doc, "model": model}
     if train_json and ("num_classes" not in model or "attributes" not in model):
-        defaults = schema_of_coco(train_json).model_fields()
+        defaults.update(schema_of_coco(train_json).model_fields())
     return run_config_from_dict(doc, model_defaults=defaults)
+
+
+def run_export_weights(args) -> int:
+    from workbench.engine.inference import load_run
+    from workbench.pretrained.export import export_transformers
+    from workbench.pretrained.training import category_names
+
+    run = load_run(args.run)
+    names = category_names(run.cfg) or [f"class{i}" for i in range(run.cfg.model.num_classes)]
+    out = export_transformers(run.model, args.out, names)
+    print(f"wrote {out} (config.json, model.safetensors"
+          + (", attribute_heads.safetensors)" if run.cfg.model.attributes else ")"))
+    return 0
 
 
 def run_train(args) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
-    cfg = load_train_config(args.config)
+    cfg = load_train_config(args.config, weights=args.weights)
     train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval,
                        overwrite=args.overwrite)
     return 0

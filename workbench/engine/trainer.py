@@ -59,8 +59,23 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+HEAD_MODULES = ("decoder.class_head", "decoder.attribute_heads.")  # what the user's categories/attributes define
+
+
+def freeze_parameters(model: MultiTaskMask2Former, freeze: str) -> int:
+    """solver.freeze: "backbone" or "trunk" (all but HEAD_MODULES) get requires_grad=False; returns how many."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if (freeze == "backbone" and name.startswith("backbone.")) or \
+                (freeze == "trunk" and not name.startswith(HEAD_MODULES)):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -> list[dict]:
-    """Backbone at lr x backbone_lr_multiplier; no weight decay on norm layers and embeddings (as upstream)."""
+    """Backbone at lr x backbone_lr_multiplier, heads (HEAD_MODULES) at lr x head_lr_multiplier; no weight
+    decay on norm layers and embeddings (as upstream); frozen parameters are left out."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -68,7 +83,8 @@ def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else 1.0)
+            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else
+                             solver.head_lr_multiplier if module_name.startswith(HEAD_MODULES) else 1.0)
             decay = 0.0 if isinstance(module, NORM_TYPES) or "level_embed" in name else solver.weight_decay
             groups.setdefault((group_lr, decay), []).append(param)
     return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
@@ -166,7 +182,7 @@ class RunDirectoryError(WorkbenchError, FileExistsError):
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_final.pt", "metrics.json",
-             "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json")
+             "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json", "pretrained_report.json")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -224,8 +240,16 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     if dataset is None:
         dataset = build_train_dataset(cfg)
     check_data(cfg, dataset)
+    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
+        prepare_run_dir(run_dir, resume, overwrite)
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
+    if cfg.model.weights and not resume:  # a resumed run restores last.pt: never reload the weights over it
+        from workbench.pretrained.training import start_from_weights
+
+        start_from_weights(model, cfg, run_dir if info.is_main else None)
+    freeze_parameters(model, solver.freeze)
     lr = scaled_lr(solver)
     optimizer = torch.optim.AdamW(param_groups(model, solver, lr.lr), lr=lr.lr, weight_decay=solver.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(solver, s))
@@ -233,9 +257,6 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     batches = EpochBatches(len(dataset), solver.batch_size, cfg.seed, info)
     start = 0
-    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
-        prepare_run_dir(run_dir, resume, overwrite)
-        run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         ckpt, ckpt_path = load_latest(run_dir, map_location=dev)
         if ckpt["config"]["model"] != to_dict(cfg.model):
