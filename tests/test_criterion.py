@@ -127,6 +127,75 @@ def test_gradients_reach_every_head(tiny_model):
     assert tiny_model.backbone.stem[0][0].weight.grad.abs().sum() > 0
 
 
+# ---- ignore regions (iscrowd / labelme __ignore__) ----
+# Captured on the code before ignore regions existed (same planted problem, generator seed 0).
+OLD_NUMBERS = {"loss_ce": 0.29277777671813965, "loss_attr_color": 0.8542320728302002,
+               "loss_attr_size": 0.38549426198005676, "loss_mask": 0.35123133659362793,
+               "loss_dice": 0.7248630523681641}
+
+
+def test_losses_without_an_ignore_region_are_unchanged(tiny_cfg):
+    p = planted_problem(confidence=1.0, seed=3)
+    c = build_criterion(tiny_cfg)
+    plain = c(p.outputs, p.targets, generator=gen())
+    assert {k: v.item() for k, v in plain.items()} == pytest.approx(OLD_NUMBERS, rel=1e-6)
+    for t in p.targets:
+        t["ignore"] = torch.zeros(t["masks"].shape[-2:], dtype=torch.bool)
+    with_empty_ignore = c(p.outputs, p.targets, generator=gen())
+    assert all(torch.equal(plain[k], with_empty_ignore[k]) for k in plain)
+
+
+def test_mask_losses_skip_points_on_the_ignore_region(tiny_cfg):
+    p = planted_problem(batch=1, num_targets=1, confidence=6.0, seed=1)
+    (q, _), = p.assignment
+    target = p.targets[0]
+    crowd = torch.zeros(32, 32, dtype=torch.bool)
+    crowd[:, :10] = True
+    crowd &= ~target["masks"][0]
+    # the matched query also fires on the crowd region: wrong there, right everywhere else
+    p.outputs.mask_logits[0, q[0]][crowd] = 6.0
+    c = build_criterion(tiny_cfg)
+
+    def mask_terms(targets):  # the term alone, on the planted assignment (the matcher is not under test)
+        return c.loss_masks(p.outputs, targets, p.assignment, 1.0, gen())
+
+    without = mask_terms(p.targets)
+    target["ignore"] = crowd
+    with_ignore = mask_terms(p.targets)
+    p.outputs.mask_logits[0, q[0]][crowd] = -6.0  # a prediction that is right everywhere
+    perfect = mask_terms([{k: v for k, v in target.items() if k != "ignore"}])
+    for key in ("loss_mask", "loss_dice"):
+        assert with_ignore[key] < 0.5 * without[key]
+        assert with_ignore[key] == pytest.approx(perfect[key].item(), abs=0.05)
+
+
+# ---- no-object weights reach the losses ----
+def test_class_and_attribute_no_object_weights_match_cross_entropy():
+    attrs = [wb.AttributeSpec("color", ("r", "g", "b"), no_object_weight=0.3),
+             wb.AttributeSpec("size", ("s", "m", "l"), no_object_weight=0.7)]
+    cfg = wb.ModelConfig.tiny(num_classes=3, attributes=attrs, loss=wb.LossConfig(num_points=64, no_object_weight=0.2))
+    p = planted_problem(confidence=0.5, seed=5)
+    c = build_criterion(cfg)
+    losses = c(p.outputs, p.targets, generator=gen())
+    indices = c.matcher(p.outputs, p.targets, generator=gen())
+    B, Q = p.outputs.class_logits.shape[:2]
+    assert sum(len(s) for s, _ in indices) < B * Q  # both matched and unmatched queries are in the loss
+    target = torch.full((B, Q), 3)
+    for b, (src, tgt) in enumerate(indices):
+        target[b, src] = p.targets[b]["labels"][tgt]
+    expected = torch.nn.functional.cross_entropy(
+        p.outputs.class_logits.reshape(B * Q, -1), target.reshape(-1), weight=torch.tensor([1.0, 1.0, 1.0, 0.2]))
+    assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    for a in attrs:
+        target = torch.full((B, Q), 3)
+        for b, (src, tgt) in enumerate(indices):
+            target[b, src] = p.targets[b]["attributes"][a.name][tgt]
+        weight = torch.tensor([1.0, 1.0, 1.0, a.no_object_weight])
+        expected = torch.nn.functional.cross_entropy(
+            p.outputs.attribute_logits[a.name].reshape(B * Q, -1), target.reshape(-1), weight=weight)
+        assert losses[f"loss_attr_{a.name}"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 # --- random points through images without targets, as upstream ---------------------------------------------------
 def _batch_with_an_empty_image(confidence=1.0):
     """Three images, the middle one without targets; final prediction plus one aux stage (different logits)."""

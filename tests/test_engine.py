@@ -140,28 +140,32 @@ def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    """The child announces when it is inside the second save (its temp file written, not yet renamed) and
+    waits there; the kill lands at that point for sure, with no timing guess."""
     path = tmp_path / "last.pt"
     script = textwrap.dedent(f"""
-        import torch, sys
+        import sys, torch
         from workbench.engine.checkpoint import save_checkpoint
-        big = torch.randn(4_000_000)
-        step = 0
-        while True:
-            step += 1
-            save_checkpoint({str(path)!r}, {{"step": step, "w": big}})
-            if step == 1:
-                print("saved", flush=True)
+        real_save = torch.save
+        def save_then_wait(obj, f, *args, **kwargs):
+            real_save(obj, f, *args, **kwargs)
+            if obj["step"] == 2:
+                print("inside save", flush=True)
+                sys.stdin.read()  # blocks until killed
+        torch.save = save_then_wait
+        big = torch.randn(1_000_000)
+        save_checkpoint({str(path)!r}, {{"step": 1, "w": big}})
+        save_checkpoint({str(path)!r}, {{"step": 2, "w": big}})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "saved"
-        import time
-        time.sleep(0.3)  # let it be in the middle of another save
+        assert proc.stdout.readline().strip() == "inside save"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     ckpt = load_checkpoint(path)
-    assert ckpt["step"] >= 1 and ckpt["w"].numel() == 4_000_000
+    assert ckpt["step"] == 1 and ckpt["w"].numel() == 1_000_000
+    assert [p.name for p in tmp_path.glob(".last.pt.*.tmp")]  # the killed write's leftover (removed on start)
 
 
 # ---- config files ----

@@ -92,7 +92,7 @@ def test_single_only_items_have_no_new_keys(tmp_path):
     data["attributes"] = data["attributes"][:1]
     path = tmp_path / "c.json"
     path.write_text(json.dumps(data))
-    assert set(CocoAttributeDataset(path)[0]["instances"]) == {"labels", "masks", "boxes", "attributes"}
+    assert set(CocoAttributeDataset(path)[0]["instances"]) == {"labels", "masks", "boxes", "attributes", "ignore"}  # no attribute_labeled
 
 
 def labelme(tmp_path, flags):

@@ -165,6 +165,8 @@ class ModelConfig:
             raise ValueError(f"duplicate attribute names: {names}")
         if self.num_classes <= 0:
             raise ValueError("num_classes must be > 0")
+        if self.num_queries <= 0:
+            raise ValueError(f"num_queries must be > 0 (each query predicts one instance), got {self.num_queries}")
         if self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by nheads {self.nheads}")
         if self.dec_layers < 1 or self.enc_layers < 0:
@@ -318,6 +320,7 @@ class SolverConfig:
     checkpoint_period: int = 5000
     log_period: int = 20
     num_workers: int = 0
+    keep_checkpoints: int = 2  # last.pt + this many last_step<N>.pt in all; resume falls back to an older one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -333,6 +336,8 @@ class SolverConfig:
             raise ValueError(f"solver.freeze must be 'none', 'backbone' or 'trunk', got {self.freeze!r}")
         if self.head_lr_multiplier < 0 or self.backbone_lr_multiplier < 0:
             raise ValueError("solver.head_lr_multiplier and solver.backbone_lr_multiplier must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"solver.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.checkpoint_period <= 0 or self.log_period <= 0:
             raise ValueError("solver.checkpoint_period and solver.log_period must be > 0")
 
@@ -340,11 +345,15 @@ class SolverConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """Where the COCO-with-attributes files are. Image `file_name`s are relative to `image_root` for both
-    splits; empty = each JSON's own folder (where `workbench data convert` puts them). `val` may be empty."""
+    splits; empty = each JSON's own folder (where `workbench data convert` puts them). `val` may be empty.
+
+    keep_empty: train on images without instances too (every query learns "no object" there: negatives teach
+    the model not to fire on background). Upstream filters them (`FILTER_EMPTY_ANNOTATIONS`); False does that."""
 
     train: str = ""
     val: str = ""
     image_root: str = ""
+    keep_empty: bool = True
 
 
 @dataclass(frozen=True)

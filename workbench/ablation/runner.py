@@ -126,7 +126,7 @@ def run_cell(cell: Cell, run_dir: Path, device: str | None = None,
     cfg = cell.config
     donor = _trained_model_dir(run_dir, cell, siblings)
     if donor is None:
-        result = train(cfg, run_dir, device=device, progress=False)
+        result = train(cfg, run_dir, device=device, progress=False, overwrite=True)  # unfinished: from scratch
         model = result.model
         _write_json(run_dir / "train.json", {"seconds": result.seconds, "steps": result.steps, "lr": result.lr,
                                              "last_losses": result.last_losses, "trained_in": "."})

@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
 
     c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON (written atomically)")
     c.add_argument("labelme_dir", help="folder with labelme *.json (searched recursively) and their images")
-    c.add_argument("--schema", required=True, help="YAML schema: categories, attributes, attribute_sources")
+    c.add_argument("--schema", help="YAML schema: categories, attributes, attribute_sources, ignore_labels")
+    c.add_argument("--labels", help="labelme's labels.txt as the category list (__ignore__ = ignore regions, "
+                                    "_background_ skipped); with --schema its categories must agree")
     c.add_argument("--out", required=True, help="output COCO JSON; file_names are relative to LABELME_DIR")
     c.set_defaults(func=run_convert)
 
@@ -55,14 +57,23 @@ def run_synth(args) -> int:
 def run_convert(args) -> int:
     from workbench.data.labelme import convert_labelme
     from workbench.data.problems import DataError
-    from workbench.data.schema import load_schema
+    from workbench.data.schema import load_labels_txt, load_schema
 
+    if not (args.schema or args.labels):
+        print("error: give --schema SCHEMA.yaml or --labels labels.txt (or both)", file=sys.stderr)
+        return 2
     try:
-        coco = convert_labelme(args.labelme_dir, load_schema(args.schema), out=args.out)
+        schema = load_schema(args.schema) if args.schema else None
+        if args.labels:
+            schema = load_labels_txt(args.labels, schema)
+        coco = convert_labelme(args.labelme_dir, schema, out=args.out)
     except DataError as e:
         print(f"error: {e}\nnothing written.", file=sys.stderr)
         return 1
-    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} instances")
+    crowd = sum(1 for a in coco["annotations"] if a["iscrowd"])
+    empty = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"] if not a["iscrowd"]})
+    print(f"wrote {args.out}: {len(coco['images'])} images ({empty} without instances), "
+          f"{len(coco['annotations']) - crowd} instances, {crowd} ignore-region annotations")
     return 0
 
 

@@ -26,6 +26,12 @@ attributes:
     attributes: {color: [red, green, blue], size: [small, medium, large],
                  pattern: {values: [stripes, dots, outline], kind: multi}}
     attribute_sources: [flags, label, description]
+    ignore_labels: [__ignore__]                   # labelme labels that mark ignore regions (the default)
+
+Ignore regions (labelme's `__ignore__`, e.g. a crowd nobody outlined one by one) are stored as COCO
+`iscrowd: 1` annotations, one per category with the same mask, so COCOeval ignores a detection of any
+category there; they are neither instances nor false positives, and training samples no mask-loss point on
+them. `load_labels_txt` reads labelme's plain `labels.txt` (`__ignore__`, `_background_`, then categories).
 """
 from __future__ import annotations
 
@@ -53,6 +59,8 @@ __all__ = [
 
 ATTRIBUTE_SOURCES = ("flags", "label", "description")
 UNLABELED = -1
+IGNORE_LABELS = ("__ignore__",)
+BACKGROUND_LABEL = "_background_"  # the second line of labelme's labels.txt: not a category
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,11 @@ class Schema:
     categories: tuple[Category, ...]
     attributes: tuple[AttributeVocab, ...]
     attribute_sources: tuple[str, ...] = ATTRIBUTE_SOURCES
+    ignore_labels: tuple[str, ...] = IGNORE_LABELS
 
     def __post_init__(self) -> None:
         problems = _check_vocabularies(self.categories, self.attributes, self.attribute_sources, "schema")
+        problems += _check_ignore_labels(self.ignore_labels, self.categories, "schema")
         if problems:
             raise DataError(problems)
 
@@ -165,6 +175,8 @@ class Schema:
             "attributes": self.model_attributes(),
             "attribute_sources": list(self.attribute_sources),
         }
+        if self.ignore_labels != IGNORE_LABELS:
+            doc["ignore_labels"] = list(self.ignore_labels)
         return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -199,14 +211,44 @@ def load_schema(path: str | os.PathLike) -> Schema:
     return schema_from_dict(doc, str(path))
 
 
+def load_labels_txt(path: str | os.PathLike, schema: Schema | None = None) -> Schema:
+    """labelme's `labels.txt` (one label a line) -> Schema; with `schema`, its attributes and sources are kept
+    and its categories must be the same list.
+
+    `__ignore__` (any `__name__` line) is an ignore label, `_background_` is skipped, the rest are categories
+    with ids 1..C in file order (as labelme's labelme2coco numbers them).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DataError([Problem("missing_file", str(path), "labels file not found")]) from None
+    labels = [line.strip() for line in lines if line.strip()]
+    ignore = tuple(x for x in labels if len(x) > 4 and x.startswith("__") and x.endswith("__"))
+    names = [x for x in labels if x not in ignore and x != BACKGROUND_LABEL]
+    if not names:
+        raise DataError([Problem("bad_schema", str(path), "no category names (only __ignore__/_background_ lines)")])
+    categories = tuple(Category(i + 1, name) for i, name in enumerate(names))
+    problems = _check_vocabularies(categories, (), (), str(path))
+    if schema is not None and schema.category_names != names:
+        problems.append(Problem("schema_mismatch", str(path), f"categories {names} differ from the schema's "
+                                f"{schema.category_names}; give one list (drop --labels or the schema's categories)"))
+    if problems:
+        raise DataError(problems)
+    if schema is None:
+        return Schema(categories, (), ATTRIBUTE_SOURCES, ignore or IGNORE_LABELS)
+    return Schema(schema.categories, schema.attributes, schema.attribute_sources,
+                  tuple(dict.fromkeys(schema.ignore_labels + ignore)))
+
+
 def schema_from_dict(doc: Any, where: str = "schema") -> Schema:
     problems: list[Problem] = []
     if not isinstance(doc, dict):
         raise DataError([Problem("bad_schema", where, "expected a mapping with 'categories' and 'attributes'")])
-    unknown = set(doc) - {"categories", "attributes", "attribute_sources"}
+    unknown = set(doc) - {"categories", "attributes", "attribute_sources", "ignore_labels"}
     if unknown:
         problems.append(Problem("bad_schema", where, f"unknown field(s) {sorted(unknown)}; expected "
-                                "categories, attributes, attribute_sources"))
+                                "categories, attributes, attribute_sources, ignore_labels"))
     categories: list[Category] = []
     raw_cats = doc.get("categories")
     if not isinstance(raw_cats, list) or not raw_cats:
@@ -244,9 +286,21 @@ def schema_from_dict(doc: Any, where: str = "schema") -> Schema:
         problems.append(Problem("bad_schema", f"{where}: attribute_sources", f"expected a subset of {list(ATTRIBUTE_SOURCES)}"))
         sources = []
     problems += _check_vocabularies(categories, attributes, sources, where)
+    ignore = doc.get("ignore_labels", list(IGNORE_LABELS))
+    if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
+        problems.append(Problem("bad_schema", f"{where}: ignore_labels", "expected a list of labels, e.g. [__ignore__]"))
+        ignore = []
+    problems += _check_ignore_labels(ignore, categories, where)
     if problems:
         raise DataError(problems)
-    return Schema(tuple(categories), tuple(attributes), tuple(sources))
+    return Schema(tuple(categories), tuple(attributes), tuple(sources), tuple(ignore))
+
+
+def _check_ignore_labels(ignore, categories, where: str) -> list[Problem]:
+    both = sorted(set(ignore) & {c.name for c in categories})
+    if both:
+        return [Problem("bad_schema", f"{where}: ignore_labels", f"{both} are both categories and ignore labels")]
+    return []
 
 
 def _is_int(v: Any) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -17,7 +18,10 @@ def add_parser(sub) -> None:
     p.add_argument("--config", required=True, help="YAML mapping onto RunConfig (model/solver/data/augment/eval)")
     p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, checkpoints)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's, else auto)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (or the newest readable "
+                   "older checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an existing run directory (its run "
+                   "files are deleted); without it or --resume an existing run is refused")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation on data.val after training")
     p.add_argument("--weights", default=None, help="Mask2Former checkpoint to start from (overrides model.weights): "
                    "upstream .pkl/.pth, transformers folder or .safetensors")
@@ -35,7 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--fashionpedia-results", default=None, metavar="FILE",
                    help="score a results file in Fashionpedia's format with AP(IoU+F1) against --data "
                         "(Fashionpedia or COCO-with-attributes GT); no model is run")
-    p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val)")
+    p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val); its "
+                   "metrics go to RUN/metrics_<name>.json, never over the run's metrics.json")
     p.add_argument("--images", default=None, help="image folder for --data (default: the file's folder)")
     p.add_argument("--device", default=None)
     p.add_argument("--scoring", choices=["main", "product", "mean"], default=None)
@@ -99,7 +104,8 @@ def run_train(args) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
     cfg = load_train_config(args.config, weights=args.weights)
-    train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval)
+    train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval,
+                       overwrite=args.overwrite)
     return 0
 
 
@@ -122,9 +128,23 @@ def run_eval(args) -> int:
         eval_cfg = dataclasses.replace(eval_cfg, dedupe_iou=args.dedupe_iou)
     dataset = eval_dataset(run.cfg, args.data, args.images)
     result = evaluate_model(run.model, args.data or run.cfg.data.val, dataset, eval_cfg, progress=not args.json)
-    write_metrics_json(result, Path(args.run) / "metrics.json")
+    out = Path(args.run) / ("metrics.json" if args.data is None else metrics_name(Path(args.run), result.data))
+    write_metrics_json(result, out)
+    print(f"wrote {out}", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table().to_string(index=False))
     return 0
+
+
+def metrics_name(run_dir: Path, data: dict) -> str:
+    """`metrics_<data file stem>.json`, or `metrics_<stem>-<hash8>.json` when that name already holds the
+    metrics of other data (e.g. two folders' coco.json): a result never replaces another data's."""
+    from workbench.data.io import read_json
+
+    stem = Path(data["path"]).stem
+    name = f"metrics_{stem}.json"
+    if (run_dir / name).is_file() and read_json(run_dir / name).get("data", {}).get("path") != data["path"]:
+        name = f"metrics_{stem}-{data['sha256'][:8]}.json"
+    return name
 
 
 def run_eval_fashionpedia(args) -> int:
@@ -155,6 +175,9 @@ def run_predict(args) -> int:
     from workbench.engine.inference import load_run
 
     run = load_run(args.run, device=resolve_device(args.device or "auto"))
-    for path in draw_predictions(run, args.images, args.out):
+    failures: list[str] = []
+    for path in draw_predictions(run, args.images, args.out, failures=failures):
         print(path)
-    return 0
+    for failure in failures:  # after the rest were drawn
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0

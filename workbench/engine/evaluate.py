@@ -51,7 +51,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from workbench.config import EvalConfig
-from workbench.data.io import read_json, write_json_atomic
+from workbench.data.io import data_record, read_json, write_json_atomic
 from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
@@ -122,6 +122,7 @@ class EvalResult:
     config: dict[str, Any] = field(default_factory=dict)
     multi_label: dict[str, MultiLabelResult] = field(default_factory=dict)
     iou_f1: dict[str, float | None] = field(default_factory=dict)  # AP(IoU+F1), see the module docstring
+    data: dict[str, str] = field(default_factory=dict)  # {"path", "sha256"} of the ground truth (data_record)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (no NaN: undefined values are None)."""
@@ -393,6 +394,7 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
         iou_f1 = iou_f1_ap(gt_data, dets, vocabulary, attributed=default_attributed(gt_data), image_ids=image_ids,
                            max_dets=eval_cfg.max_dets)
     return EvalResult(
+        data=data_record(coco_gt) if not isinstance(coco_gt, Mapping) else {},
         segm=_summarize(main),
         joint=_summarize(joint),
         per_category_ap=per_category,

@@ -62,7 +62,8 @@ def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, data
     from metrics.jsonl after each piece. Returns the final `TrainResult` (same weights as one call).
 
     resume: continue the run in `run_dir` from its last.pt up to cfg.solver.max_iter (the pieces cover the steps
-    it lacks; none when it is already there)."""
+    it lacks; none when it is already there); otherwise a run already in `run_dir` is replaced (a notebook cell
+    is meant to be rerun)."""
     import dataclasses
 
     from workbench.drawing.loss_curve import loss_curve_figure
@@ -75,8 +76,8 @@ def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, data
     bounds = [start + round((total - start) * (k + 1) / chunks) for k in range(chunks)]
     handle, result, seconds = None, None, 0.0
     for k, stop in enumerate(bounds):
-        result = train(cfg, run_dir, dataset=dataset, resume=resume or k > 0, progress=progress, max_iter=stop,
-                       device=device)
+        result = train(cfg, run_dir, dataset=dataset, resume=resume or k > 0, overwrite=k == 0 and not resume,
+                       progress=progress, max_iter=stop, device=device)
         seconds += result.seconds
         handle = display_figure(loss_curve_figure(Path(run_dir) / "metrics.jsonl"), handle)
     return dataclasses.replace(result, seconds=seconds)

@@ -14,6 +14,11 @@ Multi-label groups (`AttributeSpec.kind == "multi"`): K sigmoid logits, trained 
 BCE (or sigmoid focal loss), mean over the K values and over the matched instances whose group is labeled
 (`targets[i]["attribute_labeled"][name]`, absent = all labeled); unmatched queries get no attribute loss
 because the class head's "no object" already says there is nothing to describe. Same key, `loss_attr_<name>`.
+
+Ignore regions (COCO `iscrowd: 1`, labelme `__ignore__`): a target may carry `ignore` (H, W) bool; the mask
+losses of matched queries skip the sampled points that fall on it (a point is ignored when at least half of
+its bilinear footprint is). Without an ignore region the losses are computed exactly as before. The matcher
+does not look at ignore regions (as upstream): the points there are background for every target alike.
 """
 from __future__ import annotations
 
@@ -35,14 +40,22 @@ TERMS = ("labels", "attributes", "masks", "boundary")  # every known term
 DEFAULT_TERMS = ("labels", "attributes", "masks")  # "boundary" is opt-in (LossConfig.boundary_weight > 0)
 
 
-def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """logits, labels (N, P) -> mean over points, sum over masks / num_masks."""
-    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum() / num_masks
+def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
+    """logits, labels (N, P) -> mean over points, sum over masks / num_masks. `valid` (N, P) {0, 1}: the mean
+    runs over valid points only (ignore regions)."""
+    per_point = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    if valid is None:
+        return per_point.mean(1).sum() / num_masks
+    return ((per_point * valid).sum(1) / valid.sum(1).clamp(min=1)).sum() / num_masks
 
 
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """logits, labels (N, P) -> sum over masks of (1 - soft dice) / num_masks."""
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """logits, labels (N, P) -> sum over masks of (1 - soft dice) / num_masks; `valid` as in sigmoid_ce_loss."""
     probs = logits.sigmoid()
+    if valid is not None:
+        probs, labels = probs * valid, labels * valid
     numerator = 2 * (probs * labels).sum(-1)
     denominator = probs.sum(-1) + labels.sum(-1)
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
@@ -243,9 +256,26 @@ class SetCriterion(nn.Module):
             coords = uncertain_point_coords(src_masks.float(), self.num_points, self.oversample_ratio,
                                             self.importance_sample_ratio, generator)
             point_labels = point_sample(tgt_masks.float(), coords)[:, 0]
+            valid = self._valid_points(targets, indices, coords, src_masks.device)
         point_logits = point_sample(src_masks.float(), coords)[:, 0]
-        return {"loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
-                "loss_dice": dice_loss(point_logits, point_labels, num_masks)}
+        return {"loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks, valid),
+                "loss_dice": dice_loss(point_logits, point_labels, num_masks, valid)}
+
+    @staticmethod
+    def _valid_points(targets, indices, coords: torch.Tensor, device) -> torch.Tensor | None:
+        """(N, P) float {0, 1}: 0 where a matched pair's point lies on its image's ignore region; None when no
+        image of the batch has one (the losses then take the unmasked path, identical to before)."""
+        ignores = [t.get("ignore") for t in targets]
+        if not any(m is not None and bool(torch.as_tensor(m).any()) for m in ignores):
+            return None
+        maps = []
+        for t, (_, j) in zip(targets, indices):
+            m = t.get("ignore")
+            size = tuple(torch.as_tensor(t["masks"]).shape[-2:])
+            m = torch.zeros(size, device=device) if m is None else torch.as_tensor(m, device=device).float()
+            maps.append(m[None].expand(len(j), *m.shape))
+        ignored = point_sample(torch.cat(maps)[:, None], coords)[:, 0]
+        return (ignored < 0.5).float()
 
     def loss_boundary(self, outputs: ModelOutput, targets, indices, num_masks, generator):
         """Edge maps of matched masks at the prediction's resolution (targets area-resized to it)."""

@@ -79,11 +79,12 @@ def build_criterion(cfg: ModelConfig, matcher: HungarianMatcher | None = None) -
 
 
 def pad_images(images: Sequence[torch.Tensor], divisibility: int,
-               fill: Sequence[float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
-    """List of (3, H_i, W_i) -> (B, 3, H, W) float, padded bottom/right to a multiple of `divisibility` with
-    the per-channel `fill` (the model passes its pixel mean: padding is 0 after normalisation, as upstream)."""
-    h = max(int(im.shape[-2]) for im in images)
-    w = max(int(im.shape[-1]) for im in images)
+               fill: Sequence[float] = (0.0, 0.0, 0.0), min_size: int = 0) -> torch.Tensor:
+    """List of (3, H_i, W_i) -> (B, 3, H, W) float, padded bottom/right to a multiple of `divisibility` (and to
+    at least `min_size`) with the per-channel `fill` (the model passes its pixel mean: padding is 0 after
+    normalisation, as upstream)."""
+    h = max(min_size, max(int(im.shape[-2]) for im in images))
+    w = max(min_size, max(int(im.shape[-1]) for im in images))
     h, w = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
     out = torch.as_tensor(fill, dtype=torch.float32, device=images[0].device).view(1, 3, 1, 1).repeat(len(images), 1, h, w)
     for i, im in enumerate(images):
@@ -149,6 +150,10 @@ class MultiTaskMask2Former(nn.Module):
                         hot, known = self._multi_target(attrs[a.name], labeled.get(a.name), a)
                     target["attributes"][a.name] = hot
                     target.setdefault("attribute_labeled", {})[a.name] = known.to(self.device)
+            if inst.get("ignore") is not None:  # crowd / __ignore__ pixels; padding is not ignored
+                ignore = torch.as_tensor(inst["ignore"], device=self.device).bool()
+                target["ignore"] = padded.new_zeros(padded_size)
+                target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] = ignore
             out.append(target)
         return out
 
@@ -183,7 +188,10 @@ class MultiTaskMask2Former(nn.Module):
         if not isinstance(batch, (list, tuple)) or not batch:
             raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
         images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
-        padded = pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean)
+        # at least 2x2 cells at the coarsest stride: GroupNorm needs more than one value per group, so a tiny
+        # image (1x1, 32x32) is padded further instead of failing
+        padded = pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean,
+                            min_size=2 * self.cfg.size_divisibility)
         if self.training:
             targets = self.targets(batch, padded.shape[-2:])
             outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
