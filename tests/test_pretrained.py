@@ -556,3 +556,31 @@ def test_backbone_read_from_names_and_config():
         {"backbone": "swin_l", "backbone_window_size": 12, "backbone_drop_path_rate": 0.3}
     with pytest.raises(ValueError, match="no Swin variant"):
         hf.backbone_fields({}, {"backbone_config": {**swin, "embed_dim": 100}})
+
+
+def test_notebook_03_fine_tunes_a_checkpoint_given_in_its_parameters(hf_dir, tmp_path):
+    """Notebook 03 with WEIGHTS set: the checkpoint's architecture trains on the demo data (tiny scale here), the
+    load report is printed and kept in the run directory."""
+    nbformat = pytest.importorskip("nbformat", reason="notebook extra not installed")
+    nbclient = pytest.importorskip("nbclient", reason="notebook extra not installed")
+    from notebook_parameters import small_parameters
+    from test_notebooks import ROOT, inject_parameters
+
+    workdir = tmp_path / "nb"
+    workdir.mkdir()
+    nb = nbformat.read(ROOT / "notebooks" / "03_train.ipynb", as_version=4)
+    values = small_parameters("03_train", tmp_path)
+    values.update(WEIGHTS=str(hf_dir), MAX_ITER=2, CHUNKS=1)
+    inject_parameters(nb, values)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}}).execute()
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f"[pretrained] {hf_dir}" in printed and "class rows new (3): circle, square, triangle" in printed
+    run = tmp_path / "work" / "run"
+    report = json.loads((run / "pretrained_report.json").read_text())
+    assert len(report["loaded"]) > 300 and report["class_rows"]["new"] == ["circle", "square", "triangle"]
+    import yaml
+
+    model_cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert (model_cfg["backbone"], model_cfg["num_classes"], model_cfg["num_queries"]) == ("resnet50", 3, 6)
+    assert (run / "model_final.pt").is_file()
