@@ -74,6 +74,18 @@ def test_backbone_gets_lower_lr_and_norms_no_decay():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_swin_position_bias_tables_and_level_embeds_get_no_weight_decay():
+    """As upstream's build_optimizer: relative_position_bias_table is an embedding in all but type."""
+    from workbench.config import SolverConfig
+
+    model = wb.build_model(wb.ModelConfig.tiny(backbone="swin_t"))
+    decay_of = {id(p): g["weight_decay"] for g in param_groups(model, SolverConfig(), 1.0) for p in g["params"]}
+    tables = [p for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")]
+    assert len(tables) == 12 and all(decay_of[id(p)] == 0.0 for p in tables)
+    assert decay_of[id(model.pixel_decoder.level_embed)] == 0.0
+    assert decay_of[id(model.decoder.class_head.weight)] == SolverConfig().weight_decay
+
+
 # ---- resume, NaN guard, checkpoints ----
 def test_resume_is_bit_for_bit(tmp_path):
     data = dataset()

@@ -34,6 +34,7 @@ from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
+NO_DECAY_NAMES = ("level_embed", "relative_position_bias_table")  # parameters that are embeddings in all but type
 
 
 class NonFiniteLossError(WorkbenchError, FloatingPointError):
@@ -77,7 +78,8 @@ def freeze_parameters(model: MultiTaskMask2Former, freeze: str) -> int:
 
 def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -> list[dict]:
     """Backbone at lr x backbone_lr_multiplier, heads (HEAD_MODULES) at lr x head_lr_multiplier; no weight
-    decay on norm layers and embeddings (as upstream); frozen parameters are left out."""
+    decay on norm layers, embeddings and Swin's relative position bias tables (as upstream); frozen parameters
+    are left out."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -87,7 +89,8 @@ def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -
             seen.add(id(param))
             group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else
                              solver.head_lr_multiplier if module_name.startswith(HEAD_MODULES) else 1.0)
-            decay = 0.0 if isinstance(module, NORM_TYPES) or "level_embed" in name else solver.weight_decay
+            no_decay = isinstance(module, NORM_TYPES) or name in NO_DECAY_NAMES
+            decay = 0.0 if no_decay else solver.weight_decay
             groups.setdefault((group_lr, decay), []).append(param)
     return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
 
