@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= dev,notebooks
 
-.PHONY: setup test demo bench doctor clean
+.PHONY: setup test demo bench doctor clean d2-deps
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ bench: setup
 
 doctor: setup
 	$(PY) -m workbench doctor
+
+# The `d2` extra's packages (pyproject.toml) into the existing venv, without reinstalling the workbench: pip's
+# `-e ".[d2]"` would rebuild its ops. detectron2 itself is built from source (README, "detectron2 adapter").
+d2-deps:
+	@test -x $(PY) || { echo "$(PY) not found: run make setup first"; exit 1; }
+	$(PY) -m pip install -q $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["d2"]))')
 
 clean:
 	rm -rf build *.egg-info workbench/*.so

@@ -1,9 +1,15 @@
 """Train-step and inference time of the whole model on CPU.
 
     python bench/model.py [--preset coco_r50|tiny] [--size 256] [--batch 2] [--steps 3]
+    python bench/model.py --vs-transformers [--size 512] [--batch 2] [--steps 3] [--models coco_r50,coco_swin_t]
 
 Prints seconds per step for the requested preset, and the same for the tiny preset measured in the same run
 as a baseline (ratio printed), so figures from different machines can be compared by their ratio.
+
+--vs-transformers: each of our presets side by side with transformers' Mask2FormerForUniversalSegmentation
+of the same size (same backbone, 100 queries, 6 encoder layers, 9 decoder layers = transformers'
+decoder_layers 10, 80 classes, no attribute heads on either), both randomly initialised, on the same batch:
+median train step (forward with losses, backward, AdamW step) and inference, and our time / theirs.
 """
 from __future__ import annotations
 
@@ -48,14 +54,86 @@ def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
     return statistics.median(times[1:]), infer
 
 
+def transformers_config(preset: str, cfg: wb.ModelConfig):
+    """transformers' config of the same size as our preset `preset` (the backbones it has an equivalent of)."""
+    from transformers import Mask2FormerConfig, ResNetConfig, SwinConfig
+
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if preset in ("coco_r50", "coco_r101"):
+        backbone = ResNetConfig(depths=[3, 4, 6 if preset == "coco_r50" else 23, 3], layer_type="bottleneck",
+                                hidden_sizes=[256, 512, 1024, 2048], embedding_size=64, out_features=stages)
+    elif preset.startswith("coco_swin_"):
+        from workbench.model.swin import SWIN_VARIANTS
+
+        v = SWIN_VARIANTS[cfg.backbone]
+        backbone = SwinConfig(embed_dim=v.embed_dim, depths=list(v.depths), num_heads=list(v.num_heads),
+                              window_size=cfg.backbone_window_size, drop_path_rate=cfg.backbone_drop_path_rate,
+                              out_features=stages)
+    else:
+        raise ValueError(f"no transformers equivalent wired for preset {preset!r}")
+    return Mask2FormerConfig(
+        backbone_config=backbone, feature_size=cfg.hidden_dim, mask_feature_size=cfg.mask_dim,
+        hidden_dim=cfg.hidden_dim, encoder_feedforward_dim=cfg.enc_dim_feedforward, encoder_layers=cfg.enc_layers,
+        decoder_layers=cfg.dec_layers + 1, num_attention_heads=cfg.nheads, dim_feedforward=cfg.dim_feedforward,
+        num_queries=cfg.num_queries, num_labels=cfg.num_classes, train_num_points=cfg.loss.num_points)
+
+
+def time_transformers(hf_cfg, items: list[dict], steps: int) -> tuple[float, float]:
+    """Median train step and one inference of transformers' model on the batch `items` (normalised as ours)."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    torch.manual_seed(0)
+    model = Mask2FormerForUniversalSegmentation(hf_cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    mean = torch.tensor(wb.ModelConfig.tiny().pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(wb.ModelConfig.tiny().pixel_std).view(1, 3, 1, 1)
+    pixels = (torch.stack([it["image"] for it in items]).float() - mean) / std
+    masks = [torch.as_tensor(it["instances"]["masks"]).float() for it in items]
+    labels = [torch.as_tensor(it["instances"]["labels"]).long() for it in items]
+    times = []
+    for _ in range(steps + 1):  # first step is warm-up
+        start = time.perf_counter()
+        loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    model.eval()
+    with torch.no_grad():
+        model(pixel_values=pixels)
+        start = time.perf_counter()
+        model(pixel_values=pixels)
+        infer = time.perf_counter() - start
+    return statistics.median(times[1:]), infer
+
+
+def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -> None:
+    for preset in presets:
+        cfg = getattr(wb.ModelConfig, preset)(num_classes=80)
+        items = synthetic_batch(cfg.num_classes, {}, batch=batch, size=size)
+        ours_train, ours_infer = time_train_step(cfg, size, batch, steps)
+        hf_train, hf_infer = time_transformers(transformers_config(preset, cfg), items, steps)
+        print(f"{preset:<14} ours        : train step {ours_train * 1000:8.1f} ms   inference {ours_infer * 1000:8.1f} ms")
+        print(f"{preset:<14} transformers: train step {hf_train * 1000:8.1f} ms   inference {hf_infer * 1000:8.1f} ms")
+        print(f"ratio ours/transformers ({preset}): train {ours_train / hf_train:.2f}x, inference "
+              f"{ours_infer / hf_infer:.2f}x (batch {batch} x {size}^2, CPU, median of {steps} steps)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="coco_r50", choices=["coco_r50", "tiny"])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--vs-transformers", action="store_true",
+                        help="our presets against transformers' model of the same size (use --size 512)")
+    parser.add_argument("--models", default="coco_r50,coco_swin_t",
+                        help="comma-separated presets for --vs-transformers (coco_r50, coco_r101, coco_swin_t..l)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ops backends {backend_info()}")
+    if args.vs_transformers:
+        versus_transformers(args.models.split(","), args.size, args.batch, args.steps)
+        return
     base_train, base_infer = time_train_step(wb.ModelConfig.tiny(3, ATTRIBUTES), args.size, args.batch, args.steps)
     print(f"baseline tiny      : train step {base_train * 1000:8.1f} ms   inference {base_infer * 1000:8.1f} ms")
     if args.preset != "tiny":

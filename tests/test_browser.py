@@ -115,7 +115,9 @@ def _prepare_root(root: pathlib.Path, work: pathlib.Path) -> pathlib.Path:
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     i = next(k for k, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    params = {"WORK_DIR": str(work), "SCORE_THRESHOLD": 0.0}
+    from notebook_parameters import small_parameters
+
+    params = {**small_parameters(NOTEBOOK.stem, work.parent), "WORK_DIR": str(work), "SCORE_THRESHOLD": 0.0}
     extra = os.environ.get("WORKBENCH_BROWSER_PARAMS")  # e.g. '{"RUN_DIR": "runs/demo"}' for a nicer picture
     if extra:
         params.update(json.loads(extra))

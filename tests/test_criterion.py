@@ -125,3 +125,162 @@ def test_gradients_reach_every_head(tiny_model):
         grads = [p.grad for p in head.parameters()]
         assert all(g is not None and g.abs().sum() > 0 for g in grads), name
     assert tiny_model.backbone.stem[0][0].weight.grad.abs().sum() > 0
+
+
+# ---- ignore regions (iscrowd / labelme __ignore__) ----
+# Captured on the code before ignore regions existed (same planted problem, generator seed 0).
+OLD_NUMBERS = {"loss_ce": 0.29277777671813965, "loss_attr_color": 0.8542320728302002,
+               "loss_attr_size": 0.38549426198005676, "loss_mask": 0.35123133659362793,
+               "loss_dice": 0.7248630523681641}
+
+
+def test_losses_without_an_ignore_region_are_unchanged(tiny_cfg):
+    p = planted_problem(confidence=1.0, seed=3)
+    c = build_criterion(tiny_cfg)
+    plain = c(p.outputs, p.targets, generator=gen())
+    assert {k: v.item() for k, v in plain.items()} == pytest.approx(OLD_NUMBERS, rel=1e-6)
+    for t in p.targets:
+        t["ignore"] = torch.zeros(t["masks"].shape[-2:], dtype=torch.bool)
+    with_empty_ignore = c(p.outputs, p.targets, generator=gen())
+    assert all(torch.equal(plain[k], with_empty_ignore[k]) for k in plain)
+
+
+def test_mask_losses_skip_points_on_the_ignore_region(tiny_cfg):
+    p = planted_problem(batch=1, num_targets=1, confidence=6.0, seed=1)
+    (q, _), = p.assignment
+    target = p.targets[0]
+    crowd = torch.zeros(32, 32, dtype=torch.bool)
+    crowd[:, :10] = True
+    crowd &= ~target["masks"][0]
+    # the matched query also fires on the crowd region: wrong there, right everywhere else
+    p.outputs.mask_logits[0, q[0]][crowd] = 6.0
+    c = build_criterion(tiny_cfg)
+
+    def mask_terms(targets):  # the term alone, on the planted assignment (the matcher is not under test)
+        return c.loss_masks(p.outputs, targets, p.assignment, 1.0, gen())
+
+    without = mask_terms(p.targets)
+    target["ignore"] = crowd
+    with_ignore = mask_terms(p.targets)
+    p.outputs.mask_logits[0, q[0]][crowd] = -6.0  # a prediction that is right everywhere
+    perfect = mask_terms([{k: v for k, v in target.items() if k != "ignore"}])
+    for key in ("loss_mask", "loss_dice"):
+        assert with_ignore[key] < 0.5 * without[key]
+        assert with_ignore[key] == pytest.approx(perfect[key].item(), abs=0.05)
+
+
+# ---- no-object weights reach the losses ----
+def test_class_and_attribute_no_object_weights_match_cross_entropy():
+    attrs = [wb.AttributeSpec("color", ("r", "g", "b"), no_object_weight=0.3),
+             wb.AttributeSpec("size", ("s", "m", "l"), no_object_weight=0.7)]
+    cfg = wb.ModelConfig.tiny(num_classes=3, attributes=attrs, loss=wb.LossConfig(num_points=64, no_object_weight=0.2))
+    p = planted_problem(confidence=0.5, seed=5)
+    c = build_criterion(cfg)
+    losses = c(p.outputs, p.targets, generator=gen())
+    indices = c.matcher(p.outputs, p.targets, generator=gen())
+    B, Q = p.outputs.class_logits.shape[:2]
+    assert sum(len(s) for s, _ in indices) < B * Q  # both matched and unmatched queries are in the loss
+    target = torch.full((B, Q), 3)
+    for b, (src, tgt) in enumerate(indices):
+        target[b, src] = p.targets[b]["labels"][tgt]
+    expected = torch.nn.functional.cross_entropy(
+        p.outputs.class_logits.reshape(B * Q, -1), target.reshape(-1), weight=torch.tensor([1.0, 1.0, 1.0, 0.2]))
+    assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    for a in attrs:
+        target = torch.full((B, Q), 3)
+        for b, (src, tgt) in enumerate(indices):
+            target[b, src] = p.targets[b]["attributes"][a.name][tgt]
+        weight = torch.tensor([1.0, 1.0, 1.0, a.no_object_weight])
+        expected = torch.nn.functional.cross_entropy(
+            p.outputs.attribute_logits[a.name].reshape(B * Q, -1), target.reshape(-1), weight=weight)
+        assert losses[f"loss_attr_{a.name}"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# --- random points through images without targets, as upstream ---------------------------------------------------
+def _batch_with_an_empty_image(confidence=1.0):
+    """Three images, the middle one without targets; final prediction plus one aux stage (different logits)."""
+    final = planted_problem(batch=3, confidence=confidence, seed=1)
+    aux = planted_problem(batch=3, confidence=confidence, seed=2).outputs
+    targets = final.targets
+    targets[1] = empty_targets(1)[0]
+    outputs = ModelOutput(final.outputs.class_logits, final.outputs.attribute_logits, final.outputs.mask_logits,
+                          aux=[aux])
+    return outputs, targets
+
+
+def _small_criterion(num_points=48):
+    attrs = (wb.AttributeSpec("color", ("r", "g", "b")), wb.AttributeSpec("size", ("s", "m", "l")))
+    cfg = wb.ModelConfig.tiny(num_classes=3, attributes=attrs, loss=wb.LossConfig(num_points=num_points))
+    return build_criterion(cfg, matcher=HungarianMatcher(cost_attributes={"color": 1.0, "size": 1.0},
+                                                         num_points=num_points))
+
+
+def test_points_are_drawn_for_images_without_targets_in_upstreams_order(monkeypatch):
+    """Upstream's HungarianMatcher draws (1, P, 2) points for every image *before* looking at its targets; then
+    loss_masks draws (N, P * oversample, 2) and (N, P - importance * P, 2) for the N matched masks of the batch.
+    Per stage: final prediction first, then each aux stage. An empty image must take its draw too."""
+    import workbench.model.matcher as matcher_module
+    import workbench.model.points as points_module
+
+    drawn = []
+    real = points_module.rand
+
+    def recording(shape, **kw):
+        drawn.append(tuple(shape))
+        return real(shape, **kw)
+
+    monkeypatch.setattr(matcher_module, "rand", recording)
+    monkeypatch.setattr(points_module, "rand", recording)
+    outputs, targets = _batch_with_an_empty_image()
+    criterion = _small_criterion(num_points=48)
+    criterion(outputs, targets, generator=gen())
+    matched = sum(len(t["labels"]) for t in targets)  # 3 + 0 + 3
+    per_stage = [(1, 48, 2)] * 3 + [(matched, int(48 * 3.0), 2), (matched, 48 - int(0.75 * 48), 2)]
+    assert drawn == per_stage * 2
+
+
+def test_losses_through_an_empty_image_equal_upstreams_draws_step_by_step():
+    """The criterion's losses equal those computed step by step with upstream's draws from the same generator:
+    per stage, one (1, P, 2) draw per image (also the empty one) for the matching costs, then PointRend's
+    importance sampling for the matched masks. Skipping the empty image's draw shifts every later point."""
+    from scipy.optimize import linear_sum_assignment
+
+    from workbench.model.criterion import dice_loss, sigmoid_ce_loss
+    from workbench.model.points import point_sample
+
+    num_points, oversample, importance = 48, 3.0, 0.75
+    outputs, targets = _batch_with_an_empty_image()
+    criterion = _small_criterion(num_points)
+    got = criterion(outputs, targets, generator=torch.Generator().manual_seed(11))
+
+    g = torch.Generator().manual_seed(11)
+    num_masks = float(sum(len(t["labels"]) for t in targets))
+    for suffix, stage in [("", outputs), ("_0", outputs.aux[0])]:
+        indices = []
+        for b in range(3):
+            coords = torch.rand(1, num_points, 2, generator=g)  # upstream: drawn before the targets are read
+            if len(targets[b]["labels"]) == 0:
+                indices.append((torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
+                continue
+            cost = criterion.matcher.cost_matrix(stage, targets, b, coords)
+            rows, cols = linear_sum_assignment(cost.numpy())
+            indices.append((torch.as_tensor(rows), torch.as_tensor(cols)))
+        src = torch.cat([stage.mask_logits[b, q] for b, (q, _) in enumerate(indices)])[:, None]
+        tgt = torch.cat([targets[b]["masks"][t].float() for b, (_, t) in enumerate(indices)])[:, None]
+        n, num_sampled = src.shape[0], int(num_points * oversample)
+        candidates = torch.rand(n, num_sampled, 2, generator=g)
+        uncertainty = -point_sample(src, candidates).abs()[:, 0]
+        top = torch.topk(uncertainty, int(importance * num_points), dim=1).indices
+        picked = torch.stack([candidates[i, top[i]] for i in range(n)])
+        rest = torch.rand(n, num_points - int(importance * num_points), 2, generator=g)
+        coords = torch.cat([picked, rest], dim=1)
+        logits, labels = point_sample(src, coords)[:, 0], point_sample(tgt, coords)[:, 0]
+        torch.testing.assert_close(got[f"loss_mask{suffix}"], sigmoid_ce_loss(logits, labels, num_masks))
+        torch.testing.assert_close(got[f"loss_dice{suffix}"], dice_loss(logits, labels, num_masks))
+        # and the class loss follows the same matching
+        target = torch.full((3, stage.num_queries), 3, dtype=torch.long)
+        for b, (q, t) in enumerate(indices):
+            target[b, q] = targets[b]["labels"][t]
+        expected_ce = torch.nn.functional.cross_entropy(stage.class_logits.transpose(1, 2), target,
+                                                        criterion.empty_weight)
+        torch.testing.assert_close(got[f"loss_ce{suffix}"], expected_ce)

@@ -1,22 +1,25 @@
 """detectron2 adapter (workbench/d2). Tests marked `needs_d2` skip, with the reason shown by `pytest -ra`, where
 detectron2 is not importable (CI); the import tests run everywhere."""
 import json
+import re
 import subprocess
 import sys
 import textwrap
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import workbench as wb
-from workbench.d2 import detectron2_available
+from workbench.d2 import INSTALL_COMMANDS, INSTALL_HINT, detectron2_available
+
+ROOT = Path(__file__).resolve().parents[1]
 
 needs_d2 = pytest.mark.skipif(
     not detectron2_available(),
-    reason="detectron2 is not importable; it is on no package index: build it from source "
-           "(README, 'detectron2 adapter') to run the adapter tests",
+    reason=f"detectron2 is not importable, so the adapter tests do not run. {INSTALL_HINT}",
 )
 
 # The keys of upstream Mask2Former's Base-COCO-InstanceSegmentation.yaml and maskformer2_R50_bs16_50ep.yaml
@@ -153,7 +156,8 @@ def _cfg(tmp_path, overrides=(), tiny=True):
     cfg = get_cfg()
     add_multitask_config(cfg)
     cfg.merge_from_file(str(_write_upstream(tmp_path)))
-    cfg.merge_from_list((TINY_OVERRIDES if tiny else []) + list(overrides))
+    no_coco = ["DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]  # the model is checked against registered DATASETS
+    cfg.merge_from_list((TINY_OVERRIDES + no_coco if tiny else []) + list(overrides))
     return cfg
 
 
@@ -180,6 +184,36 @@ def test_workbench_imports_without_detectron2():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _readme_d2_block() -> list[str]:
+    """The command lines (comments stripped) of the README's first bash block under '## detectron2 adapter'."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## detectron2 adapter", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_install_commands_are_the_adapters():
+    """One source of truth: the README's detectron2 install lines are `workbench.d2.INSTALL_COMMANDS`, which the
+    ImportError and this file's skip reason print; every other install instruction for detectron2 or the d2
+    extra in the repository is one of them (none left installing the extra editable, which rebuilds the workbench)."""
+    commands = _readme_d2_block()
+    assert tuple(commands[:len(INSTALL_COMMANDS)]) == INSTALL_COMMANDS, commands
+    for command in INSTALL_COMMANDS:
+        assert command in INSTALL_HINT
+    assert INSTALL_HINT in needs_d2.kwargs["reason"]
+    pip_line = next(c for c in INSTALL_COMMANDS if " pip install " in f" {c} ")
+    assert "--use-pep517" in pip_line and "--no-build-isolation" in pip_line
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nd2-deps:", 1)[1].split("\n\n", 1)[0]
+    assert '["optional-dependencies"]["d2"]' in recipe and "pip install" in recipe and " -e " not in recipe
+    sources = [ROOT / "README.md", ROOT / "pyproject.toml", ROOT / "Makefile", ROOT / "environment.yml",
+               Path(__file__), *sorted((ROOT / "workbench" / "d2").glob("*.py"))]
+    for path in sources:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "pip install" in line and ("detectron2" in line or "[d2]" in line) and "INSTALL" not in line:
+                assert pip_line in line, f"{path.relative_to(ROOT)}:{number}: {line.strip()!r} is not {pip_line!r}"
 
 
 # --- config translation ----------------------------------------------------------------------------------------
@@ -227,6 +261,77 @@ def test_unsupported_values_are_errors(tmp_path, key, value, match):
 
     with pytest.raises(ValueError, match=match):
         model_config_from_cfg(_cfg(tmp_path, [key, value]))
+
+
+@needs_d2
+def test_add_multitask_config_alone_builds_the_multitask_coco_r50():
+    """`get_cfg(); add_multitask_config(cfg); build_model(cfg)` is the multi-task coco_r50 model, never
+    detectron2's default GeneralizedRCNN; `set_model_keys` is the inverse of `model_config_from_cfg`."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from workbench.d2 import add_multitask_config, model_config_from_cfg
+    from workbench.d2.config import set_model_keys
+    from workbench.d2.modeling import MultiTaskMaskFormer
+
+    cfg = get_cfg()
+    add_multitask_config(cfg)
+    assert model_config_from_cfg(cfg) == wb.ModelConfig.coco_r50()
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(model, MultiTaskMaskFormer) and model.model_cfg == wb.ModelConfig.coco_r50()
+
+    tiny = wb.ModelConfig.tiny(num_classes=5, attributes={"color": ["red", "blue"]}, enc_dim_feedforward=1024)
+    set_model_keys(cfg, tiny)
+    assert model_config_from_cfg(cfg) == tiny
+    swin_b = wb.ModelConfig.coco_swin_b(num_classes=5)  # window 12, drop path 0.3 must survive the round trip
+    set_model_keys(cfg, swin_b)
+    assert model_config_from_cfg(cfg) == swin_b
+    with pytest.raises(ValueError, match="enc_dim_feedforward"):
+        set_model_keys(cfg, wb.ModelConfig.tiny())
+
+
+# --- the train entry's checks before training ----------------------------------------------------------------------
+def _entry_cfg(tmp_path, overrides=(), meta_architecture=True):
+    """`workbench.d2.train.config_from_args` on the upstream YAML plus the tiny overrides and `overrides`."""
+    from workbench.d2.train import argument_parser, config_from_args
+
+    opts = TINY_OVERRIDES if meta_architecture else TINY_OVERRIDES[2:]
+    opts = [*opts, "DATASETS.TRAIN", "()", "DATASETS.TEST", "()", *overrides]
+    args = argument_parser().parse_args(["--config-file", str(_write_upstream(tmp_path)), *[str(v) for v in opts]])
+    return config_from_args(args)
+
+
+@needs_d2
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path; this machine has CUDA")
+def test_train_entry_on_cpu_turns_amp_off_with_one_line(tmp_path, capsys):
+    """Upstream's YAML enables AMP, which detectron2's AMPTrainer refuses without CUDA: one printed line, AMP off."""
+    cfg = _entry_cfg(tmp_path)
+    assert cfg.SOLVER.AMP.ENABLED is False
+    lines = [line for line in capsys.readouterr().out.splitlines() if "AMP" in line]
+    assert len(lines) == 1 and "AMP off" in lines[0] and "SOLVER.AMP.ENABLED" in lines[0], lines
+    with pytest.raises(ValueError, match="MODEL.DEVICE = 'cuda'.*MODEL.DEVICE cpu"):
+        _entry_cfg(tmp_path, ["MODEL.DEVICE", "cuda"])
+
+
+@needs_d2
+def test_train_entry_refuses_unreachable_or_missing_weights_before_training(tmp_path, monkeypatch):
+    """An offline URL (here a refused connection) or a missing file in MODEL.WEIGHTS: an error naming the key and
+    the fix, from the config step, before any model is built or trained."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))  # iopath's download cache
+    url = f"http://127.0.0.1:9/{uuid.uuid4().hex}/R-50.pkl"
+    with pytest.raises(ConnectionError, match=r"MODEL.WEIGHTS = 'http://127.*MODEL.WEIGHTS \"\""):
+        _entry_cfg(tmp_path, ["MODEL.WEIGHTS", url])
+    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS = .*nope.pkl'. no such file.*local file"):
+        _entry_cfg(tmp_path, ["MODEL.WEIGHTS", str(tmp_path / "nope.pkl")])
+    (tmp_path / "model.pkl").write_bytes(b"weights")
+    assert _entry_cfg(tmp_path, ["MODEL.WEIGHTS", str(tmp_path / "model.pkl")]).MODEL.WEIGHTS.endswith("model.pkl")
+
+
+@needs_d2
+def test_train_entry_refuses_upstreams_meta_architecture(tmp_path):
+    with pytest.raises(ValueError, match="MODEL.META_ARCHITECTURE = 'MaskFormer'.*MultiTaskMaskFormer"):
+        _entry_cfg(tmp_path, meta_architecture=False)
 
 
 # --- model ---------------------------------------------------------------------------------------------------------
@@ -384,19 +489,89 @@ def test_mapper_carries_attributes_and_drops_cropped_instances(tmp_path):
     assert "instances" not in test_time and "annotations" not in test_time
 
 
+def _registered(synthetic, split):
+    from workbench.d2 import register_multitask_coco
+
+    name = f"synth_{split}_{uuid.uuid4().hex[:8]}"
+    register_multitask_coco(name, synthetic / split / "coco.json", synthetic / split)
+    return name
+
+
+@needs_d2
+@pytest.mark.parametrize("overrides,match", [
+    (["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5], "MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5.*has 3 categories"),
+    (["MODEL.MULTITASK.ATTRIBUTE_NAMES", ["colour"], "MODEL.MULTITASK.ATTRIBUTE_VALUES", [["red", "green", "blue"]]],
+     r"MODEL.MULTITASK.ATTRIBUTE_NAMES = \['colour'\].*not in dataset"),
+    (["MODEL.MULTITASK.ATTRIBUTE_NAMES", ["size"], "MODEL.MULTITASK.ATTRIBUTE_VALUES", [["small", "large"]]],
+     "MODEL.MULTITASK.ATTRIBUTE_VALUES for 'size'.*'medium'"),
+])
+def test_num_classes_and_attributes_are_checked_against_the_dataset_when_the_model_is_built(
+        tmp_path, synthetic, overrides, match):
+    from detectron2.modeling import build_model
+
+    name = _registered(synthetic, "train")
+    cfg = _cfg(tmp_path, ["DATASETS.TRAIN", (name,), *overrides])
+    with pytest.raises(ValueError, match=match):
+        build_model(cfg)
+
+
+def _evaluate(tmp_path, synthetic, attribute_names, values):
+    """A tiny random model predicting `attribute_names` evaluated on the synthetic val split (color and size)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.modeling import build_model
+
+    from workbench.d2 import MultiTaskCOCOEvaluator, MultiTaskDatasetMapper
+
+    name = _registered(synthetic, "val")
+    cfg = _cfg(tmp_path, ["DATASETS.TEST", (name,), "MODEL.MULTITASK.ATTRIBUTE_NAMES", attribute_names,
+                          "MODEL.MULTITASK.ATTRIBUTE_VALUES", values, "INPUT.MIN_SIZE_TEST", 64,
+                          "INPUT.MAX_SIZE_TEST", 64])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    mapper = MultiTaskDatasetMapper.from_config(cfg, is_train=False)
+    evaluator = MultiTaskCOCOEvaluator(name, distributed=False, output_dir=str(tmp_path / "eval"))
+    evaluator.reset()
+    with torch.no_grad():
+        for record in DatasetCatalog.get(name):
+            inputs = [mapper(record)]
+            evaluator.process(inputs, model(inputs))
+    return evaluator.evaluate(), json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+@needs_d2
+@pytest.mark.parametrize("attribute_names,values", [
+    (["color"], [["red", "green", "blue"]]),
+    ([], []),
+])
+def test_evaluator_scores_the_attributes_the_model_predicts(tmp_path, synthetic, attribute_names, values):
+    """The dataset has color and size; a model predicting fewer (as the README allows) is scored on those, the
+    others are reported as not predicted (no KeyError for the missing pred_attr_<name>)."""
+    results, metrics = _evaluate(tmp_path, synthetic, attribute_names, values)
+    attributes = results["attributes"]
+    for name in ("color", "size"):
+        assert attributes[f"{name}_predicted"] == float(name in attribute_names)
+        assert name in attribute_names or (np.isnan(attributes[f"{name}_accuracy"])
+                                           and attributes[f"{name}_count"] == 0)
+    assert set(metrics["attributes"]) == set(attribute_names)
+    assert metrics["config"]["attributes_not_predicted"] == [n for n in ("color", "size") if n not in attribute_names]
+    assert "segm" in results and np.isfinite(results["joint"]["AP"])
+
+
 # --- train + evaluate through the entry point ----------------------------------------------------------------------
 @needs_d2
 def test_train_net_trains_and_evaluates(tmp_path, synthetic):
     """`python -m workbench.d2.train` with the upstream YAML as _BASE_ plus our keys: a few iterations on the
-    synthetic shapes, then COCOEvaluator's results with attribute accuracy and joint AP added."""
+    synthetic shapes, then COCOEvaluator's results with attribute accuracy and joint AP added. As a user meets
+    it: upstream's AMP on a CPU machine (turned off with one line), and a model predicting only `color` of the
+    dataset's color and size (size reported as not predicted)."""
     _write_upstream(tmp_path)
     out = tmp_path / "out"
     (tmp_path / "multitask.yaml").write_text(textwrap.dedent(f"""\
         _BASE_: maskformer2_R50_bs16_50ep.yaml
         MODEL:
           MULTITASK:
-            ATTRIBUTE_NAMES: ["color", "size"]
-            ATTRIBUTE_VALUES: [["red", "green", "blue"], ["small", "medium", "large"]]
+            ATTRIBUTE_NAMES: ["color"]
+            ATTRIBUTE_VALUES: [["red", "green", "blue"]]
             SCORING: "mean"
         DATASETS:
           TRAIN: ("synth_train",)
@@ -407,8 +582,6 @@ def test_train_net_trains_and_evaluates(tmp_path, synthetic):
           MAX_ITER: 6
           STEPS: (100,)
           CHECKPOINT_PERIOD: 1000
-          AMP:
-            ENABLED: False
         INPUT:
           IMAGE_SIZE: 128
           MIN_SCALE: 0.9
@@ -428,15 +601,18 @@ def test_train_net_trains_and_evaluates(tmp_path, synthetic):
                *[str(v) for v in TINY_OVERRIDES]]
     run = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    if not torch.cuda.is_available():
+        assert sum("AMP off" in line for line in run.stdout.splitlines()) == 1, run.stdout[-3000:]
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     losses = [r["total_loss"] for r in records if "total_loss" in r]
     assert losses and all(np.isfinite(losses)), records
     final = records[-1]
     for key in ("segm/AP", "bbox/AP", "joint/AP", "attributes/color_accuracy", "attributes/size_accuracy"):
         assert key in final, sorted(final)
+    assert (final["attributes/color_predicted"], final["attributes/size_predicted"]) == (1.0, 0.0)
     result = json.loads((out / "inference" / "synth_val" / "metrics.json").read_text())
-    assert result["config"]["scoring"] == "mean"
-    assert set(result["attributes"]) == {"color", "size"} and result["counts"]["images"] == 4
+    assert result["config"]["scoring"] == "mean" and result["config"]["attributes_not_predicted"] == ["size"]
+    assert set(result["attributes"]) == {"color"} and result["counts"]["images"] == 4
 
 
 @needs_d2

@@ -12,6 +12,12 @@ def test_demo_pipeline_writes_every_output(tmp_path, capsys):
     for name in ("config.yaml", "metrics.jsonl", "metrics.json", "loss_curve.png", "last.pt", "model_final.pt"):
         assert (out / name).is_file(), name
     assert len(list((out / "overlays").glob("*.png"))) == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()  # the demo run's TensorBoard events: training losses and the evaluation at the last step
+    assert [e.step for e in events.Scalars("train/total")][-1] == 3 and events.Scalars("eval/joint/AP")[0].step == 3
+    assert len(events.Tags()["images"]) == 4
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["attributes"]) == {"color", "size"}
     assert "AP" in metrics["segm"] and "AP" in metrics["joint"]

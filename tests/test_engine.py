@@ -74,6 +74,18 @@ def test_backbone_gets_lower_lr_and_norms_no_decay():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+def test_swin_position_bias_tables_and_level_embeds_get_no_weight_decay():
+    """As upstream's build_optimizer: relative_position_bias_table is an embedding in all but type."""
+    from workbench.config import SolverConfig
+
+    model = wb.build_model(wb.ModelConfig.tiny(backbone="swin_t"))
+    decay_of = {id(p): g["weight_decay"] for g in param_groups(model, SolverConfig(), 1.0) for p in g["params"]}
+    tables = [p for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")]
+    assert len(tables) == 12 and all(decay_of[id(p)] == 0.0 for p in tables)
+    assert decay_of[id(model.pixel_decoder.level_embed)] == 0.0
+    assert decay_of[id(model.decoder.class_head.weight)] == SolverConfig().weight_decay
+
+
 # ---- resume, NaN guard, checkpoints ----
 def test_resume_is_bit_for_bit(tmp_path):
     data = dataset()
@@ -140,28 +152,32 @@ def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def test_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    """The child announces when it is inside the second save (its temp file written, not yet renamed) and
+    waits there; the kill lands at that point for sure, with no timing guess."""
     path = tmp_path / "last.pt"
     script = textwrap.dedent(f"""
-        import torch, sys
+        import sys, torch
         from workbench.engine.checkpoint import save_checkpoint
-        big = torch.randn(4_000_000)
-        step = 0
-        while True:
-            step += 1
-            save_checkpoint({str(path)!r}, {{"step": step, "w": big}})
-            if step == 1:
-                print("saved", flush=True)
+        real_save = torch.save
+        def save_then_wait(obj, f, *args, **kwargs):
+            real_save(obj, f, *args, **kwargs)
+            if obj["step"] == 2:
+                print("inside save", flush=True)
+                sys.stdin.read()  # blocks until killed
+        torch.save = save_then_wait
+        big = torch.randn(1_000_000)
+        save_checkpoint({str(path)!r}, {{"step": 1, "w": big}})
+        save_checkpoint({str(path)!r}, {{"step": 2, "w": big}})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "saved"
-        import time
-        time.sleep(0.3)  # let it be in the middle of another save
+        assert proc.stdout.readline().strip() == "inside save"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     ckpt = load_checkpoint(path)
-    assert ckpt["step"] >= 1 and ckpt["w"].numel() == 4_000_000
+    assert ckpt["step"] == 1 and ckpt["w"].numel() == 1_000_000
+    assert [p.name for p in tmp_path.glob(".last.pt.*.tmp")]  # the killed write's leftover (removed on start)
 
 
 # ---- config files ----

@@ -354,3 +354,29 @@ def test_train_live_in_chunks_gives_the_same_weights_as_one_run(tmp_path, monkey
         torch.testing.assert_close(live.model.state_dict()[key], value, msg=key)
     records = [json.loads(line) for line in (tmp_path / "live" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]  # the first piece's record survives the resume
+
+
+def test_train_live_continues_a_run_up_to_max_iter(tmp_path, monkeypatch):
+    import workbench.engine.trainer as trainer
+    from workbench.engine.trainer import train
+    from workbench.inspect.notebook import small_run_config, small_shapes_data, train_live
+
+    train_json, val_json = small_shapes_data(tmp_path / "data", train_images=4, val_images=1, image_size=64)
+    cfg = small_run_config(train_json, val_json, max_iter=4, batch_size=2)
+    train(cfg, tmp_path / "run", progress=False, max_iter=2)  # an earlier session stopped at step 2
+    calls = []
+
+    def recording_train(*args, **kwargs):
+        calls.append((kwargs["resume"], kwargs["max_iter"]))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train", recording_train)
+    result = train_live(cfg, tmp_path / "run", chunks=2, progress=False, resume=True)
+    assert calls == [(True, 3), (True, 4)] and result.steps == 4  # only the steps it lacked
+    calls.clear()
+    again = train_live(cfg, tmp_path / "run", chunks=5, progress=False, resume=True)  # already there: no step
+    assert calls == [(True, 4)] and again.steps == 4
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key, value in result.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[key], value, msg=key)

@@ -1,9 +1,9 @@
-"""Every notebook in notebooks/ runs top to bottom, headless, with its small `parameters` cell.
+"""Every notebook in notebooks/ runs top to bottom, headless, with small parameters.
 
 Each notebook is copied into a temporary folder and executed there with nbclient (the kernel's working
-directory is that folder), with a papermill-style injected cell after the `parameters` cell that points
-WORK_DIR (when the notebook has one) into the temporary folder, so nothing is written into the repository.
-Any cell error fails the test and names the notebook and cell.
+directory is that folder), with a papermill-style injected cell after the `parameters` cell that sets the
+small values of tests/notebook_parameters.py (paths into the temporary folder, so nothing is written into the
+repository). Any cell error fails the test and names the notebook and cell.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import shutil
 import time
 
 import pytest
+from notebook_parameters import small_parameters
 
 nbformat = pytest.importorskip("nbformat", reason="notebook extra not installed: pip install -e .[notebooks]")
 nbclient = pytest.importorskip("nbclient", reason="notebook extra not installed: pip install -e .[notebooks]")
@@ -72,7 +73,7 @@ def test_notebook_executes(path, tmp_path):
     workdir.mkdir()
     shutil.copy(path, workdir / path.name)
     nb = nbformat.read(workdir / path.name, as_version=4)
-    inject_parameters(nb, {"WORK_DIR": str(tmp_path / "work")})
+    inject_parameters(nb, small_parameters(path.stem, tmp_path))
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(workdir)}})
     start = time.perf_counter()

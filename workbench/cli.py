@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from workbench.errors import WorkbenchError
 
 # module path -> that module's `add_parser(subparsers)`; kept as strings so `workbench --help` stays fast
 # and an optional part (detectron2 adapter) never breaks the others.
@@ -13,6 +16,7 @@ COMMANDS = [
     "workbench.data.cli",
     "workbench.engine.cli",
     "workbench.ablation.cli",
+    "workbench.deploy.cli",
 ]
 
 
@@ -25,8 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("WORKBENCH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere: `workbench train ... --debug`
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors (or WORKBENCH_DEBUG=1); "
+                        "accepted after any subcommand too")
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (WorkbenchError, FileNotFoundError) as err:  # the one place user-fixable errors are reported
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 1)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,35 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence, Union
 
-__all__ = ["AttributeSpec", "AugmentConfig", "DataConfig", "LossConfig", "ModelConfig", "SolverConfig"]
+__all__ = ["ATTRIBUTE_KINDS", "AttributeSpec", "AugmentConfig", "DataConfig", "LogConfig", "LossConfig", "ModelConfig",
+           "SolverConfig"]
+
+
+ATTRIBUTE_KINDS = ("single", "multi")
+MULTI_LABEL_LOSSES = ("bce", "focal")
 
 
 @dataclass(frozen=True)
 class AttributeSpec:
-    """One independent per-instance label (e.g. colour) with its own K+1-way head.
+    """One independent per-instance label group (e.g. colour).
+
+    kind "single": one value out of K, a K+1-way softmax head (index K = "no object").
+    kind "multi": any subset of the K values (e.g. Fashionpedia's textile patterns), K sigmoid logits and no
+    no-object slot (the class head says whether there is an object); at inference the values whose
+    probability exceeds `threshold` are the predicted set.
 
     `weight` scales both its loss and its matcher cost (as upstream uses the class weight for both);
-    `no_object_weight` is the cross-entropy weight of its "no object" slot (index K).
+    `no_object_weight` is the cross-entropy weight of a single group's "no object" slot (index K);
+    `loss` is a multi group's criterion, "bce" | "focal" ("" = `LossConfig.multi_label_loss`).
     """
 
     name: str
     values: tuple[str, ...]
     weight: float = 1.0
     no_object_weight: float = 0.1
+    kind: str = "single"
+    threshold: float = 0.5
+    loss: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -36,11 +50,27 @@ class AttributeSpec:
             raise ValueError(f"attribute {self.name!r}: duplicate values in {self.values}")
         if self.weight < 0 or self.no_object_weight < 0:
             raise ValueError(f"attribute {self.name!r}: weights must be >= 0")
+        if self.kind not in ATTRIBUTE_KINDS:
+            raise ValueError(f"attribute {self.name!r}: kind must be one of {ATTRIBUTE_KINDS}, got {self.kind!r}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"attribute {self.name!r}: threshold must be in (0, 1), got {self.threshold!r}")
+        if self.loss not in ("", *MULTI_LABEL_LOSSES):
+            raise ValueError(f"attribute {self.name!r}: loss must be '' (LossConfig's) or one of "
+                             f"{MULTI_LABEL_LOSSES}, got {self.loss!r}")
 
     @property
     def num_values(self) -> int:
-        """K: the real values. Heads have K+1 outputs; index K is "no object"."""
+        """K: the real values. Single heads have K+1 outputs (index K is "no object"), multi heads K."""
         return len(self.values)
+
+    @property
+    def multi(self) -> bool:
+        return self.kind == "multi"
+
+    @property
+    def num_logits(self) -> int:
+        """Outputs of this group's head: K+1 (single) or K (multi)."""
+        return self.num_values if self.multi else self.num_values + 1
 
 
 @dataclass(frozen=True)
@@ -56,8 +86,16 @@ class LossConfig:
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
     boundary_weight: float = 0.0  # boundary-aware mask loss (model/boundary_loss.py); 0 = off, term not computed
+    multi_label_loss: str = "bce"  # multi-label attribute groups: "bce" | "focal" (AttributeSpec.loss overrides)
+    focal_alpha: float = 0.25  # sigmoid focal loss (Lin et al.) of multi groups: positive-class weight, -1 = none
+    focal_gamma: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.multi_label_loss not in MULTI_LABEL_LOSSES:
+            raise ValueError(f"LossConfig.multi_label_loss must be one of {MULTI_LABEL_LOSSES}, "
+                             f"got {self.multi_label_loss!r}")
+        if not (self.focal_alpha == -1 or 0 <= self.focal_alpha <= 1) or self.focal_gamma < 0:
+            raise ValueError("LossConfig.focal_alpha must be in [0, 1] (or -1 = off) and focal_gamma >= 0")
         if self.boundary_weight < 0:
             raise ValueError("LossConfig.boundary_weight must be >= 0 (0 = off)")
         if self.num_points <= 0:
@@ -72,8 +110,10 @@ _Attributes = Union[Mapping[str, Sequence[str]], Sequence[AttributeSpec]]
 
 
 def _as_attribute_specs(attributes) -> tuple[AttributeSpec, ...]:
-    if isinstance(attributes, Mapping):
-        return tuple(AttributeSpec(name, tuple(values)) for name, values in attributes.items())
+    if isinstance(attributes, Mapping):  # {name: [values]} (single) or {name: {values: [...], kind: multi, ...}}
+        return tuple(AttributeSpec(name, **{**values, "values": tuple(values["values"])})
+                     if isinstance(values, Mapping) else AttributeSpec(name, tuple(values))
+                     for name, values in attributes.items())
     specs = []
     for a in attributes:
         if isinstance(a, AttributeSpec):
@@ -109,10 +149,14 @@ class ModelConfig:
     dropout: float = 0.0
     size_divisibility: int = 32
     attribute_cost_weight: float = 1.0  # scales every attribute's matcher cost; 0 switches them off
+    multi_label_cost_weight: float = 1.0  # further scales multi-label groups' matcher costs; 0 switches them off
     test_topk: int = 100  # instances kept per image at inference (top-k over queries x classes)
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     loss: LossConfig = field(default_factory=LossConfig)
+    # Mask2Former checkpoint to start training from (workbench/pretrained): upstream .pkl/.pth, a transformers
+    # folder or .safetensors; "" = none. Loaded before the first step, never over a resumed run.
+    weights: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attributes", _as_attribute_specs(self.attributes))
@@ -121,12 +165,14 @@ class ModelConfig:
             raise ValueError(f"duplicate attribute names: {names}")
         if self.num_classes <= 0:
             raise ValueError("num_classes must be > 0")
+        if self.num_queries <= 0:
+            raise ValueError(f"num_queries must be > 0 (each query predicts one instance), got {self.num_queries}")
         if self.hidden_dim % self.nheads:
             raise ValueError(f"hidden_dim {self.hidden_dim} must be divisible by nheads {self.nheads}")
         if self.dec_layers < 1 or self.enc_layers < 0:
             raise ValueError("dec_layers must be >= 1 and enc_layers >= 0")
-        if self.attribute_cost_weight < 0:
-            raise ValueError("attribute_cost_weight must be >= 0")
+        if self.attribute_cost_weight < 0 or self.multi_label_cost_weight < 0:
+            raise ValueError("attribute_cost_weight and multi_label_cost_weight must be >= 0")
         if self.backbone_norm not in ("auto", "bn", "frozen_bn"):
             raise ValueError(f"backbone_norm must be 'auto', 'bn' or 'frozen_bn', got {self.backbone_norm!r}")
         if self.backbone_window_size < 1:
@@ -137,6 +183,10 @@ class ModelConfig:
     @property
     def attribute_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.attributes)
+
+    def multi_label_loss(self, a: AttributeSpec) -> str:
+        """The criterion of multi group `a`: its own `loss`, else `loss.multi_label_loss`."""
+        return a.loss or self.loss.multi_label_loss
 
     def attribute(self, name: str) -> AttributeSpec:
         for a in self.attributes:
@@ -253,6 +303,11 @@ class SolverConfig:
     scale_lr: bool = True
     weight_decay: float = 0.05
     backbone_lr_multiplier: float = 0.1
+    # lr x this for the heads your data defines (class head, attribute heads), e.g. > 1 when fine-tuning
+    head_lr_multiplier: float = 1.0
+    # "none" | "backbone" (backbone frozen) | "trunk" (all but the class and attribute heads frozen): frozen
+    # parameters get requires_grad=False and no optimizer state
+    freeze: str = "none"
     max_iter: int = 368750
     warmup_iters: int = 10
     warmup_factor: float = 1.0
@@ -265,6 +320,7 @@ class SolverConfig:
     checkpoint_period: int = 5000
     log_period: int = 20
     num_workers: int = 0
+    keep_checkpoints: int = 2  # last.pt + this many last_step<N>.pt in all; resume falls back to an older one
     compile: bool = False  # torch.compile the backbone and decoder: ~0.75x steady step on tiny, ~100 s first step
 
     def __post_init__(self) -> None:
@@ -277,6 +333,12 @@ class SolverConfig:
             raise ValueError(f"solver.schedule must be 'poly' or 'step', got {self.schedule!r}")
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"solver.amp must be off|bf16|fp16, got {self.amp!r}")
+        if self.freeze not in ("none", "backbone", "trunk"):
+            raise ValueError(f"solver.freeze must be 'none', 'backbone' or 'trunk', got {self.freeze!r}")
+        if self.head_lr_multiplier < 0 or self.backbone_lr_multiplier < 0:
+            raise ValueError("solver.head_lr_multiplier and solver.backbone_lr_multiplier must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"solver.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.checkpoint_period <= 0 or self.log_period <= 0:
             raise ValueError("solver.checkpoint_period and solver.log_period must be > 0")
 
@@ -284,11 +346,15 @@ class SolverConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """Where the COCO-with-attributes files are. Image `file_name`s are relative to `image_root` for both
-    splits; empty = each JSON's own folder (where `workbench data convert` puts them). `val` may be empty."""
+    splits; empty = each JSON's own folder (where `workbench data convert` puts them). `val` may be empty.
+
+    keep_empty: train on images without instances too (every query learns "no object" there: negatives teach
+    the model not to fire on background). Upstream filters them (`FILTER_EMPTY_ANNOTATIONS`); False does that."""
 
     train: str = ""
     val: str = ""
     image_root: str = ""
+    keep_empty: bool = True
 
 
 @dataclass(frozen=True)
@@ -342,6 +408,14 @@ class AugmentConfig:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    """What a run writes besides metrics.jsonl (engine/tracking.py). tensorboard: event files in the run
+    directory with the training losses and lr, each evaluation's metrics and prediction overlays."""
+
+    tensorboard: bool = True
+
+
 def _default_eval():
     return EvalConfig()  # noqa: F821 -- defined below; looked up when a RunConfig is made
 
@@ -358,6 +432,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: "EvalConfig" = field(default_factory=_default_eval)  # noqa: F821
+    log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; the CLI's --device overrides it
 
@@ -371,10 +446,13 @@ class EvalConfig:
         "main"     c * m                       (upstream Mask2Former, the model's `scores`)
         "product"  c * m * prod_i a_i
         "mean"     (c + sum_i a_i) / (1 + A) * m
+    A multi-label group's a_i is the mean over its K values of the probability of the decision taken (p where
+    the value is predicted, i.e. p > its threshold, and 1 - p where not).
     dedupe_iou: None = off; else greedy mask-IoU duplicate suppression across queries, class-agnostic, by the
     ranking score: an instance whose mask IoU with a kept one is >= dedupe_iou is removed.
     score_threshold: instances whose ranking score is below it are removed (0 keeps all).
-    drop_no_object: remove instances where any attribute's no-object prob exceeds its best real value's prob.
+    drop_no_object: remove instances where any single-label attribute's no-object prob exceeds its best real
+    value's prob (multi-label groups have no no-object slot).
     max_dets: at most this many instances per image (highest ranking scores) are evaluated; also COCOeval's
     maxDets.
     """

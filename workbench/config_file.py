@@ -7,6 +7,7 @@ coco_swin_b, coco_swin_l) starts from that `ModelConfig` preset; keys given next
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,13 +16,17 @@ from typing import Any, Mapping
 import yaml
 
 from workbench import config as C
+from workbench.errors import WorkbenchError
 
 
 MODEL_PRESETS = ("tiny", "coco_r50", "coco_r101", "coco_swin_t", "coco_swin_s", "coco_swin_b", "coco_swin_l")
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(WorkbenchError, ValueError):
+    exit_code = 2
+
+
+_YAML11_MISSED_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _convert(tp, value, path: str):
@@ -37,6 +42,8 @@ def _convert(tp, value, path: str):
         return tuple(_convert(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _YAML11_MISSED_FLOAT.fullmatch(value.strip()):
+        return float(value)  # PyYAML follows YAML 1.1, where `2e-3` (no dot) is a string; users write it
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
@@ -65,7 +72,9 @@ def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapp
     for key, value in (defaults or {}).items():
         data.setdefault(key, value)
     if "attributes" in data and isinstance(data["attributes"], Mapping):
-        data["attributes"] = [{"name": k, "values": list(v)} for k, v in data["attributes"].items()]
+        # {name: [values]} or, for a multi-label group, {name: {values: [...], kind: multi, ...}}
+        data["attributes"] = [{"name": k, **v} if isinstance(v, Mapping) else {"name": k, "values": list(v)}
+                              for k, v in data["attributes"].items()]
     if preset is None:
         return from_dict(C.ModelConfig, data, path)
     if preset not in MODEL_PRESETS:

@@ -11,7 +11,14 @@ A grid file (YAML):
       train_images: 40
       val_images: 20
       image_size: 96
+      patterns: false                 # true: add the multi-label group `pattern` (stripes / dots / outline)
       dir: runs/ablation/data         # default: <out>/data
+
+Attribute groups are reached by name: `model.attributes.<group>.<AttributeSpec field>`, e.g.
+`model.attributes.pattern.kind: [single, multi]` or `model.attributes.pattern.weight: [1, 2]`; the multi-label
+loss is `model.loss.multi_label_loss: [bce, focal]` and the matcher weight of every multi-label group
+`model.multi_label_cost_weight: [0, 1]`. (A multi-label file trains a "single" group only where each
+instance holds at most one value; `kind` is for comparing the two on such data.)
 
 Cells are the cartesian product of the axes times the seeds; `Grid.cells()` builds and validates every cell's
 RunConfig up front, so a bad value fails before anything trains, with the cell and key named.
@@ -63,6 +70,7 @@ class SyntheticData:
     val_images: int = 20
     image_size: int = 96
     dir: str = ""  # empty = <out>/data
+    patterns: bool = False  # add the multi-label group `pattern` (data/synthetic.py)
 
     def __post_init__(self) -> None:
         counts = (self.train_images, self.val_images, self.image_size)
@@ -174,8 +182,15 @@ class Grid:
         for key, values in self.keys():
             for seed in self.seeds:
                 doc = copy.deepcopy(self.base)
+                groups = {}  # model.attributes.<group>.<field> overrides, applied to the resolved groups
                 for path, value in values.items():
-                    _set_path(doc, path, copy.deepcopy(value))
+                    if path.startswith(ATTRIBUTE_PREFIX):
+                        name, field = path[len(ATTRIBUTE_PREFIX):].split(".")
+                        groups.setdefault(name, {})[field] = copy.deepcopy(value)
+                    else:
+                        _set_path(doc, path, copy.deepcopy(value))
+                if groups:
+                    _override_groups(doc, defaults, groups, f"{self.source}: cell {key}")
                 doc["seed"] = seed
                 if self.synthetic is not None:
                     folder = self.synthetic.folder(out)
@@ -201,7 +216,7 @@ class Grid:
         if self.synthetic is not None:
             from workbench.data.synthetic import synthetic_schema
 
-            schema = synthetic_schema()
+            schema = synthetic_schema(self.synthetic.patterns)
         else:
             train = (self.base.get("data") or {}).get("train")
             if not train:
@@ -221,9 +236,37 @@ def load_grid(path: str | Path) -> Grid:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------------
+ATTRIBUTE_PREFIX = "model.attributes."
+
+
+def _override_groups(doc: dict, defaults: Mapping, groups: Mapping[str, Mapping], where: str) -> None:
+    """Set AttributeSpec fields of named groups in `doc["model"]["attributes"]` (taken from the data's schema
+    when the base leaves them out), as a list of {name, values, ...} mappings."""
+    model = doc.setdefault("model", {})
+    attributes = model.get("attributes", defaults.get("attributes", {}))
+    if isinstance(attributes, Mapping):
+        attributes = [{"name": k, **v} if isinstance(v, Mapping) else {"name": k, "values": list(v)}
+                      for k, v in attributes.items()]
+    attributes = [dict(a) for a in attributes]
+    names = [a.get("name") for a in attributes]
+    for name, fields in groups.items():
+        if name not in names:
+            raise GridError(f"{where}: axis {ATTRIBUTE_PREFIX}{name}.*: no attribute group {name!r}; the model "
+                            f"has {names}")
+        attributes[names.index(name)].update(fields)
+    model["attributes"] = attributes
+
+
 def check_path(path: str) -> None:
-    """Raise GridError unless `path` names a RunConfig field (dotted, e.g. "model.loss.boundary_weight")."""
+    """Raise GridError unless `path` names a RunConfig field (dotted, e.g. "model.loss.boundary_weight") or an
+    attribute group's field (`model.attributes.<group>.<AttributeSpec field>`)."""
     if path in RAW_ONLY_KEYS:
+        return
+    if path.startswith(ATTRIBUTE_PREFIX):
+        parts = path[len(ATTRIBUTE_PREFIX):].split(".")
+        fields = {f.name for f in dataclasses.fields(C.AttributeSpec)} - {"name"}
+        if len(parts) != 2 or parts[1] not in fields:
+            raise GridError(f"axis {path!r}: expected model.attributes.<group>.<field>, field one of {sorted(fields)}")
         return
     if path == "seed":
         raise GridError("axis 'seed': list seeds under the grid's 'seeds:' key, not as an axis")

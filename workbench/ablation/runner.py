@@ -88,12 +88,15 @@ def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) 
     folder = Path(folder)
     marker = folder / "synthetic.json"
     wanted = {"train_images": spec.train_images, "val_images": spec.val_images, "image_size": spec.image_size}
+    if spec.patterns:  # only then: markers of existing single-label data stay valid
+        wanted["patterns"] = True
     if marker.is_file():
         if _read_json(marker) == wanted:
             return folder
         raise GridError(f"{folder} holds synthetic data made with {_read_json(marker)}, not {wanted}; "
                         "remove the folder or set synthetic.dir elsewhere")
-    synthetic_splits(folder, spec.train_images, spec.val_images, spec.image_size, progress=progress)
+    synthetic_splits(folder, spec.train_images, spec.val_images, spec.image_size, progress=progress,
+                     patterns=spec.patterns)
     _write_json(marker, wanted)
     return folder
 
@@ -117,17 +120,18 @@ def run_cell(cell: Cell, run_dir: Path, device: str | None = None,
     from workbench.device import resolve_device
     from workbench.engine.evaluate import write_metrics_json
     from workbench.engine.inference import eval_dataset, evaluate_model, load_run
+    from workbench.engine.tracking import log_evaluation
     from workbench.engine.trainer import train
 
     cfg = cell.config
     donor = _trained_model_dir(run_dir, cell, siblings)
     if donor is None:
-        result = train(cfg, run_dir, device=device, progress=False)
+        result = train(cfg, run_dir, device=device, progress=False, overwrite=True)  # unfinished: from scratch
         model = result.model
         _write_json(run_dir / "train.json", {"seconds": result.seconds, "steps": result.steps, "lr": result.lr,
                                              "last_losses": result.last_losses, "trained_in": "."})
         if (run_dir / "metrics.jsonl").is_file():
-            from workbench.inspect.draw import plot_loss_curve
+            from workbench.drawing.loss_curve import plot_loss_curve
 
             plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss_curve.png")
     else:
@@ -142,6 +146,7 @@ def run_cell(cell: Cell, run_dir: Path, device: str | None = None,
             _write_json(run_dir / "train.json", record)
             print(f"[ablate] weights from {donor} (differs only in eval settings); evaluating", flush=True)
     metrics = evaluate_model(model, cfg.data.val, eval_dataset(cfg), cfg.eval, progress=False)
+    log_evaluation(run_dir, cfg.log, _read_json(run_dir / "train.json")["steps"], metrics)  # TensorBoard, per cell
     write_metrics_json(metrics, run_dir / "metrics.json")
     print(metrics.table().to_string(index=False), flush=True)
 

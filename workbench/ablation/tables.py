@@ -49,10 +49,28 @@ def _metrics_of(run_dir: Path) -> dict[str, float]:
     return {k: (math.nan if v is None else float(v)) for k, v in row.items()}
 
 
+def check_same_data(out: Path, scored: Sequence[Path]) -> None:
+    """Every finished cell must be scored on the same validation data (its metrics.json records the file's
+    sha256); a file regenerated between runs would mix old and new numbers in one table."""
+    from workbench.errors import WorkbenchError
+
+    by_hash: dict[str, list[str]] = {}
+    for run_dir in scored:
+        with open(run_dir / "metrics.json") as f:
+            data = json.load(f).get("data") or {}
+        by_hash.setdefault(data.get("sha256", "not recorded"), []).append(str(run_dir.relative_to(out)))
+    if len(by_hash) > 1:
+        groups = "; ".join(f"{h[:12]}: {', '.join(cells[:3])}{' ...' if len(cells) > 3 else ''}"
+                           for h, cells in by_hash.items())
+        raise WorkbenchError(f"{out}: cells were scored on different validation data ({groups}); delete the "
+                             "metrics.json of the stale cells (or the whole folder) and rerun the grid")
+
+
 def collect_runs(grid: Grid, out: str | Path) -> pd.DataFrame:
     """One row per (cell, seed) of `grid` found under `out`: key, axis labels..., seed, status, metrics, error.
 
     status: "done" (metrics.json present), "failed" (failed.json present) or "missing" (never run).
+    Raises if the finished cells were scored on different data (`check_same_data`).
     """
     out = Path(out)
     rows = []
@@ -68,6 +86,7 @@ def collect_runs(grid: Grid, out: str | Path) -> pd.DataFrame:
             else:
                 row.update(status="missing", error=None)
             rows.append(row)
+    check_same_data(out, [out / r["cell"] / f"seed{r['seed']}" for r in rows if r["status"] == "done"])
     runs = pd.DataFrame(rows)
     for column in metric_columns(runs):
         if column not in runs:

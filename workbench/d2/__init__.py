@@ -1,7 +1,8 @@
 """detectron2 adapter: run the multi-task model from detectron2 / Mask2Former configs (optional).
 
 `import workbench.d2` never needs detectron2; every entry point imports it when called and raises an
-ImportError that says how to get it otherwise. Modules (each imports detectron2 at its top):
+ImportError that says how to get it otherwise: `INSTALL_COMMANDS`, the README's commands (a test keeps the two
+equal), run after `make setup` with .venv active. Modules (each imports detectron2 at its top):
 
     config      add_maskformer2_keys(cfg), add_multitask_config(cfg), model_config_from_cfg(cfg) -> ModelConfig
     modeling    MultiTaskMaskFormer (META_ARCH_REGISTRY), MultiTaskMaskedTransformerDecoder (transformer
@@ -19,6 +20,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "INSTALL_COMMANDS",
     "MultiTaskCOCOEvaluator",
     "MultiTaskDatasetMapper",
     "MultiTaskMaskFormer",
@@ -30,11 +32,16 @@ __all__ = [
     "require_detectron2",
 ]
 
+# The README's install commands ("detectron2 adapter"), one per line; tests/test_d2.py checks they are the same.
+INSTALL_COMMANDS = (
+    "make d2-deps",
+    "git clone https://github.com/facebookresearch/detectron2 ../detectron2",
+    "git -C ../detectron2 checkout 02b5c4e",
+    "MAX_JOBS=2 pip install --no-build-isolation --no-deps --use-pep517 -e ../detectron2",
+)
 INSTALL_HINT = (
-    "workbench.d2 needs detectron2, which is not on PyPI: build it from source into this environment "
-    "(git clone https://github.com/facebookresearch/detectron2 && pip install --no-build-isolation -e "
-    "detectron2; see the README section 'detectron2 adapter'), then `pip install -e .[d2]` for its "
-    "pip-installable dependencies."
+    "workbench.d2 needs detectron2, which is not on PyPI: build it from source into this environment, after "
+    "`make setup` with .venv active (README, section 'detectron2 adapter'): " + "; ".join(INSTALL_COMMANDS)
 )
 
 

@@ -1,6 +1,7 @@
 """detectron2 config keys: upstream Mask2Former's (the ones our adapter reads) and ours (MODEL.MULTITASK).
 
-`model_config_from_cfg(cfg)` is the one place a detectron2 CfgNode becomes our `ModelConfig`. Upstream keys:
+`model_config_from_cfg(cfg)` (translate.py, re-exported here) is the one place a detectron2 CfgNode becomes
+our `ModelConfig`. Upstream keys:
 
 honoured      MODEL.SEM_SEG_HEAD.NUM_CLASSES, MASK_DIM, TRANSFORMER_ENC_LAYERS,
               DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS;
@@ -29,15 +30,12 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-from workbench.config import AttributeSpec, LossConfig, ModelConfig
-from workbench.engine.scoring import SCORING_MODES
-from workbench.model.backbone import BACKBONE_NAMES, NORMS
-from workbench.model.matcher import HungarianMatcher
+from workbench.config import ModelConfig
+# re-exported: the translation lives below this module and modeling.py, which both use it
+from workbench.d2.translate import UPSTREAM_DECODER_NAME, attribute_cost_weights, matcher_from_cfg, model_config_from_cfg
 
 __all__ = ["add_maskformer2_keys", "add_multitask_config", "attribute_cost_weights", "model_config_from_cfg",
-           "matcher_from_cfg"]
-
-UPSTREAM_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # read as ours: same decoder plus attribute heads
+           "matcher_from_cfg", "set_model_keys"]
 
 
 def add_maskformer2_keys(cfg: CN) -> None:
@@ -101,8 +99,12 @@ def add_maskformer2_keys(cfg: CN) -> None:
 
 
 def add_multitask_config(cfg: CN) -> None:
-    """Add our keys under MODEL.MULTITASK (and upstream's via `add_maskformer2_keys` when cfg lacks them), and
-    register our meta-architecture, transformer decoder and backbone in detectron2's registries.
+    """Add our keys under MODEL.MULTITASK (and upstream's via `add_maskformer2_keys` when cfg lacks them), set
+    the model keys to `ModelConfig.coco_r50()` (META_ARCHITECTURE "MultiTaskMaskFormer", our ResNet-50 via
+    "build_workbench_backbone", RGB input), and register our meta-architecture, transformer decoder and
+    backbone in detectron2's registries. So `get_cfg(); add_multitask_config(cfg); build_model(cfg)` builds the
+    multi-task coco_r50 model as is, never detectron2's default R-CNN; a YAML merged afterwards (upstream's
+    COCO instance YAML as `_BASE_` plus META_ARCHITECTURE "MultiTaskMaskFormer") overrides these defaults.
 
     MODEL.MULTITASK:
       ATTRIBUTE_NAMES              ["color", "size"]; empty = no attributes (then the model is Mask2Former)
@@ -113,9 +115,11 @@ def add_multitask_config(cfg: CN) -> None:
       ATTRIBUTE_NO_OBJECT_WEIGHTS  cross-entropy weight of each head's "no object" slot; empty = 0.1 each
       SCORING                      "main" | "product" | "mean": the score instances are ranked by (see
                                    workbench.config.EvalConfig) -- Instances.scores and so COCOEvaluator
-      BACKBONE.NAME / PRETRAINED / NORM   our backbones ("resnet50" | "mobilenet_v3_large" | "tiny";
-                                   weights from the local torch hub cache; "auto" | "bn" | "frozen_bn"),
-                                   used when MODEL.BACKBONE.NAME is "build_workbench_backbone"
+      BACKBONE.NAME / PRETRAINED / NORM   our backbones (workbench.model.backbone.BACKBONE_NAMES: ResNet,
+                                   MobileNetV3, Swin, tiny; weights from the local torch hub cache; "auto" |
+                                   "bn" | "frozen_bn"), used when MODEL.BACKBONE.NAME is "build_workbench_backbone"
+      BACKBONE.WINDOW_SIZE / DROP_PATH_RATE   Swin only (upstream's MODEL.SWIN.WINDOW_SIZE / DROP_PATH_RATE):
+                                   7 and 0.0 otherwise
     `workbench.d2.data.multitask_keys_from_dataset(name)` gives NUM_CLASSES and the vocabularies of a
     registered dataset.
     """
@@ -132,106 +136,69 @@ def add_multitask_config(cfg: CN) -> None:
     mt.BACKBONE.NAME = "resnet50"
     mt.BACKBONE.PRETRAINED = False
     mt.BACKBONE.NORM = "auto"
+    mt.BACKBONE.WINDOW_SIZE = 7
+    mt.BACKBONE.DROP_PATH_RATE = 0.0
+    set_model_keys(cfg, ModelConfig.coco_r50())
     import workbench.d2.modeling  # noqa: F401  -- registers MultiTaskMaskFormer, the decoder and the backbone
 
 
-def _per_attribute(values, names, key: str, default: float) -> list[float]:
-    if len(values) == 0:
-        return [default] * len(names)
-    if len(values) != len(names):
-        raise ValueError(f"MODEL.MULTITASK.{key} has {len(values)} entries for {len(names)} ATTRIBUTE_NAMES "
-                         f"{list(names)}; give one per attribute or leave it empty")
-    return [float(v) for v in values]
-
-
-def _attributes(cfg: CN) -> tuple[AttributeSpec, ...]:
+def set_model_keys(cfg: CN, m: ModelConfig) -> None:
+    """Write `m` into cfg's model keys: the inverse of `model_config_from_cfg` (it returns `m` again), with
+    META_ARCHITECTURE "MultiTaskMaskFormer" and our backbone (MODEL.BACKBONE.NAME "build_workbench_backbone").
+    Keys without a ModelConfig field (enc_dim_feedforward, attribute_cost_weight, boundary loss) are upstream's
+    fixed values, so `m` must keep those at their defaults."""
+    fixed = ModelConfig(num_classes=m.num_classes)
+    for name in ("enc_dim_feedforward", "attribute_cost_weight"):
+        if getattr(m, name) != getattr(fixed, name):
+            raise ValueError(f"ModelConfig.{name} = {getattr(m, name)} has no detectron2 key (fixed at "
+                             f"{getattr(fixed, name)} there)")
+    if m.loss.boundary_weight != 0:
+        raise ValueError("ModelConfig.loss.boundary_weight has no detectron2 key (the boundary loss is off there)")
+    cfg.MODEL.META_ARCHITECTURE = "MultiTaskMaskFormer"
+    cfg.MODEL.BACKBONE.NAME = "build_workbench_backbone"
+    cfg.MODEL.PIXEL_MEAN = list(m.pixel_mean)
+    cfg.MODEL.PIXEL_STD = list(m.pixel_std)
+    cfg.INPUT.FORMAT = "RGB"  # our backbones and pixel_mean are RGB
     mt = cfg.MODEL.MULTITASK
-    names, vocabularies = list(mt.ATTRIBUTE_NAMES), list(mt.ATTRIBUTE_VALUES)
-    if len(vocabularies) != len(names):
-        raise ValueError(f"MODEL.MULTITASK.ATTRIBUTE_VALUES has {len(vocabularies)} vocabularies for "
-                         f"{len(names)} ATTRIBUTE_NAMES {names}; expected one list of value names per attribute")
-    weights = _per_attribute(mt.ATTRIBUTE_LOSS_WEIGHTS, names, "ATTRIBUTE_LOSS_WEIGHTS", 1.0)
-    no_object = _per_attribute(mt.ATTRIBUTE_NO_OBJECT_WEIGHTS, names, "ATTRIBUTE_NO_OBJECT_WEIGHTS", 0.1)
-    return tuple(AttributeSpec(n, tuple(v), weight=w, no_object_weight=z)
-                 for n, v, w, z in zip(names, vocabularies, weights, no_object))
-
-
-def _check(condition: bool, key: str, value, expected: str) -> None:
-    if not condition:
-        raise ValueError(f"{key} = {value!r} is not supported by the multi-task adapter: expected {expected}")
-
-
-def model_config_from_cfg(cfg: CN) -> ModelConfig:
-    """The `ModelConfig` a detectron2 config describes (keys in this module's docstring)."""
-    mf, head, mt = cfg.MODEL.MASK_FORMER, cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MULTITASK
-    _check(head.CONVS_DIM == mf.HIDDEN_DIM, "MODEL.SEM_SEG_HEAD.CONVS_DIM", head.CONVS_DIM,
-           f"MODEL.MASK_FORMER.HIDDEN_DIM ({mf.HIDDEN_DIM}): our pixel decoder works at the hidden width")
-    _check(head.PIXEL_DECODER_NAME == "MSDeformAttnPixelDecoder", "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME",
-           head.PIXEL_DECODER_NAME, "'MSDeformAttnPixelDecoder'")
-    _check(list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES) == ["res3", "res4", "res5"],
-           "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES",
-           list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES), "['res3', 'res4', 'res5']")
-    _check(head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS == mf.NHEADS,
-           "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
-           f"MODEL.MASK_FORMER.NHEADS ({mf.NHEADS})")
-    _check(head.COMMON_STRIDE == 4, "MODEL.SEM_SEG_HEAD.COMMON_STRIDE", head.COMMON_STRIDE, "4")
-    _check(head.NORM == "GN", "MODEL.SEM_SEG_HEAD.NORM", head.NORM, "'GN'")
-    _check(not mf.PRE_NORM, "MODEL.MASK_FORMER.PRE_NORM", mf.PRE_NORM, "False (post-norm decoder layers)")
-    _check(mf.TRANSFORMER_IN_FEATURE == "multi_scale_pixel_decoder", "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE",
-           mf.TRANSFORMER_IN_FEATURE, "'multi_scale_pixel_decoder'")
-    _check(mf.TEST.INSTANCE_ON and not mf.TEST.SEMANTIC_ON and not mf.TEST.PANOPTIC_ON,
-           "MODEL.MASK_FORMER.TEST.(INSTANCE_ON, SEMANTIC_ON, PANOPTIC_ON)",
-           (mf.TEST.INSTANCE_ON, mf.TEST.SEMANTIC_ON, mf.TEST.PANOPTIC_ON), "(True, False, False): instances only")
-    _check(mf.DEC_LAYERS >= 2, "MODEL.MASK_FORMER.DEC_LAYERS", mf.DEC_LAYERS,
-           ">= 2 (upstream counts the prediction from the learnable queries as a layer)")
-    _check(mt.SCORING in SCORING_MODES, "MODEL.MULTITASK.SCORING", mt.SCORING, f"one of {SCORING_MODES}")
-    _check(mt.BACKBONE.NAME in BACKBONE_NAMES, "MODEL.MULTITASK.BACKBONE.NAME", mt.BACKBONE.NAME,
-           f"one of {BACKBONE_NAMES}")
-    _check(mt.BACKBONE.NORM in NORMS, "MODEL.MULTITASK.BACKBONE.NORM", mt.BACKBONE.NORM, f"one of {NORMS}")
-    return ModelConfig(
-        num_classes=head.NUM_CLASSES,
-        attributes=_attributes(cfg),
-        backbone=mt.BACKBONE.NAME,
-        pretrained_backbone=bool(mt.BACKBONE.PRETRAINED),
-        backbone_norm=mt.BACKBONE.NORM,
-        hidden_dim=mf.HIDDEN_DIM,
-        num_queries=mf.NUM_OBJECT_QUERIES,
-        nheads=mf.NHEADS,
-        dim_feedforward=mf.DIM_FEEDFORWARD,
-        dec_layers=mf.DEC_LAYERS - 1,
-        enc_layers=head.TRANSFORMER_ENC_LAYERS,
-        enc_dim_feedforward=1024,  # upstream fixes the deformable encoder's FFN at 1024 (no config key)
-        enc_n_points=head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
-        mask_dim=head.MASK_DIM,
-        dropout=mf.DROPOUT,
-        size_divisibility=mf.SIZE_DIVISIBILITY,
-        test_topk=cfg.TEST.DETECTIONS_PER_IMAGE,
-        pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),
-        pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),
-        loss=LossConfig(
-            class_weight=mf.CLASS_WEIGHT,
-            mask_weight=mf.MASK_WEIGHT,
-            dice_weight=mf.DICE_WEIGHT,
-            no_object_weight=mf.NO_OBJECT_WEIGHT,
-            num_points=mf.TRAIN_NUM_POINTS,
-            oversample_ratio=mf.OVERSAMPLE_RATIO,
-            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
-            deep_supervision=mf.DEEP_SUPERVISION,
-        ),
-    )
-
-
-def attribute_cost_weights(cfg: CN, model_cfg: ModelConfig) -> dict[str, float]:
-    """Matcher cost per attribute: ATTRIBUTE_COST_WEIGHTS, or each attribute's loss weight when empty."""
-    names = model_cfg.attribute_names
-    default = [a.weight * model_cfg.attribute_cost_weight for a in model_cfg.attributes]
-    costs = cfg.MODEL.MULTITASK.ATTRIBUTE_COST_WEIGHTS
-    values = default if len(costs) == 0 else _per_attribute(costs, names, "ATTRIBUTE_COST_WEIGHTS", 1.0)
-    return dict(zip(names, values))
-
-
-def matcher_from_cfg(cfg: CN, model_cfg: ModelConfig) -> HungarianMatcher:
-    """Upstream's matcher costs (the loss weights) plus one cost per attribute."""
-    return HungarianMatcher(cost_class=model_cfg.loss.class_weight, cost_mask=model_cfg.loss.mask_weight,
-                            cost_dice=model_cfg.loss.dice_weight, cost_attributes=attribute_cost_weights(cfg, model_cfg),
-                            num_points=model_cfg.loss.num_points)
+    mt.ATTRIBUTE_NAMES = [a.name for a in m.attributes]
+    mt.ATTRIBUTE_VALUES = [list(a.values) for a in m.attributes]
+    mt.ATTRIBUTE_LOSS_WEIGHTS = [a.weight for a in m.attributes]
+    mt.ATTRIBUTE_COST_WEIGHTS = []
+    mt.ATTRIBUTE_NO_OBJECT_WEIGHTS = [a.no_object_weight for a in m.attributes]
+    mt.BACKBONE.NAME = m.backbone
+    mt.BACKBONE.PRETRAINED = m.pretrained_backbone
+    mt.BACKBONE.NORM = m.backbone_norm
+    mt.BACKBONE.WINDOW_SIZE = m.backbone_window_size
+    mt.BACKBONE.DROP_PATH_RATE = m.backbone_drop_path_rate
+    head = cfg.MODEL.SEM_SEG_HEAD
+    head.NUM_CLASSES = m.num_classes
+    head.CONVS_DIM = m.hidden_dim
+    head.MASK_DIM = m.mask_dim
+    head.NORM = "GN"
+    head.COMMON_STRIDE = 4
+    head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    head.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = m.enc_n_points
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = m.nheads
+    head.TRANSFORMER_ENC_LAYERS = m.enc_layers
+    mf = cfg.MODEL.MASK_FORMER
+    mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"
+    mf.HIDDEN_DIM = m.hidden_dim
+    mf.NUM_OBJECT_QUERIES = m.num_queries
+    mf.NHEADS = m.nheads
+    mf.DIM_FEEDFORWARD = m.dim_feedforward
+    mf.DEC_LAYERS = m.dec_layers + 1  # upstream counts the prediction from the learnable queries
+    mf.DROPOUT = m.dropout
+    mf.PRE_NORM = False
+    mf.SIZE_DIVISIBILITY = m.size_divisibility
+    mf.DEEP_SUPERVISION = m.loss.deep_supervision
+    mf.CLASS_WEIGHT = m.loss.class_weight
+    mf.MASK_WEIGHT = m.loss.mask_weight
+    mf.DICE_WEIGHT = m.loss.dice_weight
+    mf.NO_OBJECT_WEIGHT = m.loss.no_object_weight
+    mf.TRAIN_NUM_POINTS = m.loss.num_points
+    mf.OVERSAMPLE_RATIO = m.loss.oversample_ratio
+    mf.IMPORTANCE_SAMPLE_RATIO = m.loss.importance_sample_ratio
+    mf.TEST.INSTANCE_ON, mf.TEST.SEMANTIC_ON, mf.TEST.PANOPTIC_ON = True, False, False
+    cfg.TEST.DETECTIONS_PER_IMAGE = m.test_topk

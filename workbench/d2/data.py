@@ -23,7 +23,8 @@ from pycocotools import mask as mask_utils
 from workbench.data.dataset import detectron2_dicts
 from workbench.data.schema import UNLABELED, schema_of_coco
 
-__all__ = ["MultiTaskDatasetMapper", "build_augmentations", "multitask_keys_from_dataset", "register_multitask_coco"]
+__all__ = ["MultiTaskDatasetMapper", "build_augmentations", "check_cfg_matches_datasets", "multitask_keys_from_dataset",
+           "register_multitask_coco"]
 
 
 def register_multitask_coco(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> None:
@@ -59,6 +60,45 @@ def multitask_keys_from_dataset(name: str) -> list:
     return ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(meta.thing_classes),
             "MODEL.MULTITASK.ATTRIBUTE_NAMES", list(meta.attribute_names),
             "MODEL.MULTITASK.ATTRIBUTE_VALUES", [list(meta.attribute_values[n]) for n in meta.attribute_names]]
+
+
+def check_cfg_matches_datasets(cfg, dataset_names: Sequence[str] | None = None) -> None:
+    """NUM_CLASSES and MODEL.MULTITASK's attributes against each registered dataset's metadata (default: the
+    cfg's DATASETS.TRAIN and TEST); a ValueError naming the key and the fix, before anything is built from them.
+
+    NUM_CLASSES must equal the dataset's categories; every attribute the model predicts must be one of the
+    dataset's, with the same value names in the same order (value ids would otherwise mean other things). The
+    model may predict fewer attributes than the dataset has (the evaluator reports the others as not predicted).
+    Names not registered yet are skipped: detectron2 reports an unknown dataset itself when it loads it."""
+    names = list(dataset_names) if dataset_names is not None else [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST]
+    registered = set(DatasetCatalog.list())
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    attribute_names = list(cfg.MODEL.MULTITASK.ATTRIBUTE_NAMES)
+    vocabularies = [list(v) for v in cfg.MODEL.MULTITASK.ATTRIBUTE_VALUES]
+    fix = f"`cfg.merge_from_list(workbench.d2.data.multitask_keys_from_dataset(name))` sets both"
+    for name in names:
+        if name not in registered:
+            continue
+        meta = MetadataCatalog.get(name)
+        classes = getattr(meta, "thing_classes", None)
+        if classes is not None and num_classes != len(classes):
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {num_classes}, but dataset {name!r} (in DATASETS) has "
+                             f"{len(classes)} categories {list(classes)[:8]}: set MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                             f"{len(classes)} ({fix}), or point DATASETS.TRAIN / TEST at the datasets you use")
+        if not hasattr(meta, "attribute_names"):
+            if attribute_names:
+                raise ValueError(f"MODEL.MULTITASK.ATTRIBUTE_NAMES = {attribute_names}, but dataset {name!r} has no "
+                                 f"attribute metadata: register it with workbench.d2.register_multitask_coco")
+            continue
+        unknown = [a for a in attribute_names if a not in meta.attribute_names]
+        if unknown:
+            raise ValueError(f"MODEL.MULTITASK.ATTRIBUTE_NAMES = {attribute_names}: {unknown} not in dataset {name!r}, "
+                             f"which has {list(meta.attribute_names)}; predict only the dataset's attributes ({fix})")
+        for attribute, values in zip(attribute_names, vocabularies):
+            expected = list(meta.attribute_values[attribute])
+            if values != expected:
+                raise ValueError(f"MODEL.MULTITASK.ATTRIBUTE_VALUES for {attribute!r} = {values}, but dataset {name!r} "
+                                 f"has {expected} (value ids follow that order): use the dataset's ({fix})")
 
 
 def build_augmentations(cfg, is_train: bool) -> list:

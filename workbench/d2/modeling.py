@@ -30,7 +30,8 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from workbench.config import ModelConfig
-from workbench.d2.config import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_config_from_cfg
+from workbench.d2.translate import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_config_from_cfg
+from workbench.d2.data import check_cfg_matches_datasets
 from workbench.engine.scoring import ranking_scores, to_numpy
 from workbench.model.backbone import FEATURE_NAMES, FEATURE_STRIDES, backbone_from_config
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
@@ -121,12 +122,14 @@ class MultiTaskMaskFormer(nn.Module):
     """Mask2Former with attribute heads, built from a detectron2 config (see the module docstring).
 
     Parts have the plain model's names (backbone, pixel_decoder, decoder, criterion), so their state dicts
-    move between this and `workbench.model.MultiTaskMask2Former` part by part.
+    move between this and `workbench.model.MultiTaskMask2Former` part by part. Building it checks NUM_CLASSES
+    and the attributes against the datasets of DATASETS.TRAIN / TEST already registered.
     """
 
     def __init__(self, cfg) -> None:
         super().__init__()
         self.model_cfg = m = model_config_from_cfg(cfg)
+        check_cfg_matches_datasets(cfg)  # NUM_CLASSES and attributes vs the registered DATASETS.TRAIN / TEST
         self.scoring = cfg.MODEL.MULTITASK.SCORING
         self.backbone = build_d2_backbone(cfg)
         shapes = self.backbone.output_shape()

@@ -5,6 +5,11 @@ keys (and META_ARCHITECTURE "MultiTaskMaskFormer"), our mapper and evaluator, Ad
 multiplier and full-model gradient clipping as upstream. `--register` (repeatable) registers a
 COCO-with-attributes file with `register_multitask_coco` in every worker. Multi-GPU goes through detectron2's
 `launch` (one process per GPU; choose GPUs by exporting CUDA_VISIBLE_DEVICES before starting).
+
+Before anything is built or trained (`config_from_args`): META_ARCHITECTURE must be ours, NUM_CLASSES and the
+attributes must fit the registered datasets, MODEL.DEVICE must exist here, AMP is turned off with one printed line
+where training is not on CUDA (upstream's YAMLs enable it; detectron2's AMP trainer needs CUDA), and
+MODEL.WEIGHTS must be a file or a URL this machine can fetch (upstream's `detectron2://` R-50 is a download).
 """
 from __future__ import annotations
 
@@ -19,10 +24,13 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from torch import nn
 
 from workbench.d2.config import add_multitask_config
-from workbench.d2.data import MultiTaskDatasetMapper, register_multitask_coco
+from workbench.d2.data import MultiTaskDatasetMapper, check_cfg_matches_datasets, register_multitask_coco
 from workbench.d2.evaluation import MultiTaskCOCOEvaluator
 
-__all__ = ["Trainer", "argument_parser", "build_optimizer", "main", "setup"]
+__all__ = ["Trainer", "amp_off_without_cuda", "argument_parser", "build_optimizer", "check_weights",
+           "config_from_args", "main", "setup"]
+
+META_ARCHITECTURE = "MultiTaskMaskFormer"
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
           nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)
@@ -112,14 +120,60 @@ def argument_parser():
     return parser
 
 
-def setup(args):
-    """CfgNode from --config-file and the command-line KEY VALUE pairs, datasets registered, frozen."""
+def amp_off_without_cuda(cfg) -> None:
+    """SOLVER.AMP.ENABLED -> False, with one printed line, unless the model trains on an available CUDA device."""
+    device = cfg.MODEL.DEVICE
+    if cfg.SOLVER.AMP.ENABLED and not (device.startswith("cuda") and torch.cuda.is_available()):
+        print(f"[workbench.d2] AMP off: MODEL.DEVICE is {device!r} and detectron2's AMP trainer needs CUDA "
+              f"(SOLVER.AMP.ENABLED True -> False); training in float32", flush=True)
+        cfg.SOLVER.AMP.ENABLED = False
+
+
+def check_weights(cfg, resume: bool = False) -> None:
+    """MODEL.WEIGHTS must be a local file or a URL fetched now (into detectron2's cache, where the checkpointer
+    looks later): an offline `detectron2://` or `https://` download, or a missing file, is an error naming the key
+    and the fix before any training. Skipped when empty (random init) or when `resume` finds a checkpoint in
+    OUTPUT_DIR (then that one is loaded instead)."""
+    path = cfg.MODEL.WEIGHTS
+    if not path or (resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        return
+    from detectron2.utils.file_io import PathManager
+
+    fix = 'give a local file (`MODEL.WEIGHTS /path/to/model.pkl`) or train from random init (`MODEL.WEIGHTS ""`)'
+    try:
+        local = PathManager.get_local_path(path)
+    except OSError as e:  # URLError / connection refused / no DNS: this machine cannot download it
+        raise ConnectionError(f"MODEL.WEIGHTS = {path!r} cannot be downloaded from this machine ({e}): download it "
+                              f"where there is network and {fix}") from e
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"MODEL.WEIGHTS = {path!r}: no such file; {fix}")
+
+
+def config_from_args(args):
+    """CfgNode from --config-file and the command-line KEY VALUE pairs, datasets registered, checked for this
+    machine (module docstring); not frozen."""
     for name, json_file, image_root in args.register:
         register_multitask_coco(name, json_file, image_root)
     cfg = get_cfg()
     add_multitask_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.MODEL.META_ARCHITECTURE != META_ARCHITECTURE:
+        raise ValueError(f"MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} (upstream's YAMLs say "
+                         f"'MaskFormer'): this entry trains the multi-task model; set MODEL.META_ARCHITECTURE "
+                         f"{META_ARCHITECTURE!r} in {args.config_file}")
+    check_cfg_matches_datasets(cfg)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"MODEL.DEVICE = {cfg.MODEL.DEVICE!r}, but this machine has no CUDA GPU: add "
+                         f"`MODEL.DEVICE cpu` to the command line to train on the CPU")
+    amp_off_without_cuda(cfg)
+    check_weights(cfg, resume=args.resume)
+    return cfg
+
+
+def setup(args):
+    """`config_from_args`, frozen, then detectron2's default_setup (logging, OUTPUT_DIR/config.yaml, seed)."""
+    cfg = config_from_args(args)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

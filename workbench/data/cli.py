@@ -13,13 +13,25 @@ def add_parser(sub) -> None:
     s.add_argument("--images", type=int, default=200, help="number of images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
+    s.add_argument("--patterns", action="store_true",
+                   help="add the multi-label group `pattern` (stripes / dots / outline, any subset)")
     s.set_defaults(func=run_synth)
 
     c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON (written atomically)")
     c.add_argument("labelme_dir", help="folder with labelme *.json (searched recursively) and their images")
-    c.add_argument("--schema", required=True, help="YAML schema: categories, attributes, attribute_sources")
+    c.add_argument("--schema", help="YAML schema: categories, attributes, attribute_sources, ignore_labels")
+    c.add_argument("--labels", help="labelme's labels.txt as the category list (__ignore__ = ignore regions, "
+                                    "_background_ skipped); with --schema its categories must agree")
     c.add_argument("--out", required=True, help="output COCO JSON; file_names are relative to LABELME_DIR")
     c.set_defaults(func=run_convert)
+
+    f = data_sub.add_parser("import-fashionpedia", help="Fashionpedia JSON -> COCO-with-attributes (written atomically)")
+    f.add_argument("src", help="Fashionpedia annotation file (attributes + per-annotation attribute_ids)")
+    f.add_argument("--out", required=True, help="output COCO-with-attributes JSON")
+    f.add_argument("--all-multi", action="store_true",
+                   help="make every attribute group multi-label (default: only groups where some annotation "
+                        "holds several values)")
+    f.set_defaults(func=run_import_fashionpedia)
 
     v = data_sub.add_parser("validate", help="check a COCO-with-attributes file; exit 1 on errors")
     v.add_argument("coco", help="COCO-with-attributes JSON")
@@ -33,7 +45,8 @@ def run_synth(args) -> int:
     from workbench.data.synthetic import SynthConfig, synthesize
 
     try:
-        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size))
+        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size,
+                                                                                  patterns=args.patterns))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -44,14 +57,37 @@ def run_synth(args) -> int:
 def run_convert(args) -> int:
     from workbench.data.labelme import convert_labelme
     from workbench.data.problems import DataError
-    from workbench.data.schema import load_schema
+    from workbench.data.schema import load_labels_txt, load_schema
 
+    if not (args.schema or args.labels):
+        print("error: give --schema SCHEMA.yaml or --labels labels.txt (or both)", file=sys.stderr)
+        return 2
     try:
-        coco = convert_labelme(args.labelme_dir, load_schema(args.schema), out=args.out)
+        schema = load_schema(args.schema) if args.schema else None
+        if args.labels:
+            schema = load_labels_txt(args.labels, schema)
+        coco = convert_labelme(args.labelme_dir, schema, out=args.out)
     except DataError as e:
         print(f"error: {e}\nnothing written.", file=sys.stderr)
         return 1
-    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} instances")
+    crowd = sum(1 for a in coco["annotations"] if a["iscrowd"])
+    empty = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"] if not a["iscrowd"]})
+    print(f"wrote {args.out}: {len(coco['images'])} images ({empty} without instances), "
+          f"{len(coco['annotations']) - crowd} instances, {crowd} ignore-region annotations")
+    return 0
+
+
+def run_import_fashionpedia(args) -> int:
+    from workbench.data.fashionpedia import import_fashionpedia
+    from workbench.data.problems import DataError
+
+    try:
+        coco = import_fashionpedia(args.src, args.out, all_multi=args.all_multi)
+    except DataError as e:
+        print(f"error: {e}\nnothing written.", file=sys.stderr)
+        return 1
+    kinds = ", ".join(f"{a['name']} ({a.get('kind', 'single')}, {len(a['values'])})" for a in coco["attributes"])
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} instances; groups: {kinds}")
     return 0
 
 

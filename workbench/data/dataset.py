@@ -2,12 +2,18 @@
 
     item = {"image": uint8 (3, H, W) RGB,
             "instances": {"labels": int64 (T,), "masks": bool (T, H, W), "boxes": float32 (T, 4) xyxy,
-                          "attributes": {name: int64 (T,)}},      # every schema attribute, -1 = unlabeled
+                          "attributes": {name: int64 (T,)},       # every single group, -1 = unlabeled
+                          # with multi-label groups also: "attributes": {name: bool (T, K) multi-hot} and
+                          # "attribute_labeled": {name: bool (T,)} (False = the group is unlabeled)
+                          "ignore": bool (H, W)},                 # union of iscrowd regions (labelme __ignore__)
             "image_id": int, "file_name": str, "height": int, "width": int}
 
 `labels` are category positions in the schema (0..C-1), not COCO category ids. `height`/`width` are the
 original image size (as in detectron2: predictions are resized back to it); the tensor's shape is the
 augmented size. Instances that augmentation crops to nothing are dropped together with their attributes.
+T may be 0: images without instances are negatives (every query learns "no object"), kept unless
+`keep_empty=False`. `iscrowd` annotations are not instances: their pixels form `ignore`, where the mask
+losses sample no points (model/criterion.py).
 Randomness: item i in epoch e uses `numpy.random.default_rng([seed, e, i])`, so results do not depend on
 worker count or order; call `set_epoch` to get new augmentations each epoch.
 """
@@ -22,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from workbench.data.masks import boxes_from_masks, segmentation_to_mask
+from workbench.data.masks import boxes_from_masks, mask_to_rle, rle_bbox, segmentation_to_mask
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
 
@@ -31,10 +37,19 @@ __all__ = ["CocoAttributeDataset", "collate", "detectron2_dicts", "read_image"]
 BOX_MODE_XYWH_ABS = 1  # detectron2's BoxMode.XYWH_ABS
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating)."""
-    with Image.open(path) as im:
-        return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # a writable copy (torch wants one)
+def read_image(path: str | os.PathLike, referenced_by: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating).
+
+    A missing, truncated or undecodable file raises `DataError` naming it (and the annotation file that
+    references it, when given); PIL's own messages name neither.
+    """
+    try:
+        with Image.open(path) as im:
+            return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # a writable copy (torch wants one)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        ref = f" (referenced by {referenced_by})" if referenced_by else ""
+        raise DataError([Problem("unreadable_image", str(path),
+                                 f"cannot read the image{ref}: {type(e).__name__}: {e}")]) from None
 
 
 def _load(coco: str | os.PathLike | dict, image_root, schema: Schema | None):
@@ -61,20 +76,23 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
     Per image: `file_name` (joined with `image_root`), `height`, `width`, `image_id`, `annotations`; per
     annotation: `segmentation` (as stored: RLE or polygons), `bbox` [x, y, w, h], `bbox_mode` (1 =
     BoxMode.XYWH_ABS), `category_id` (contiguous 0..C-1, as detectron2's loader maps it), `iscrowd`, and
-    `attributes` {name: value id, -1 = unlabeled} for every schema attribute.
+    `attributes` {name: value id, -1 = unlabeled} for every single group and {name: [value ids], -1 =
+    unlabeled} for every multi-label group.
     """
     data, root, schema = _load(coco, image_root, schema)
     label_of = schema.label_of()
+    images = {im["id"]: im for im in data["images"]}
     by_image: dict[int, list[dict]] = {im["id"]: [] for im in data["images"]}
     for ann in data["annotations"]:
         attrs = ann.get("attributes", {})
         by_image[ann["image_id"]].append({
             "segmentation": ann["segmentation"],
-            "bbox": list(ann["bbox"]),
+            "bbox": list(ann["bbox"]) if "bbox" in ann else _bbox_of(ann["segmentation"], images[ann["image_id"]]),
             "bbox_mode": BOX_MODE_XYWH_ABS,
             "category_id": label_of[ann["category_id"]],
             "iscrowd": int(ann.get("iscrowd", 0)),
-            "attributes": {name: int(attrs.get(name, UNLABELED)) for name in schema.attribute_names},
+            "attributes": {a.name: _multi_value(attrs.get(a.name, UNLABELED)) if a.multi
+                           else int(attrs.get(a.name, UNLABELED)) for a in schema.attributes},
         })
     return [
         {"file_name": str(root / im["file_name"]), "height": im["height"], "width": im["width"],
@@ -83,11 +101,33 @@ def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Sc
     ]
 
 
+def _bbox_of(segmentation, image: dict) -> list[float]:
+    """COCO [x, y, w, h] of a segmentation, for files written without `bbox` (validate warns about them)."""
+    return rle_bbox(mask_to_rle(segmentation_to_mask(segmentation, image["height"], image["width"])))
+
+
+def _multi_value(value) -> list[int] | int:
+    return UNLABELED if value == UNLABELED else [int(v) for v in value]
+
+
+def multi_hot(values: list, num_values: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-instance value lists (or -1 = unlabeled) -> (T, K) bool multi-hot and (T,) bool labeled."""
+    hot = np.zeros((len(values), num_values), dtype=bool)
+    labeled = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v != UNLABELED:
+            hot[i, v] = True
+            labeled[i] = True
+    return hot, labeled
+
+
 class CocoAttributeDataset(Dataset):
     """Images of a COCO-with-attributes file with their instances, augmented by `augmentation`.
 
     coco: path or dict; image_root: folder the `file_name`s are relative to (default: the JSON's folder, or
-    the working directory for a dict); iscrowd annotations are skipped, as upstream's instance mappers do;
+    the working directory for a dict); iscrowd annotations are not instances (as in upstream's mappers) but
+    their union is returned as `instances["ignore"]`; keep_empty=False drops images without an instance
+    (upstream's training default `DATALOADER.FILTER_EMPTY_ANNOTATIONS`);
     augmentation: `transforms.build_augmentation(cfg, train)` or any callable (image, masks, rng) ->
     (image, masks); None = images as stored. schema: checked against the file when given.
     """
@@ -99,9 +139,13 @@ class CocoAttributeDataset(Dataset):
         augmentation: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple] | None = None,
         schema: Schema | None = None,
         seed: int = 0,
+        keep_empty: bool = True,
     ):
         self.data, self.image_root, self.schema = _load(coco, image_root, schema)
+        self.where = "the coco dict" if isinstance(coco, dict) else str(coco)
         self.records = detectron2_dicts(self.data, self.image_root, self.schema)
+        if not keep_empty:
+            self.records = [r for r in self.records if any(not a["iscrowd"] for a in r["annotations"])]
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
@@ -114,28 +158,43 @@ class CocoAttributeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = read_image(record["file_name"])
+        image = read_image(record["file_name"], referenced_by=self.where)
         h, w = record["height"], record["width"]
         if image.shape[:2] != (h, w):
             raise DataError([Problem("image_size_mismatch", record["file_name"],
-                                     f"image is {image.shape[1]}x{image.shape[0]} but the annotation file says {w}x{h}")])
+                                     f"image is {image.shape[1]}x{image.shape[0]} but {self.where} says {w}x{h}")])
         anns = [a for a in record["annotations"] if not a["iscrowd"]]
-        masks = np.stack([segmentation_to_mask(a["segmentation"], h, w) for a in anns]) if anns else np.zeros((0, h, w), bool)
+        crowd = [a for a in record["annotations"] if a["iscrowd"]]
+        # instances and crowd regions travel through augmentation together, then split again
+        masks = np.zeros((len(anns) + len(crowd), h, w), bool)
+        for i, a in enumerate(anns + crowd):
+            masks[i] = segmentation_to_mask(a["segmentation"], h, w)
         labels = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.attribute_names}
+        attributes = {n: np.array([a["attributes"][n] for a in anns], dtype=np.int64) for n in self.schema.single_label_names}
+        labeled = {}
+        for group in self.schema.attributes:
+            if group.multi:
+                attributes[group.name], labeled[group.name] = multi_hot([a["attributes"][group.name] for a in anns],
+                                                                         len(group.values))
         if self.augmentation is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, masks = self.augmentation(image, masks, rng)
-        keep = masks.reshape(masks.shape[0], -1).any(axis=1)  # cropped to nothing -> dropped with its attributes
+        masks, ignore = masks[: len(anns)], masks[len(anns):].any(axis=0)
+        keep = masks.any(axis=(1, 2))  # cropped to nothing -> dropped with its attributes
         masks = masks[keep]
+        instances = {
+            "labels": torch.from_numpy(labels[keep]),
+            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+            "boxes": torch.from_numpy(boxes_from_masks(masks)),
+            "attributes": {n: torch.from_numpy(np.ascontiguousarray(attributes[n][keep]))
+                           for n in self.schema.attribute_names},
+            "ignore": torch.from_numpy(np.ascontiguousarray(ignore)),
+        }
+        if labeled:  # multi-hot rows and labeled flags are dropped with their cropped-away instances
+            instances["attribute_labeled"] = {n: torch.from_numpy(v[keep]) for n, v in labeled.items()}
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-            "instances": {
-                "labels": torch.from_numpy(labels[keep]),
-                "masks": torch.from_numpy(np.ascontiguousarray(masks)),
-                "boxes": torch.from_numpy(boxes_from_masks(masks)),
-                "attributes": {n: torch.from_numpy(v[keep]) for n, v in attributes.items()},
-            },
+            "instances": instances,
             "image_id": int(record["image_id"]),
             "file_name": record["file_name"],
             "height": h,

@@ -13,7 +13,7 @@ from typing import Any
 
 from workbench.data.problems import DataError, Problem
 
-__all__ = ["read_json", "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["data_record", "read_json", "write_bytes_atomic", "write_json_atomic"]
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -30,6 +30,28 @@ def read_json(path: str | os.PathLike) -> Any:
     except json.JSONDecodeError as e:
         where = f"{path}:{e.lineno}:{e.colno}"
         raise DataError([Problem("json_syntax", where, f"invalid JSON: {e.msg}")]) from None
+
+
+def data_record(path: str | os.PathLike) -> dict[str, str]:
+    """{"path": absolute path, "sha256": of the file's bytes}: which data a metric was computed on."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete `.<name>.*.tmp` siblings of `path` that a killed `write_bytes_atomic` left behind (call before
+    writing `path` again, when no other process writes it)."""
+    path = Path(path)
+    stale = [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -8,7 +8,11 @@ Attributes can be written three ways; the schema's `attribute_sources` says whic
     flags        {"red": true} or {"color=red": true}      (a bare value must be unique across attributes)
     label        "circle color=red size=small"            (the non-`key=value` words are the category)
     description  "color=red, size=small"                   (other words in the description are ignored)
-A missing attribute is unlabeled (-1 downstream). Every problem in every file is collected first; if there is
+A multi-label group (schema `kind: multi`) takes every value given for it on a shape (e.g. two flags
+"stripes" and "dots"); several values of a single-label group on one shape are an error. A missing attribute is
+unlabeled (-1 downstream). Shapes labelled with one of the schema's `ignore_labels` (labelme's `__ignore__`)
+become ignore regions: COCO `iscrowd: 1` annotations, one per category (see schema.py). A file with no shapes
+is an image without instances (a negative), as in COCO. Every problem in every file is collected first; if there is
 any, `DataError` lists them all and nothing is written.
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from workbench.data.io import read_json
+from workbench.data.io import read_json, remove_stale_temps
 from workbench.data.masks import mask_to_rle, rle_area, rle_bbox
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import Schema, save_coco
@@ -138,7 +142,8 @@ class _Attributes:
 
     def __init__(self, schema: Schema, where: str, problems: list[Problem]):
         self.schema, self.where, self.problems = schema, where, problems
-        self.values: dict[str, str] = {}
+        self.values: dict[str, str] = {}  # single groups
+        self.multi: dict[str, set[str]] = {}  # multi-label groups: every value given
 
     def set(self, name: str, value: str, source: str) -> None:
         vocab = self.schema.attribute(name)
@@ -156,14 +161,20 @@ class _Attributes:
                                         f"{name}={value} is given in the shape's {source}, but the schema's "
                                         f"attribute_sources are {list(self.schema.attribute_sources)}"))
             return
+        if vocab.multi:
+            self.multi.setdefault(name, set()).add(value)
+            return
         old = self.values.get(name)
         if old is not None and old != value:
             self.problems.append(Problem("conflicting_attribute", self.where,
-                                        f"attribute {name!r} is both {old!r} and {value!r}"))
+                                        f"attribute {name!r} is both {old!r} and {value!r}; it is single-label in "
+                                        f"the schema (give it `kind: multi` there if several values may apply)"))
             return
         self.values[name] = value
 
     def merge(self, other: "_Attributes") -> None:
+        for name, values in other.multi.items():  # parts of one object: the union of their values
+            self.multi.setdefault(name, set()).update(values)
         for name, value in other.values.items():
             old = self.values.get(name)
             if old is not None and old != value:
@@ -172,8 +183,14 @@ class _Attributes:
             else:
                 self.values[name] = value
 
-    def ids(self) -> dict[str, int]:
-        return {a.name: a.value_id(self.values[a.name]) for a in self.schema.attributes if a.name in self.values}
+    def ids(self) -> dict[str, int | list[int]]:
+        out: dict[str, int | list[int]] = {}
+        for a in self.schema.attributes:
+            if a.multi and a.name in self.multi:
+                out[a.name] = sorted(a.value_id(v) for v in self.multi[a.name])
+            elif a.name in self.values:
+                out[a.name] = a.value_id(self.values[a.name])
+        return out
 
 
 def _bare_value_owner(schema: Schema, value: str) -> list[str]:
@@ -268,14 +285,24 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
     file_name = _safe_image_path(doc.get("imagePath"), path, root, where, problems, embedded=bool(doc.get("imageData")))
     if len(problems) > start:
         return None
+    _check_image_size(root / file_name, width, height, where, problems)
+    if len(problems) > start:
+        return None
 
     instances: dict[tuple, tuple[np.ndarray, _Attributes, int]] = {}  # key -> (mask, attributes, category id)
+    ignore = np.zeros((height, width), dtype=bool)
     for i, shape in enumerate(doc["shapes"]):
         w = f"{where}: shapes[{i}]"
         if not isinstance(shape, dict):
             problems.append(Problem("bad_shape", w, "a shape must be an object"))
             continue
         w = f"{where}: shapes[{i}] ({shape.get('label')!r}, {shape.get('shape_type') or 'polygon'})"
+        if isinstance(shape.get("label"), str) and shape["label"].strip() in schema.ignore_labels:
+            try:
+                ignore |= shape_to_mask(shape, height, width)
+            except ValueError as e:  # degenerate or unsupported: reported like any shape
+                problems.append(Problem("bad_shape", w, str(e)))
+            continue
         category_name, attrs = _read_shape_attributes(shape, schema, w, problems)
         category = schema.category_by_name(category_name)
         if category is None and isinstance(shape.get("label"), str) and shape["label"].strip():
@@ -328,7 +355,29 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
             "iscrowd": 0,
             "attributes": attrs.ids(),
         })
+    if ignore.any():
+        rle = mask_to_rle(ignore)
+        for category in schema.categories:  # COCOeval ignores crowd regions per category
+            annotations.append({"category_id": category.id, "segmentation": rle, "area": float(rle_area(rle)),
+                                "bbox": rle_bbox(rle), "iscrowd": 1, "attributes": {}})
     return image, annotations
+
+
+def _check_image_size(path: Path, width: int, height: int, where: str, problems: list[Problem]) -> None:
+    """The header's imageWidth/imageHeight must be the image's size (as labelme shows it: EXIF-rotated);
+    otherwise every mask would be drawn on the wrong canvas and training would fail much later."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
+                w, h = h, w
+    except Exception as e:  # PIL raises several unrelated types for unreadable files
+        problems.append(Problem("unreadable_image", f"{where}: imagePath", f"cannot read {path}: {type(e).__name__}: {e}"))
+        return
+    if (w, h) != (width, height):
+        problems.append(Problem("image_size_mismatch", f"{where}: imageWidth/imageHeight",
+                                f"the header says {width}x{height} (w x h) but {path} is {w}x{h}; fix the header "
+                                "(or reopen and save the file in labelme)"))
 
 
 def convert_labelme(
@@ -371,5 +420,6 @@ def convert_labelme(
         raise DataError(problems)
     coco = {"images": images, "annotations": annotations, **schema.coco_header()}
     if out is not None:
+        remove_stale_temps(out)  # left by a conversion that was killed mid-write
         save_coco(coco, out)
     return coco

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from workbench.errors import WorkbenchError
+
 __all__ = ["DataError", "Problem"]
 
 
@@ -25,7 +27,7 @@ class Problem:
         return f"{self.where}: {self.severity}: {self.message} [{self.code}]"
 
 
-class DataError(ValueError):
+class DataError(WorkbenchError, ValueError):
     """Raised when input data cannot be used; `problems` holds every error found (at least one)."""
 
     def __init__(self, problems: Iterable[Problem]):

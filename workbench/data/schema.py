@@ -6,6 +6,15 @@ ignore the extras) plus
     top level:       "attributes": [{"name": "color", "values": [{"id": 0, "name": "red"}, ...]}, ...]
     per annotation:  "attributes": {"color": 0, "size": 2}      # a missing key (or -1) = unlabeled
 
+Multi-label groups (any subset of the values, e.g. Fashionpedia's textile patterns) say so on the group and
+list value ids per annotation:
+
+    top level:       "attributes": [{"name": "pattern", "kind": "multi", "values": [...]}, ...]
+    per annotation:  "attributes": {"pattern": [0, 2]}          # [] = labeled, none applies; missing / -1 = unlabeled
+
+A value may also keep the id it had in a source dataset (`"source_id": 115`, written by the Fashionpedia
+importer) so results can be reported in that dataset's ids.
+
 Attribute value ids are 0..K-1 because they are the class indices of that attribute's K+1-way head (K = "no
 object"); an id outside that range is what turned into a device-side assert in the seed project, so it is an
 error here. Category ids are free (COCO style); the model's label is the category's position in the schema.
@@ -14,8 +23,15 @@ The YAML schema file (see data/schema.yaml) names the vocabularies and which lab
 attributes:
 
     categories: [circle, square, triangle]        # ids 1..C in this order, or [{id: 7, name: circle}, ...]
-    attributes: {color: [red, green, blue], size: [small, medium, large]}
+    attributes: {color: [red, green, blue], size: [small, medium, large],
+                 pattern: {values: [stripes, dots, outline], kind: multi}}
     attribute_sources: [flags, label, description]
+    ignore_labels: [__ignore__]                   # labelme labels that mark ignore regions (the default)
+
+Ignore regions (labelme's `__ignore__`, e.g. a crowd nobody outlined one by one) are stored as COCO
+`iscrowd: 1` annotations, one per category with the same mask, so COCOeval ignores a detection of any
+category there; they are neither instances nor false positives, and training samples no mask-loss point on
+them. `load_labels_txt` reads labelme's plain `labels.txt` (`__ignore__`, `_background_`, then categories).
 """
 from __future__ import annotations
 
@@ -43,6 +59,8 @@ __all__ = [
 
 ATTRIBUTE_SOURCES = ("flags", "label", "description")
 UNLABELED = -1
+IGNORE_LABELS = ("__ignore__",)
+BACKGROUND_LABEL = "_background_"  # the second line of labelme's labels.txt: not a category
 
 
 @dataclass(frozen=True)
@@ -53,10 +71,20 @@ class Category:
 
 @dataclass(frozen=True)
 class AttributeVocab:
-    """One attribute and its values; the value with id k is `values[k]`."""
+    """One attribute group and its values; the value with id k is `values[k]`.
+
+    kind: "single" (one value per instance) or "multi" (any subset); source_ids: the values' ids in the dataset
+    they were imported from (empty = none).
+    """
 
     name: str
     values: tuple[str, ...]
+    kind: str = "single"
+    source_ids: tuple[int, ...] = ()
+
+    @property
+    def multi(self) -> bool:
+        return self.kind == "multi"
 
     def value_id(self, value: str) -> int:
         return self.values.index(value)
@@ -69,9 +97,11 @@ class Schema:
     categories: tuple[Category, ...]
     attributes: tuple[AttributeVocab, ...]
     attribute_sources: tuple[str, ...] = ATTRIBUTE_SOURCES
+    ignore_labels: tuple[str, ...] = IGNORE_LABELS
 
     def __post_init__(self) -> None:
         problems = _check_vocabularies(self.categories, self.attributes, self.attribute_sources, "schema")
+        problems += _check_ignore_labels(self.ignore_labels, self.categories, "schema")
         if problems:
             raise DataError(problems)
 
@@ -98,9 +128,24 @@ class Schema:
     def attribute(self, name: str) -> AttributeVocab | None:
         return next((a for a in self.attributes if a.name == name), None)
 
-    def model_attributes(self) -> dict[str, list[str]]:
-        """{name: [value names]} in head order: `ModelConfig.tiny(num_classes=s.num_classes, attributes=...)`."""
+    def model_attributes(self) -> dict[str, Any]:
+        """{name: [value names]} in head order: `ModelConfig.tiny(num_classes=s.num_classes, attributes=...)`;
+        a multi-label group is {name: {"values": [...], "kind": "multi"}}."""
+        return {a.name: {"values": list(a.values), "kind": "multi"} if a.multi else list(a.values)
+                for a in self.attributes}
+
+    @property
+    def attribute_values(self) -> dict[str, list[str]]:
+        """{name: [value names]} for every group, single or multi (what tables and drawings label with)."""
         return {a.name: list(a.values) for a in self.attributes}
+
+    @property
+    def multi_label_names(self) -> list[str]:
+        return [a.name for a in self.attributes if a.multi]
+
+    @property
+    def single_label_names(self) -> list[str]:
+        return [a.name for a in self.attributes if not a.multi]
 
     def model_fields(self) -> dict[str, Any]:
         """The `ModelConfig` fields the data decides: {"num_classes": C, "attributes": {name: [values]}}."""
@@ -111,10 +156,7 @@ class Schema:
         """The `categories` and `attributes` blocks of a COCO-with-attributes file."""
         return {
             "categories": [{"id": c.id, "name": c.name, "supercategory": ""} for c in self.categories],
-            "attributes": [
-                {"name": a.name, "values": [{"id": k, "name": v} for k, v in enumerate(a.values)]}
-                for a in self.attributes
-            ],
+            "attributes": [_attribute_header(a) for a in self.attributes],
         }
 
     @classmethod
@@ -124,19 +166,34 @@ class Schema:
         if problems:
             raise DataError(problems)
         categories = tuple(Category(int(c["id"]), c["name"]) for c in data["categories"])
-        attributes = tuple(
-            AttributeVocab(a["name"], tuple(v["name"] for v in sorted(a["values"], key=lambda v: v["id"])))
-            for a in data.get("attributes", [])
-        )
+        attributes = tuple(_vocab_of(a) for a in data.get("attributes", []))
         return cls(categories, attributes)
 
     def to_yaml(self) -> str:
         doc = {
             "categories": [{"id": c.id, "name": c.name} for c in self.categories],
-            "attributes": {a.name: list(a.values) for a in self.attributes},
+            "attributes": self.model_attributes(),
             "attribute_sources": list(self.attribute_sources),
         }
+        if self.ignore_labels != IGNORE_LABELS:
+            doc["ignore_labels"] = list(self.ignore_labels)
         return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _attribute_header(a: AttributeVocab) -> dict[str, Any]:
+    values = [{"id": k, "name": v} for k, v in enumerate(a.values)]
+    if a.source_ids:
+        values = [dict(v, source_id=s) for v, s in zip(values, a.source_ids)]
+    header = {"name": a.name, "values": values}
+    if a.multi:  # single groups are written exactly as before the kind existed
+        header = {"name": a.name, "kind": "multi", "values": values}
+    return header
+
+
+def _vocab_of(a: Mapping[str, Any]) -> AttributeVocab:
+    values = sorted(a["values"], key=lambda v: v["id"])
+    source_ids = tuple(v["source_id"] for v in values) if values and all("source_id" in v for v in values) else ()
+    return AttributeVocab(a["name"], tuple(v["name"] for v in values), a.get("kind", "single"), source_ids)
 
 
 # --- YAML schema file -----------------------------------------------------------------------------------------
@@ -154,14 +211,44 @@ def load_schema(path: str | os.PathLike) -> Schema:
     return schema_from_dict(doc, str(path))
 
 
+def load_labels_txt(path: str | os.PathLike, schema: Schema | None = None) -> Schema:
+    """labelme's `labels.txt` (one label a line) -> Schema; with `schema`, its attributes and sources are kept
+    and its categories must be the same list.
+
+    `__ignore__` (any `__name__` line) is an ignore label, `_background_` is skipped, the rest are categories
+    with ids 1..C in file order (as labelme's labelme2coco numbers them).
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise DataError([Problem("missing_file", str(path), "labels file not found")]) from None
+    labels = [line.strip() for line in lines if line.strip()]
+    ignore = tuple(x for x in labels if len(x) > 4 and x.startswith("__") and x.endswith("__"))
+    names = [x for x in labels if x not in ignore and x != BACKGROUND_LABEL]
+    if not names:
+        raise DataError([Problem("bad_schema", str(path), "no category names (only __ignore__/_background_ lines)")])
+    categories = tuple(Category(i + 1, name) for i, name in enumerate(names))
+    problems = _check_vocabularies(categories, (), (), str(path))
+    if schema is not None and schema.category_names != names:
+        problems.append(Problem("schema_mismatch", str(path), f"categories {names} differ from the schema's "
+                                f"{schema.category_names}; give one list (drop --labels or the schema's categories)"))
+    if problems:
+        raise DataError(problems)
+    if schema is None:
+        return Schema(categories, (), ATTRIBUTE_SOURCES, ignore or IGNORE_LABELS)
+    return Schema(schema.categories, schema.attributes, schema.attribute_sources,
+                  tuple(dict.fromkeys(schema.ignore_labels + ignore)))
+
+
 def schema_from_dict(doc: Any, where: str = "schema") -> Schema:
     problems: list[Problem] = []
     if not isinstance(doc, dict):
         raise DataError([Problem("bad_schema", where, "expected a mapping with 'categories' and 'attributes'")])
-    unknown = set(doc) - {"categories", "attributes", "attribute_sources"}
+    unknown = set(doc) - {"categories", "attributes", "attribute_sources", "ignore_labels"}
     if unknown:
         problems.append(Problem("bad_schema", where, f"unknown field(s) {sorted(unknown)}; expected "
-                                "categories, attributes, attribute_sources"))
+                                "categories, attributes, attribute_sources, ignore_labels"))
     categories: list[Category] = []
     raw_cats = doc.get("categories")
     if not isinstance(raw_cats, list) or not raw_cats:
@@ -181,18 +268,39 @@ def schema_from_dict(doc: Any, where: str = "schema") -> Schema:
         problems.append(Problem("bad_schema", f"{where}: attributes", "expected a mapping name -> list of values"))
         raw_attrs = {}
     for name, values in raw_attrs.items():
+        kind = "single"
+        if isinstance(values, dict):  # {values: [...], kind: single | multi}
+            unknown_keys = set(values) - {"values", "kind"}
+            kind = values.get("kind", "single")
+            if unknown_keys or kind not in ("single", "multi"):
+                problems.append(Problem("bad_schema", f"{where}: attributes.{name}",
+                                        "expected {values: [names], kind: single | multi}, got " + repr(values)))
+                continue
+            values = values.get("values")
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             problems.append(Problem("bad_schema", f"{where}: attributes.{name}", "expected a list of value names"))
             continue
-        attributes.append(AttributeVocab(str(name), tuple(values)))
+        attributes.append(AttributeVocab(str(name), tuple(values), kind))
     sources = doc.get("attribute_sources", list(ATTRIBUTE_SOURCES))
     if not isinstance(sources, list):
         problems.append(Problem("bad_schema", f"{where}: attribute_sources", f"expected a subset of {list(ATTRIBUTE_SOURCES)}"))
         sources = []
     problems += _check_vocabularies(categories, attributes, sources, where)
+    ignore = doc.get("ignore_labels", list(IGNORE_LABELS))
+    if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
+        problems.append(Problem("bad_schema", f"{where}: ignore_labels", "expected a list of labels, e.g. [__ignore__]"))
+        ignore = []
+    problems += _check_ignore_labels(ignore, categories, where)
     if problems:
         raise DataError(problems)
-    return Schema(tuple(categories), tuple(attributes), tuple(sources))
+    return Schema(tuple(categories), tuple(attributes), tuple(sources), tuple(ignore))
+
+
+def _check_ignore_labels(ignore, categories, where: str) -> list[Problem]:
+    both = sorted(set(ignore) & {c.name for c in categories})
+    if both:
+        return [Problem("bad_schema", f"{where}: ignore_labels", f"{both} are both categories and ignore labels")]
+    return []
 
 
 def _is_int(v: Any) -> bool:
@@ -258,6 +366,8 @@ def check_coco_header(data: Any, where: str = "coco") -> list[Problem]:
         if not all(isinstance(v, dict) and _is_int(v.get("id")) and isinstance(v.get("name"), str) for v in a["values"]):
             problems.append(Problem("bad_format", w, "every value needs integer 'id' and string 'name'"))
             continue
+        if a.get("kind", "single") not in ("single", "multi"):
+            problems.append(Problem("bad_format", f"{w}.kind", f"must be 'single' or 'multi', got {a['kind']!r}"))
         vids = [v["id"] for v in a["values"]]
         for dup in sorted({v for v in vids if vids.count(v) > 1}):
             problems.append(Problem("duplicate_id", w, f"value id {dup} appears twice"))
@@ -269,6 +379,30 @@ def check_coco_header(data: Any, where: str = "coco") -> list[Problem]:
     cats = [Category(c["id"], c["name"]) for c in data["categories"]]
     attrs = [AttributeVocab(a["name"], tuple(v["name"] for v in a["values"])) for a in data.get("attributes", [])]
     return _check_vocabularies(cats, attrs, ATTRIBUTE_SOURCES, where)
+
+
+def _attribute_value_problems(value: Any, k: int, multi: bool, where: str) -> list[Problem]:
+    """One annotation's value for one group: an id (single) or a list of distinct ids (multi); -1 = unlabeled."""
+    if multi:
+        if _is_int(value) and value == UNLABELED:
+            return []
+        if not isinstance(value, list) or not all(_is_int(v) for v in value):
+            return [Problem("bad_format", where, f"multi-label group: expected a list of value ids (or -1 = "
+                            f"unlabeled), got {value!r}")]
+        bad = [v for v in value if not 0 <= v < k]
+        if bad:
+            return [Problem("id_out_of_range", where, f"value ids {bad} outside 0..{k - 1}")]
+        if len(set(value)) != len(value):
+            return [Problem("duplicate_id", where, f"value ids {value} repeat an id")]
+        return []
+    if isinstance(value, list):
+        return [Problem("bad_format", where, f"got the list {value!r} but this group is single-label; give one "
+                        "value id, or mark the group '\"kind\": \"multi\"' in the file's 'attributes'")]
+    if not _is_int(value):
+        return [Problem("bad_format", where, f"value id must be an integer, got {value!r}")]
+    if not (value == UNLABELED or 0 <= value < k):
+        return [Problem("id_out_of_range", where, f"value id {value} outside 0..{k - 1} (or -1 = unlabeled)")]
+    return []
 
 
 def check_coco(data: Any, where: str = "coco") -> list[Problem]:
@@ -297,6 +431,7 @@ def check_coco(data: Any, where: str = "coco") -> list[Problem]:
                 problems.append(Problem("bad_format", f"{w}.{key}", f"must be a positive integer, got {im.get(key)!r}"))
     category_ids = {c["id"] for c in data["categories"]}
     vocab = {a["name"]: len(a["values"]) for a in data.get("attributes", [])}
+    multi = {a["name"] for a in data.get("attributes", []) if a.get("kind") == "multi"}
     ann_ids: set[int] = set()
     for i, ann in enumerate(data["annotations"]):
         w = f"{where}: annotations[{i}]"
@@ -322,11 +457,8 @@ def check_coco(data: Any, where: str = "coco") -> list[Problem]:
             if name not in vocab:
                 problems.append(Problem("unknown_attribute", f"{w}.attributes.{name}",
                                         f"attribute {name!r} is not in the file's 'attributes'; known: {list(vocab)}"))
-            elif not _is_int(value):
-                problems.append(Problem("bad_format", f"{w}.attributes.{name}", f"value id must be an integer, got {value!r}"))
-            elif not (value == UNLABELED or 0 <= value < vocab[name]):
-                problems.append(Problem("id_out_of_range", f"{w}.attributes.{name}",
-                                        f"value id {value} outside 0..{vocab[name] - 1} (or -1 = unlabeled)"))
+            else:
+                problems += _attribute_value_problems(value, vocab[name], name in multi, f"{w}.attributes.{name}")
     return problems
 
 

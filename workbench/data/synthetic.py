@@ -7,6 +7,10 @@ invisible, an unlearnable instance boundary. Written in labelme format so the co
 thing: fully visible objects are "circle" / "rectangle" / "polygon" shapes, partly hidden ones a "mask" shape
 with their visible pixels, and attributes are spread over all three sources (flags, label, description).
 Everything follows from the seed (one `numpy.random.Generator` per image).
+
+Optional (`SynthConfig(patterns=True)`, off by default so the demo and data/sample stay as they are): a
+multi-label group `pattern` = any subset of {stripes, dots, outline}, drawn on the object and written as one
+flag per value (`pattern=stripes`); an object with no pattern carries no flag, i.e. the group is unlabeled.
 """
 from __future__ import annotations
 
@@ -34,14 +38,16 @@ CATEGORIES = ("circle", "square", "triangle")
 COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (45, 75, 215)}
 # equivalent radius sqrt(area / pi) as a fraction of the image side; bins far apart so size is unambiguous
 SIZES = {"small": (0.055, 0.07), "medium": (0.10, 0.12), "large": (0.16, 0.19)}
+PATTERNS = ("stripes", "dots", "outline")  # the optional multi-label group
 
 
-def synthetic_schema() -> Schema:
-    """The schema of the synthetic shapes (data/schema.yaml holds the same, tests check they agree)."""
-    return Schema(
-        categories=tuple(Category(i + 1, name) for i, name in enumerate(CATEGORIES)),
-        attributes=(AttributeVocab("color", tuple(COLORS)), AttributeVocab("size", tuple(SIZES))),
-    )
+def synthetic_schema(patterns: bool = False) -> Schema:
+    """The schema of the synthetic shapes (data/schema.yaml holds the same, tests check they agree);
+    `patterns` adds the multi-label group `pattern`."""
+    attributes = (AttributeVocab("color", tuple(COLORS)), AttributeVocab("size", tuple(SIZES)))
+    if patterns:
+        attributes += (AttributeVocab("pattern", PATTERNS, kind="multi"),)
+    return Schema(categories=tuple(Category(i + 1, name) for i, name in enumerate(CATEGORIES)), attributes=attributes)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class SynthConfig:
     noise_std: float = 10.0
     color_jitter: int = 15  # +- per channel around the base colour
     placement_tries: int = 50
+    patterns: bool = False  # add the multi-label group `pattern` (stripes / dots / outline, any subset)
 
     def __post_init__(self) -> None:
         if self.image_size < 32:
@@ -75,6 +82,7 @@ class SyntheticImage:
     categories: list[str]
     colors: list[str]
     sizes: list[str]
+    patterns: list[tuple[str, ...]] | None = None  # per object, when SynthConfig.patterns
 
 
 def _outline(category: str, cx: float, cy: float, r_eq: float, angle: float) -> list[tuple[float, float]]:
@@ -149,10 +157,15 @@ def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Sy
                 break
 
     image = background
+    patterns: list[tuple[str, ...]] = []
     for category, color, size, shape, mask in objects:
         rgb = np.array(COLORS[color], dtype=np.float64) + rng.integers(-cfg.color_jitter, cfg.color_jitter + 1, 3)
         shade = rgb + rng.normal(0, cfg.noise_std * 0.5, (int(mask.sum()), 3))
         image[mask] = shade
+        if cfg.patterns:
+            chosen = tuple(p for p in PATTERNS if rng.random() < 0.5)
+            _draw_patterns(image, mask, chosen, yy, xx, s)
+            patterns.append(chosen)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     visible = _visible(full_masks)
@@ -166,6 +179,8 @@ def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Sy
             shape["label"] = f"{category} {tags}"
         else:
             shape["description"] = tags
+        if cfg.patterns:  # several flags of one multi-label group on one shape
+            shape["flags"] = {**shape["flags"], **{f"pattern={p}": True for p in patterns[len(shapes)]}}
         if not np.array_equal(vis, full):  # partly hidden: store exactly what is visible
             shape["shape_type"] = "mask"
             shape["points"], shape["mask"] = _mask_b64(vis)
@@ -177,7 +192,20 @@ def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Sy
         categories=[o[0] for o in objects],
         colors=[o[1] for o in objects],
         sizes=[o[2] for o in objects],
+        patterns=patterns if cfg.patterns else None,
     )
+
+
+def _draw_patterns(image: np.ndarray, mask: np.ndarray, chosen: tuple[str, ...], yy: np.ndarray, xx: np.ndarray,
+                   s: int) -> None:
+    """Stripes darken every 4th row pair, dots brighten a 6-pixel grid, outline darkens a 2-pixel border."""
+    rows, cols = np.rint(yy * s).astype(int), np.rint(xx * s).astype(int)
+    if "stripes" in chosen:
+        image[mask & (rows % 4 < 2)] *= 0.5
+    if "dots" in chosen:
+        image[mask & (rows % 6 == 3) & (cols % 6 == 3)] = 250.0
+    if "outline" in chosen:
+        image[mask & ~ndimage.binary_erosion(mask, iterations=2)] = 15.0
 
 
 def _visible(full_masks: list[np.ndarray]) -> list[np.ndarray]:
@@ -212,7 +240,7 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
         raise DataError([Problem("stale_output", str(out), f"{len(stale)} file(s) from an earlier, bigger run "
                                  f"(e.g. {stale[0]}.json); remove them or use an empty folder")])
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "schema.yaml", synthetic_schema().to_yaml().encode("utf-8"))
+    write_bytes_atomic(out / "schema.yaml", synthetic_schema(cfg.patterns).to_yaml().encode("utf-8"))
     paths = []
     for i in tqdm(range(num_images), desc="synth", unit="image", disable=not progress):
         sample = make_image(np.random.default_rng([seed, i]), cfg)
@@ -227,18 +255,19 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
 
 
 def synthetic_splits(data_dir: str | os.PathLike, train_images: int, val_images: int, image_size: int = 128,
-                     progress: bool = True) -> tuple[Path, Path]:
+                     progress: bool = True, patterns: bool = False) -> tuple[Path, Path]:
     """The shapes recipe end to end, as a user would run it: labelme files -> COCO-with-attributes ->
     validated, for a train and a held-out split (seeds 1 and 2) under `data_dir`/{train,val}. Returns the two
     coco.json paths (images are next to them). Raises if validation finds an error."""
     from workbench.data.labelme import convert_labelme
     from workbench.data.validate import validate_coco
 
-    schema = synthetic_schema()
+    schema = synthetic_schema(patterns)
     paths = []
     for split, n, seed in (("train", train_images, 1), ("val", val_images, 2)):
         folder = Path(data_dir) / split
-        synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size), progress=progress)
+        synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size, patterns=patterns),
+                   progress=progress)
         convert_labelme(folder, schema, folder / "coco.json", progress=progress)
         report = validate_coco(folder / "coco.json", images=folder, schema=schema, progress=progress)
         if not report.ok:

@@ -33,7 +33,9 @@ class ValidationReport:
     problems: list[Problem] = field(default_factory=list)
     summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     num_images: int = 0
-    num_annotations: int = 0
+    num_annotations: int = 0  # instances (iscrowd 0)
+    num_empty_images: int = 0  # images without an instance: negatives, kept for training (data.keep_empty)
+    num_ignore_regions: int = 0  # iscrowd 1 annotations (labelme __ignore__)
 
     @property
     def errors(self) -> list[Problem]:
@@ -53,7 +55,8 @@ class ValidationReport:
 
     def __str__(self) -> str:
         lines = [str(p) for p in self.errors + self.warnings]
-        lines.append(f"{self.path}: {self.num_images} images, {self.num_annotations} instances, "
+        lines.append(f"{self.path}: {self.num_images} images ({self.num_empty_images} without instances), "
+                     f"{self.num_annotations} instances, {self.num_ignore_regions} ignore regions, "
                      f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
         if not self.summary.empty:
             lines += ["", "instances per category x attribute value:", self.summary.to_string()]
@@ -61,19 +64,26 @@ class ValidationReport:
 
 
 def summary_table(data: dict, schema: Schema) -> pd.DataFrame:
-    """Rows: categories (+ "total"); columns: ("instances", "") and (attribute, value | "unlabeled") counts."""
+    """Rows: categories (+ "total"); columns: ("instances", "") and (attribute, value | "unlabeled") counts.
+
+    A multi-label group counts, per value, the instances holding it (a row may hold several values).
+    """
     columns = [("instances", "")] + [(a.name, v) for a in schema.attributes for v in (*a.values, "unlabeled")]
     names = {c.id: c.name for c in schema.categories}
     counts = pd.DataFrame(0, index=[c.name for c in schema.categories], columns=pd.MultiIndex.from_tuples(columns))
     for ann in data["annotations"]:
         category_id = ann.get("category_id") if isinstance(ann, dict) else None
         row = names.get(category_id) if isinstance(category_id, int) else None
-        if row is None:  # malformed annotations are reported elsewhere; the table counts the usable ones
+        if row is None or ann.get("iscrowd"):  # malformed ones are reported elsewhere; crowd regions are no instances
             continue
         counts.loc[row, ("instances", "")] += 1
         attrs = ann.get("attributes", {}) if isinstance(ann.get("attributes"), dict) else {}
         for a in schema.attributes:
             v = attrs.get(a.name, UNLABELED)
+            if a.multi and isinstance(v, list):  # every value it holds is counted (a row may hold several)
+                for k in {k for k in v if isinstance(k, int) and 0 <= k < len(a.values)}:
+                    counts.loc[row, (a.name, a.values[k])] += 1
+                continue
             label = a.values[v] if isinstance(v, int) and 0 <= v < len(a.values) else "unlabeled"
             counts.loc[row, (a.name, label)] += 1
     counts.loc["total"] = counts.sum(axis=0)
@@ -121,6 +131,10 @@ def _annotation_problems(ann: dict, image: dict, where: str) -> list[Problem]:
     problems = []
     if area == 0:
         problems.append(Problem("zero_area_mask", f"{where}.segmentation", "the mask covers no pixel of the image"))
+    missing = [k for k in ("bbox", "area") if k not in ann]
+    if missing:
+        problems.append(Problem("missing_bbox_area", where, f"no {' / '.join(missing)}: the loaders compute "
+                                "them from the segmentation (write them to silence this)", severity="warning"))
     bbox = ann.get("bbox")
     if bbox is not None:
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
@@ -162,6 +176,9 @@ def _schema_problems(file_schema: Schema, schema: Schema, where: str) -> list[Pr
         if ref is None:
             problems.append(Problem("unknown_attribute", f"{where}: attributes", f"attribute {a.name!r} is not in the "
                                     f"schema ({schema.attribute_names})"))
+        elif a.kind != ref.kind:
+            problems.append(Problem("schema_mismatch", f"{where}: attributes.{a.name}",
+                                    f"the file says kind {a.kind!r}, the schema {ref.kind!r}"))
         elif a.values != ref.values:
             problems.append(Problem("unknown_attribute_value", f"{where}: attributes.{a.name}",
                                     f"values {list(a.values)} differ from the schema's {list(ref.values)}"))
@@ -192,7 +209,9 @@ def validate_coco(
     file_schema = Schema.from_coco(data, str(coco))
     if schema is not None:
         report.problems += _schema_problems(file_schema, schema, str(coco))
-    report.num_images, report.num_annotations = len(data["images"]), len(data["annotations"])
+    report.num_images = len(data["images"])
+    report.num_ignore_regions = sum(1 for a in data["annotations"] if isinstance(a, dict) and a.get("iscrowd"))
+    report.num_annotations = len(data["annotations"]) - report.num_ignore_regions
 
     images_by_id = {im["id"]: im for im in data["images"] if isinstance(im, dict) and "id" in im}
     usable_images = {i: im for i, im in images_by_id.items()
@@ -202,7 +221,7 @@ def validate_coco(
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if not isinstance(image_id, int) or image_id not in usable_images or "segmentation" not in ann:
             continue  # already reported by check_coco
-        instances_per_image[ann["image_id"]] += 1
+        instances_per_image[ann["image_id"]] += 0 if ann.get("iscrowd") else 1
         report.problems += _annotation_problems(ann, usable_images[ann["image_id"]], f"{coco}: annotations[{i}] (id {ann.get('id')})")
     first_with_file: dict[str, int] = {}
     for i, im in enumerate(data["images"]):
@@ -214,8 +233,10 @@ def validate_coco(
         elif isinstance(name, str):
             first_with_file[name] = i
         if isinstance(im, dict) and instances_per_image.get(im.get("id"), 1) == 0:
+            report.num_empty_images += 1
             report.problems.append(Problem("empty_image", f"{coco}: images[{i}] (id {im['id']}, {im.get('file_name')})",
-                                           "no instances", severity="warning"))
+                                           "no instances (a negative: trained on unless data.keep_empty is false)",
+                                           severity="warning"))
     if images is not None:
         root = Path(images)
         for i, im in enumerate(tqdm(data["images"], desc="images", unit="image", disable=not progress)):

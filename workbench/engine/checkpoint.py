@@ -1,19 +1,36 @@
-"""Checkpoints: written atomically, read with `torch.load(..., weights_only=True)`.
+"""Checkpoints: written atomically, read with `torch.load(..., weights_only=True)`, the last N kept.
 
 Everything saved is tensors or plain Python containers (RNG states included), so loading never runs
-pickled code; a file holding anything else is refused with its path in the message.
+pickled code; a file holding anything else is refused with its path in the message. A truncated or
+corrupt file (a copy cut short, a full disk) is reported as such, not as "unsafe".
+
+Rotation (`save_rotating`): each save writes `last_step<N>.pt` and hard-links `last.pt` to it (no second copy
+on disk); only the `keep` newest step files stay. `load_latest` reads `last.pt` and, when that is unreadable,
+falls back to the newest readable step file, saying so on stderr.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import random
+import re
+import shutil
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from workbench.errors import WorkbenchError
+
+STEP_FILE = re.compile(r"last_step(\d+)\.pt")
+
+
+class CheckpointError(WorkbenchError, ValueError):
+    """A checkpoint that cannot be used: corrupt/truncated, or holding objects other than tensors."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,12 +76,103 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Tensors and plain containers only; anything else (pickled classes, functions) is refused."""
+    """Tensors and plain containers only; anything else (pickled classes, functions) is refused.
+
+    Raises `CheckpointError` naming the path: "corrupt or truncated" for a partial/damaged file, "refused"
+    for a complete file that holds pickled objects.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    size = path.stat().st_size
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: refused to load: it holds objects other than tensors and plain containers "
-                         f"(weights_only=True). Only load checkpoints you trust with other tools. ({err})") from err
+        if "Weights only load failed" not in str(err):  # a damaged pickle stream, not a refused object
+            raise _corrupt(path, size, err) from err
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain containers"
+                              f"{what} (weights_only=True). Only load checkpoints you trust with other tools.") from err
+    except (EOFError, zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise _corrupt(path, size, err) from err
+    except RuntimeError as err:
+        if "zip archive" in str(err) or "PytorchStreamReader" in str(err):
+            raise _corrupt(path, size, err) from err
+        raise
+
+
+def _corrupt(path: Path, size: int, err: BaseException) -> CheckpointError:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return CheckpointError(f"{path}: corrupt or truncated checkpoint ({size} bytes; {type(err).__name__}: {first}); "
+                           "it was cut short or damaged after writing (the trainer writes atomically)")
+
+
+def step_files(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, path) of `last_step<N>.pt` files in `run_dir`, newest first."""
+    found = []
+    for p in Path(run_dir).glob("last_step*.pt"):
+        m = STEP_FILE.fullmatch(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def save_rotating(run_dir: str | os.PathLike, payload: dict[str, Any], keep: int) -> Path:
+    """Save `payload` (with an int "step") as `last_step<step>.pt` and `last.pt` (a hard link to it); remove
+    all but the `keep` newest step files. Each file is written atomically, so a kill at any point leaves the
+    previous checkpoints loadable."""
+    run_dir = Path(run_dir)
+    step_path = run_dir / f"last_step{int(payload['step'])}.pt"
+    save_checkpoint(step_path, payload)
+    _link_atomic(step_path, run_dir / "last.pt")
+    for _, old in step_files(run_dir)[max(1, keep):]:
+        old.unlink(missing_ok=True)
+    return step_path
+
+
+def _link_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError as err:  # a filesystem without hard links: a full copy, said out loud
+        print(f"[workbench] hard links unsupported in {dst.parent} ({err}); copying {src.name} to {dst.name}",
+              file=sys.stderr, flush=True)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_latest(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path]:
+    """The newest readable checkpoint of a run: `last.pt`, else the newest readable `last_step<N>.pt` (with a
+    warning on stderr naming what was skipped and why). Raises if none is readable."""
+    run_dir = Path(run_dir)
+    last = run_dir / "last.pt"
+    candidates = ([last] if last.is_file() else []) + [p for _, p in step_files(run_dir)]
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (last.pt or last_step<N>.pt): nothing to resume")
+    failures = []
+    for path in candidates:
+        if failures and last.is_file() and path.is_file() and os.path.samefile(path, last):
+            continue  # the same file as the unreadable last.pt
+        try:
+            ckpt = load_checkpoint(path, map_location)
+        except CheckpointError as err:
+            failures.append(str(err))
+            continue
+        if failures:
+            print("[workbench] WARNING: falling back to an older checkpoint:\n  " + "\n  ".join(failures)
+                  + f"\n  using {path} (step {ckpt.get('step')})", file=sys.stderr, flush=True)
+        return ckpt, path
+    raise CheckpointError("no readable checkpoint in " + str(run_dir) + ":\n  " + "\n  ".join(failures))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete `.<name>.*.tmp` files that a killed atomic write left in `folder` (only call when no other
+    process writes there, e.g. when a run starts). Returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

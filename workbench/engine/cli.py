@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -17,13 +18,29 @@ def add_parser(sub) -> None:
     p.add_argument("--config", required=True, help="YAML mapping onto RunConfig (model/solver/data/augment/eval)")
     p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, checkpoints)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's, else auto)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (or the newest readable "
+                   "older checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="start again in an existing run directory (its run "
+                   "files are deleted); without it or --resume an existing run is refused")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation on data.val after training")
+    p.add_argument("--weights", default=None, help="Mask2Former checkpoint to start from (overrides model.weights): "
+                   "upstream .pkl/.pth, transformers folder or .safetensors")
     p.set_defaults(func=run_train)
 
+    p = sub.add_parser("export-weights", help="write a trained run as a transformers Mask2Former folder")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["transformers"], required=True)
+    p.add_argument("out", metavar="OUT_DIR", help="new folder: config.json, model.safetensors "
+                   "(+ attribute_heads.safetensors: transformers' model has no attribute heads)")
+    p.set_defaults(func=run_export_weights)
+
     p = sub.add_parser("eval", help="evaluate a run: segm AP, joint AP, per-attribute accuracy")
-    p.add_argument("--run", required=True)
-    p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val)")
+    p.add_argument("--run", default=None, help="run directory (required unless --fashionpedia-results)")
+    p.add_argument("--fashionpedia-results", default=None, metavar="FILE",
+                   help="score a results file in Fashionpedia's format with AP(IoU+F1) against --data "
+                        "(Fashionpedia or COCO-with-attributes GT); no model is run")
+    p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val); its "
+                   "metrics go to RUN/metrics_<name>.json, never over the run's metrics.json")
     p.add_argument("--images", default=None, help="image folder for --data (default: the file's folder)")
     p.add_argument("--device", default=None)
     p.add_argument("--scoring", choices=["main", "product", "mean"], default=None)
@@ -45,31 +62,60 @@ def run_demo(args) -> int:
     return demo(args.out, args.data_dir, device=args.device, max_iter=args.max_iter or DEMO_MAX_ITER)
 
 
-def load_train_config(path: str):
-    """YAML -> RunConfig; num_classes/attributes default to the training data's schema."""
+def load_train_config(path: str, weights: str | None = None):
+    """YAML -> RunConfig; num_classes/attributes default to the training data's schema. With `model.weights`
+    (or `weights`, which overrides it) the architecture fields the YAML leaves out come from the checkpoint
+    (wb.pretrained_config): YAML > checkpoint > preset."""
     from workbench.config_file import read_yaml, run_config_from_dict
     from workbench.data.schema import schema_of_coco
 
     doc = read_yaml(path)
     defaults = {}
     train_json = (doc.get("data") or {}).get("train")
-    model = doc.get("model") or {}
+    model = dict(doc.get("model") or {})
+    if weights is not None:
+        model["weights"] = weights
+    if model.get("weights"):
+        from workbench.pretrained.load import checkpoint_fields
+        from workbench.pretrained.source import read_checkpoint
+
+        model["weights"] = str(Path(model["weights"]).resolve())
+        defaults.update(checkpoint_fields(read_checkpoint(model["weights"])))
+    doc = {**doc, "model": model}
     if train_json and ("num_classes" not in model or "attributes" not in model):
-        defaults = schema_of_coco(train_json).model_fields()
+        defaults.update(schema_of_coco(train_json).model_fields())
     return run_config_from_dict(doc, model_defaults=defaults)
+
+
+def run_export_weights(args) -> int:
+    from workbench.engine.inference import load_run
+    from workbench.pretrained.export import export_transformers
+    from workbench.pretrained.training import category_names
+
+    run = load_run(args.run)
+    names = category_names(run.cfg) or [f"class{i}" for i in range(run.cfg.model.num_classes)]
+    out = export_transformers(run.model, args.out, names)
+    print(f"wrote {out} (config.json, model.safetensors"
+          + (", attribute_heads.safetensors)" if run.cfg.model.attributes else ")"))
+    return 0
 
 
 def run_train(args) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
-    cfg = load_train_config(args.config)
-    train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval)
+    cfg = load_train_config(args.config, weights=args.weights)
+    train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval,
+                       overwrite=args.overwrite)
     return 0
 
 
 def run_eval(args) -> int:
     import dataclasses
 
+    if args.fashionpedia_results:
+        return run_eval_fashionpedia(args)
+    if not args.run:
+        raise SystemExit("workbench eval: --run RUN_DIR is required (or --fashionpedia-results FILE --data GT)")
     from workbench.device import resolve_device
     from workbench.engine.evaluate import write_metrics_json
     from workbench.engine.inference import eval_dataset, evaluate_model, load_run
@@ -82,8 +128,44 @@ def run_eval(args) -> int:
         eval_cfg = dataclasses.replace(eval_cfg, dedupe_iou=args.dedupe_iou)
     dataset = eval_dataset(run.cfg, args.data, args.images)
     result = evaluate_model(run.model, args.data or run.cfg.data.val, dataset, eval_cfg, progress=not args.json)
-    write_metrics_json(result, Path(args.run) / "metrics.json")
+    out = Path(args.run) / ("metrics.json" if args.data is None else metrics_name(Path(args.run), result.data))
+    write_metrics_json(result, out)
+    print(f"wrote {out}", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table().to_string(index=False))
+    return 0
+
+
+def metrics_name(run_dir: Path, data: dict) -> str:
+    """`metrics_<data file stem>.json`, or `metrics_<stem>-<hash8>.json` when that name already holds the
+    metrics of other data (e.g. two folders' coco.json): a result never replaces another data's."""
+    from workbench.data.io import read_json
+
+    stem = Path(data["path"]).stem
+    name = f"metrics_{stem}.json"
+    if (run_dir / name).is_file() and read_json(run_dir / name).get("data", {}).get("path") != data["path"]:
+        name = f"metrics_{stem}-{data['sha256'][:8]}.json"
+    return name
+
+
+def run_eval_fashionpedia(args) -> int:
+    import sys
+
+    from workbench.data.problems import DataError
+    from workbench.engine.fashionpedia import evaluate_fashionpedia_results
+
+    if not args.data:
+        print("error: --fashionpedia-results needs --data GT.json (the ground truth)", file=sys.stderr)
+        return 1
+    try:
+        result = evaluate_fashionpedia_results(args.data, args.fashionpedia_results)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"IoU+F1 {key:<14} {'n/a' if value is None else f'{value:.2f}'}")
     return 0
 
 
@@ -93,6 +175,9 @@ def run_predict(args) -> int:
     from workbench.engine.inference import load_run
 
     run = load_run(args.run, device=resolve_device(args.device or "auto"))
-    for path in draw_predictions(run, args.images, args.out):
+    failures: list[str] = []
+    for path in draw_predictions(run, args.images, args.out, failures=failures):
         print(path)
-    return 0
+    for failure in failures:  # after the rest were drawn
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0

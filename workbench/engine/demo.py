@@ -58,7 +58,7 @@ def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", devi
     data_dir = Path(data_dir)
     prepare_data(data_dir, train_images, val_images)
     cfg = demo_config(data_dir, max_iter=max_iter)
-    _, metrics = train_and_evaluate(cfg, out, device=device, progress=progress)
+    _, metrics = train_and_evaluate(cfg, out, device=device, progress=progress, overwrite=True)  # a demo reruns
     minutes = (time.perf_counter() - start) / 60
     ap = metrics.segm.get("AP") or 0.0
     accuracies = {name: a.accuracy or 0.0 for name, a in metrics.attributes.items()}

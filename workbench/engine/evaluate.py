@@ -22,6 +22,17 @@ joint AP COCOeval segm in which a detection may only match a GT of its category 
          category and labeled attributes, and is never missed *because of* the unlabeled one. A GT with no
          labeled attribute counts exactly as in segm AP. Crowd regions are unaffected.
 
+multi-label groups (kind "multi"), on the same true positives: per group, precision / recall / F1 of the
+         predicted value sets (values above the group's threshold) against the GT sets, micro (pooled over
+         values) and macro (mean over the values that occur in the GT or the predictions); TPs whose GT leaves
+         the group unlabeled are excluded. Joint AP and accuracy above concern the single-label groups only.
+
+AP(IoU+F1) Fashionpedia's metric (engine/fashionpedia.py), when the schema has a multi-label group: every
+         group's values (single and multi) form one attribute vocabulary (ids = the values' `source_id` when
+         the file keeps them, as imported Fashionpedia files do); a single group contributes its predicted
+         value unless its no-object prob wins, a multi group its predicted set; categories with attributes are
+         FPEval's list for Fashionpedia's 46 categories, else those with at least one labeled GT attribute.
+
 Ranking (`EvalConfig.scoring`), filters, duplicate suppression and `max_dets` are applied first, per image, by
 `engine/scoring.select_instances`; the ranking score is the score COCOeval sees, so every number above uses it.
 """
@@ -40,16 +51,18 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from workbench.config import EvalConfig
-from workbench.data.io import read_json, write_json_atomic
+from workbench.data.io import data_record, read_json, write_json_atomic
 from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
+from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 
 __all__ = [
     "AP_KEYS",
     "AttributeResult",
     "EvalResult",
+    "MultiLabelResult",
     "evaluate_predictions",
     "read_metrics_json",
     "write_metrics_json",
@@ -79,6 +92,23 @@ class AttributeResult:
 
 
 @dataclass
+class MultiLabelResult:
+    """One multi-label group on true positives whose GT labels it.
+
+    micro / macro: {"precision", "recall", "f1"} (None where undefined); per_value: {value: {"tp", "fp", "fn",
+    "f1"}}; count: labeled TPs; unlabeled: TPs whose GT leaves the group unlabeled (excluded).
+    """
+
+    name: str
+    values: list[str]
+    count: int
+    unlabeled: int
+    micro: dict[str, float | None]
+    macro: dict[str, float | None]
+    per_value: dict[str, dict[str, Any]]
+
+
+@dataclass
 class EvalResult:
     """Everything `evaluate_predictions` measured. AP values are percentages (0-100), accuracies fractions."""
 
@@ -90,6 +120,9 @@ class EvalResult:
     tp_iou: float
     counts: dict[str, int]
     config: dict[str, Any] = field(default_factory=dict)
+    multi_label: dict[str, MultiLabelResult] = field(default_factory=dict)
+    iou_f1: dict[str, float | None] = field(default_factory=dict)  # AP(IoU+F1), see the module docstring
+    data: dict[str, str] = field(default_factory=dict)  # {"path", "sha256"} of the ground truth (data_record)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (no NaN: undefined values are None)."""
@@ -98,7 +131,8 @@ class EvalResult:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EvalResult":
         attributes = {name: AttributeResult(**a) for name, a in data["attributes"].items()}
-        return cls(**{**data, "attributes": attributes})
+        multi = {name: MultiLabelResult(**a) for name, a in data.get("multi_label", {}).items()}
+        return cls(**{**data, "attributes": attributes, "multi_label": multi})
 
     def table(self):
         """pandas DataFrame, one row per metric: metric, value, detail (AP in %, accuracy as a fraction)."""
@@ -113,6 +147,14 @@ class EvalResult:
         for name, a in self.attributes.items():
             rows.append((f"{name} accuracy", a.accuracy,
                          f"{a.correct}/{a.count} true positives (IoU>={self.tp_iou:g}), {a.unlabeled} unlabeled excluded"))
+        for name, m in self.multi_label.items():
+            for avg in ("micro", "macro"):
+                for key in ("precision", "recall", "f1"):
+                    rows.append((f"{name} {key} ({avg})", getattr(m, avg)[key],
+                                 f"{m.count} labeled true positives (IoU>={self.tp_iou:g}), {m.unlabeled} unlabeled excluded"))
+        for key, value in self.iou_f1.items():
+            rows.append((f"IoU+F1 {key}", value, "Fashionpedia's AP(IoU+F1), area=all, "
+                         f"maxDets={self.max_dets}"))
         frame = pd.DataFrame(rows, columns=["metric", "value", "detail"])
         frame["value"] = frame["value"].astype(float)  # None -> NaN
         return frame
@@ -283,7 +325,8 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     images = {im["id"]: im for im in data["images"]}
     if not predictions:
         raise ValueError("predictions is empty: nothing to evaluate")
-    names = tuple(schema.attribute_names)
+    names = tuple(schema.single_label_names)
+    multi = tuple(schema.multi_label_names)
     num_values = {a.name: len(a.values) for a in schema.attributes}
 
     detections: list[dict] = []
@@ -296,12 +339,12 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
             raise KeyError(f"predictions[{key!r}]: no image with that id in {where}")
         if image_id in image_ids:
             raise KeyError(f"predictions[{key!r}]: image id {image_id} given twice")
-        pred = to_numpy(raw)
+        pred = align_kinds(to_numpy(raw), schema)
         _check_prediction(pred, key, images[image_id], schema)
         image_ids.append(image_id)
         counts["images"] += 1
         counts["predictions"] += int(pred["masks"].shape[0])
-        selection = select_instances(pred, eval_cfg, names)
+        selection = select_instances(pred, eval_cfg, names, multi)
         for step, n in selection.removed.items():
             counts[f"removed_{step}"] += n
         kept = take({k: v for k, v in pred.items() if k != "masks"}, selection.index)  # masks are in rles
@@ -317,6 +360,7 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
                 "iscrowd": 0,
                 "score": float(score),
                 "attributes": {n: int(values[n][j]) for n in names},
+                "attribute_sets": {n: np.flatnonzero(kept["attribute_sets"][n][j]).tolist() for n in multi},
             })
     image_ids = sorted(set(image_ids))
     counts["evaluated"] = len(detections)
@@ -337,8 +381,20 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
 
     pairs = _true_positives(main)
     counts["true_positives"] = len(pairs)
-    attributes = {a.name: _attribute_result(a.name, list(a.values), pairs, gt, dt) for a in schema.attributes}
+    attributes = {a.name: _attribute_result(a.name, list(a.values), pairs, gt, dt)
+                  for a in schema.attributes if not a.multi}
+    multi_label = {a.name: _multi_label_result(a.name, list(a.values), pairs, gt, dt)
+                   for a in schema.attributes if a.multi}
+    iou_f1 = {}
+    if multi:
+        vocabulary, gt_ids, dt_ids = attribute_id_sets(schema, gt, dt)
+        gt_data = {**gt.dataset, "annotations": [dict(a, attribute_ids=gt_ids[a["id"]]) for a in gt.dataset["annotations"]]}
+        dets = [{k: d[k] for k in ("image_id", "category_id", "segmentation", "score", "area", "bbox")}
+                | {"attribute_ids": dt_ids[d["id"]]} for d in detections]
+        iou_f1 = iou_f1_ap(gt_data, dets, vocabulary, attributed=default_attributed(gt_data), image_ids=image_ids,
+                           max_dets=eval_cfg.max_dets)
     return EvalResult(
+        data=data_record(coco_gt) if not isinstance(coco_gt, Mapping) else {},
         segm=_summarize(main),
         joint=_summarize(joint),
         per_category_ap=per_category,
@@ -347,6 +403,8 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
         tp_iou=TP_IOU,
         counts=counts,
         config=asdict(eval_cfg),
+        multi_label=multi_label,
+        iou_f1=iou_f1,
     )
 
 
@@ -378,3 +436,87 @@ def _attribute_result(name: str, values: list[str], pairs: list[tuple[int, int]]
     correct = int(np.trace(confusion[:, :k]))
     return AttributeResult(name=name, values=values, accuracy=correct / count if count else None, correct=correct,
                            count=count, unlabeled=unlabeled, confusion=confusion.tolist())
+
+
+def align_kinds(pred: dict, schema: Schema) -> dict:
+    """A prediction from a model whose group kinds differ from the file's (an ablation of `kind`), in the
+    file's terms: a softmax group scored as multi-label predicts the set {its value} (empty where no-object
+    wins); a sigmoid group scored as single-label predicts its most probable value, "no object" where no
+    value passes its threshold. Groups whose kinds agree are untouched."""
+    pred = dict(pred)
+    for a in schema.attributes:
+        sets = pred.get("attribute_sets", {})
+        if a.multi and a.name not in sets and a.name in pred.get("attributes", {}):
+            values = np.asarray(pred["attributes"][a.name]).astype(np.int64)
+            score = np.asarray(pred["attribute_scores"][a.name])
+            real = np.asarray(pred["attribute_no_object"][a.name]) <= score
+            hot = np.zeros((len(values), len(a.values)), bool)
+            hot[np.arange(len(values))[real], values[real]] = True
+            pred["attribute_sets"] = {**sets, a.name: hot}
+            pred["attribute_probs"] = {**pred.get("attribute_probs", {}), a.name: np.where(hot, score[:, None], 0.0)}
+        elif not a.multi and a.name in sets and a.name not in pred.get("attributes", {}):
+            probs = np.asarray(pred["attribute_probs"][a.name])
+            chosen = np.asarray(sets[a.name]).any(1)
+            pred["attributes"] = {**pred.get("attributes", {}), a.name: probs.argmax(1)}
+            pred["attribute_scores"] = {**pred["attribute_scores"], a.name: probs.max(1)}
+            pred["attribute_no_object"] = {**pred.get("attribute_no_object", {}),
+                                           a.name: np.where(chosen, 0.0, 2.0)}  # > any prob: "no object"
+    return pred
+
+
+def _multi_label_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> MultiLabelResult:
+    k = len(values)
+    tp, fp, fn = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
+    count = unlabeled = 0
+    for dt_id, gt_id in pairs:
+        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
+        if truth is None or truth == UNLABELED:
+            unlabeled += 1
+            continue
+        count += 1
+        g, d = np.zeros(k, bool), np.zeros(k, bool)
+        g[list(truth)], d[dt.anns[dt_id]["attribute_sets"][name]] = True, True
+        tp += g & d
+        fp += ~g & d
+        fn += g & ~d
+
+    def ratio(a, b):
+        return None if b == 0 else float(a / b)
+
+    micro = {"precision": ratio(tp.sum(), tp.sum() + fp.sum()), "recall": ratio(tp.sum(), tp.sum() + fn.sum()),
+             "f1": ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())}
+    occurs = (tp + fp + fn) > 0
+    macro = {}
+    for key, (num, den) in {"precision": (tp, tp + fp), "recall": (tp, tp + fn), "f1": (2 * tp, 2 * tp + fp + fn)}.items():
+        per = [num[i] / den[i] for i in range(k) if occurs[i] and den[i] > 0]
+        macro[key] = float(np.mean(per)) if per else None
+    per_value = {v: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
+                     "f1": ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])} for i, v in enumerate(values)}
+    return MultiLabelResult(name=name, values=values, count=count, unlabeled=unlabeled, micro=micro, macro=macro,
+                            per_value=per_value)
+
+
+def attribute_id_sets(schema: Schema, gt: COCO, dt: COCO) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:
+    """The vocabulary of attribute ids and each GT / detection annotation's attribute-id set (by annotation id).
+
+    GT: a single group's labeled value, a multi group's values. Detections: a single group's predicted value
+    unless its no-object prob wins (then none), a multi group's predicted set."""
+    ids = attribute_vocabulary(schema)
+    gt_ids, dt_ids = {}, {}
+    for ann_id, ann in gt.anns.items():
+        labels, out = ann.get("attributes") or {}, []
+        for a in schema.attributes:
+            v = labels.get(a.name, UNLABELED)
+            if v is None or v == UNLABELED:
+                continue
+            out += [ids[a.name, k] for k in v] if a.multi else [ids[a.name, v]]
+        gt_ids[ann_id] = sorted(out)
+    for ann_id, ann in dt.anns.items():
+        out = []
+        for a in schema.attributes:
+            if a.multi:
+                out += [ids[a.name, k] for k in ann["attribute_sets"][a.name]]
+            elif ann["attributes"][a.name] < len(a.values):  # K = no object: nothing predicted
+                out.append(ids[a.name, ann["attributes"][a.name]])
+        dt_ids[ann_id] = sorted(out)
+    return sorted(ids.values()), gt_ids, dt_ids

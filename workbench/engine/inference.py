@@ -69,8 +69,11 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
         coco_path, image_root = cfg.data.val, image_root or cfg.data.image_root or None
     if not coco_path:
         raise ValueError("no evaluation data: set data.val in the config or pass --data")
-    root = image_root
-    return CocoAttributeDataset(coco_path, root, augmentation=build_augmentation(cfg.augment, train=False))
+    from workbench.engine.preflight import check_model_matches_data
+
+    dataset = CocoAttributeDataset(coco_path, image_root, augmentation=build_augmentation(cfg.augment, train=False))
+    check_model_matches_data(cfg.model, dataset.schema, str(coco_path))
+    return dataset
 
 
 def evaluate_model(model: MultiTaskMask2Former, coco_path: str, dataset, eval_cfg: EvalConfig,

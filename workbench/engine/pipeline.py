@@ -1,4 +1,5 @@
-"""The main job, end to end: train, evaluate on the held-out split, draw overlays and the loss curve.
+"""The main job, end to end: train, evaluate on the held-out split, draw overlays and the loss curve (files in
+the run directory, and in its TensorBoard events at the last training step).
 
 `workbench train` and `make demo` both go through `train_and_evaluate`.
 """
@@ -13,17 +14,20 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.engine.inference import LoadedRun, eval_dataset, evaluate_model
+from workbench.engine.tracking import log_evaluation
 from workbench.engine.trainer import TrainResult, train
 
 
 def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str | None = None, resume: bool = False,
-                       evaluate: bool = True, dataset=None, progress: bool = True, num_overlays: int = 6):
+                       evaluate: bool = True, dataset=None, progress: bool = True, num_overlays: int = 6,
+                       overwrite: bool = False):
     """Train, then (on the main process, when data.val is set) write metrics.json, loss_curve.png and
     overlays/ into `run_dir`. Returns (TrainResult, EvalResult or None)."""
     from workbench.engine.evaluate import write_metrics_json
-    from workbench.inspect.draw import plot_loss_curve
+    from workbench.drawing.loss_curve import plot_loss_curve
 
-    result: TrainResult = train(cfg, run_dir, dataset=dataset, device=device, resume=resume, progress=progress)
+    result: TrainResult = train(cfg, run_dir, dataset=dataset, device=device, resume=resume, progress=progress,
+                                overwrite=overwrite)
     run_dir = Path(run_dir)
     if int(os.environ.get("RANK", "0")) != 0:
         return result, None
@@ -35,7 +39,8 @@ def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str |
     metrics = evaluate_model(result.model, cfg.data.val, val, cfg.eval, progress=progress)
     write_metrics_json(metrics, run_dir / "metrics.json")
     run = LoadedRun(cfg, result.model, run_dir)
-    draw_dataset_overlays(run, val, run_dir / "overlays", limit=num_overlays)
+    overlays = draw_dataset_overlays(run, val, run_dir / "overlays", limit=num_overlays)
+    log_evaluation(run_dir, cfg.log, result.steps, metrics, overlays)
     print(metrics.table().to_string(index=False), flush=True)
     return result, metrics
 
@@ -53,11 +58,12 @@ def _schema_names(run: LoadedRun) -> tuple[list[str], dict[str, list[str]]]:
 @torch.no_grad()
 def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
     from workbench.engine.scoring import select_instances, take, to_numpy
-    from workbench.inspect.draw import draw_instances, save_png
+    from workbench.drawing.overlay import draw_instances, save_png
 
     categories, attributes = _schema_names(run)
     pred = run.model([item])[0]
-    sel = select_instances(pred, run.cfg.eval, list(attributes))
+    multi = [a.name for a in run.cfg.model.attributes if a.multi]
+    sel = select_instances(pred, run.cfg.eval, [n for n in attributes if n not in multi], multi)
     kept = take(to_numpy(pred), sel.index)
     kept["scores"] = sel.scores
     keep = sel.scores >= max(0.3, run.cfg.eval.score_threshold)  # draw the confident ones only
@@ -80,13 +86,46 @@ def draw_dataset_overlays(run: LoadedRun, dataset, out_dir: Path, limit: int = 6
             for i in range(min(limit, len(dataset)))]
 
 
-def draw_predictions(run: LoadedRun, image_paths: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
-    """PNG overlays for arbitrary image files (`workbench predict`)."""
+def overlay_names(image_paths: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
+    """Output path per input: `<stem>.png`; inputs sharing a stem get `<stem>_<k>.png` (k = 1, 2, ... in input
+    order) so none overwrites another. Refuses an output folder that holds an input (an overlay could replace it)."""
+    from collections import Counter
+
+    from workbench.errors import WorkbenchError
+
+    out_dir = Path(out_dir)
+    inside = [p for p in image_paths if out_dir.exists() and Path(p).resolve().parent == out_dir.resolve()]
+    if inside:
+        raise WorkbenchError(f"--out {out_dir} holds input image(s) {inside[:3]}: overlays would be written among "
+                             "(and could replace) them; choose another output folder")
+    stems = Counter(Path(p).stem for p in image_paths)
+    seen: Counter = Counter()
+    names = []
+    for p in image_paths:
+        stem = Path(p).stem
+        seen[stem] += 1
+        names.append(out_dir / (f"{stem}_{seen[stem]}.png" if stems[stem] > 1 else f"{stem}.png"))
+    return names
+
+
+def draw_predictions(run: LoadedRun, image_paths: Sequence[str], out_dir: str | os.PathLike,
+                     failures: list[str] | None = None) -> list[Path]:
+    """PNG overlays for arbitrary image files of any size (`workbench predict`), named by `overlay_names`.
+
+    An unreadable image is skipped and its error appended to `failures` (raised when that is None), so one bad
+    file in a list does not stop the rest."""
     from workbench.data.dataset import read_image
+    from workbench.data.problems import DataError
 
     out = []
-    for path in image_paths:
-        image = read_image(path)
+    for path, target in zip(image_paths, overlay_names(image_paths, out_dir)):
+        try:
+            image = read_image(path)
+        except DataError as err:
+            if failures is None:
+                raise
+            failures.append(str(err))
+            continue
         item = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
-        out.append(_draw(run, item, Path(out_dir) / (Path(path).stem + ".png")))
+        out.append(_draw(run, item, target))
     return out

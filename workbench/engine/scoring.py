@@ -37,7 +37,7 @@ __all__ = [
 
 SCORING_MODES = ("main", "product", "mean")
 _PER_INSTANCE = ("masks", "scores", "labels", "class_scores", "mask_scores", "query_index")
-_PER_ATTRIBUTE = ("attributes", "attribute_scores", "attribute_no_object")
+_PER_ATTRIBUTE = ("attributes", "attribute_scores", "attribute_no_object", "attribute_probs", "attribute_sets")
 
 
 def to_numpy(prediction: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,7 +86,9 @@ def _require(prediction: Mapping[str, Any], key: str, attribute: str | None = No
 def ranking_scores(prediction: Mapping[str, Any], mode: str, attribute_names: Sequence[str]) -> np.ndarray:
     """(N,) float64 scores that rank a numpy prediction's instances.
 
-    c = `class_scores`, m = `mask_scores`, a_i = `attribute_scores[name_i]` (prob of the predicted real value):
+    c = `class_scores`, m = `mask_scores`, a_i = `attribute_scores[name_i]` (prob of the predicted real value;
+    for a multi-label group, the mean over its K values of the probability of the decision taken, p where the
+    value is predicted and 1 - p where not -- see model/postprocess.py):
         "main"     `scores` (= c * m, upstream Mask2Former)
         "product"  `scores` * prod_i a_i
         "mean"     (c + sum_i a_i) / (1 + A) * m          (the mean of the A + 1 probabilities, times m)
@@ -176,14 +178,17 @@ class Selection:
 
 
 def select_instances(prediction: Mapping[str, Any], eval_cfg: EvalConfig,
-                     attribute_names: Sequence[str]) -> Selection:
+                     attribute_names: Sequence[str], multi_label_names: Sequence[str] = ()) -> Selection:
     """Apply ranking, threshold, `drop_no_object`, duplicate suppression and `max_dets` (module docstring).
+
+    attribute_names: the single-label groups (ranking and `drop_no_object`); multi_label_names: the
+    multi-label groups, which enter the ranking score only (they have no no-object slot).
 
     `prediction` is one image's prediction dict (torch or numpy); use `take(to_numpy(prediction), sel.index)`
     for the kept instances, e.g. to draw what was evaluated.
     """
     prediction = to_numpy(prediction)
-    scores = ranking_scores(prediction, eval_cfg.scoring, attribute_names)
+    scores = ranking_scores(prediction, eval_cfg.scoring, [*attribute_names, *multi_label_names])
     n = len(scores)
     keep = scores >= eval_cfg.score_threshold
     removed = {"score_threshold": int(n - keep.sum()), "no_object": 0, "duplicate": 0, "max_dets": 0}

@@ -2,8 +2,12 @@
 that resume bit-for-bit, a NaN guard that names the step, term and images, and DistributedDataParallel when
 started by `torchrun` (WORLD_SIZE > 1).
 
-Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step), last.pt (resumable),
-model_final.pt (weights + config), nan_batch_step<N>.pt (only when a loss went non-finite).
+Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step), TensorBoard event files
+(the same records; engine/tracking.py), last.pt (resumable;
+a hard link to the newest of the `solver.keep_checkpoints` last_step<N>.pt), model_final.pt (weights +
+config), nan_batch_step<N>.pt (only when a loss went non-finite). An existing run directory is never
+silently reused: pass `resume=True` (continue; metrics.jsonl is cut back to the checkpoint's step) or
+`overwrite=True` (its run files are deleted first).
 """
 from __future__ import annotations
 
@@ -21,15 +25,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.config import RunConfig, SolverConfig
-from workbench.config_file import dump_yaml, to_dict
-from workbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from workbench.config_file import ConfigError, dump_yaml, to_dict
+from workbench.engine.checkpoint import (load_latest, remove_stale_temp_files, rng_state, save_checkpoint, save_rotating,
+                                         set_rng_state)
 from workbench.engine.schedule import lr_factor, scaled_lr
+from workbench.engine.tracking import open_tensorboard
+from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
+NO_DECAY_NAMES = ("level_embed", "relative_position_bias_table")  # parameters that are embeddings in all but type
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(WorkbenchError, FloatingPointError):
     pass
 
 
@@ -54,8 +62,24 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+HEAD_MODULES = ("decoder.class_head", "decoder.attribute_heads.")  # what the user's categories/attributes define
+
+
+def freeze_parameters(model: MultiTaskMask2Former, freeze: str) -> int:
+    """solver.freeze: "backbone" or "trunk" (all but HEAD_MODULES) get requires_grad=False; returns how many."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if (freeze == "backbone" and name.startswith("backbone.")) or \
+                (freeze == "trunk" and not name.startswith(HEAD_MODULES)):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -> list[dict]:
-    """Backbone at lr x backbone_lr_multiplier; no weight decay on norm layers and embeddings (as upstream)."""
+    """Backbone at lr x backbone_lr_multiplier, heads (HEAD_MODULES) at lr x head_lr_multiplier; no weight
+    decay on norm layers, embeddings and Swin's relative position bias tables (as upstream); frozen parameters
+    are left out."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -63,8 +87,10 @@ def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else 1.0)
-            decay = 0.0 if isinstance(module, NORM_TYPES) or "level_embed" in name else solver.weight_decay
+            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else
+                             solver.head_lr_multiplier if module_name.startswith(HEAD_MODULES) else 1.0)
+            no_decay = isinstance(module, NORM_TYPES) or name in NO_DECAY_NAMES
+            decay = 0.0 if no_decay else solver.weight_decay
             groups.setdefault((group_lr, decay), []).append(param)
     return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
 
@@ -156,15 +182,56 @@ class TrainResult:
     last_losses: dict[str, float]
 
 
+class RunDirectoryError(WorkbenchError, FileExistsError):
+    pass
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_final.pt", "metrics.json",
+             "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json", "pretrained_report.json",
+             "events.out.tfevents.*")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to reuse a run directory silently; with `overwrite` delete its run files (only those: the folder
+    may hold the user's other files); always remove temp files a killed write left behind."""
+    existing = sorted({p.name for pattern in RUN_FILES[:5] for p in run_dir.glob(pattern)})
+    if existing and not resume and not overwrite:
+        raise RunDirectoryError(f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue "
+                                "it or --overwrite to start again there (or choose another --out)")
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
+    if overwrite:
+        for pattern in RUN_FILES:
+            for p in run_dir.glob(pattern):
+                p.unlink()
+    if run_dir.is_dir():
+        for p in remove_stale_temp_files(run_dir):
+            print(f"[workbench] removed {p.name}, left by a write that was killed", flush=True)
+
+
+def truncate_jsonl(path: Path, step: int) -> None:
+    """Keep the lines of metrics.jsonl up to `step` (a resumed run rewrites the steps after its checkpoint)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        from workbench.data.io import write_bytes_atomic
+
+        write_bytes_atomic(path, "".join(kept).encode())
+
+
 def write_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str | None = None,
-          resume: bool = False, progress: bool = True, max_iter: int | None = None) -> TrainResult:
+          resume: bool = False, progress: bool = True, max_iter: int | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train `cfg` into `run_dir`. `dataset` defaults to cfg.data.train with cfg.augment's training recipe;
-    `max_iter` stops early (the schedule still follows cfg.solver.max_iter), used by resume tests."""
+    `max_iter` stops early (the schedule still follows cfg.solver.max_iter), used by resume tests.
+    An existing run in `run_dir` needs `resume` or `overwrite` (see the module docstring)."""
     from workbench.device import resolve_device
 
     run_dir = Path(run_dir)
@@ -178,8 +245,17 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     solver = cfg.solver
     if dataset is None:
         dataset = build_train_dataset(cfg)
+    check_data(cfg, dataset)
+    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
+        prepare_run_dir(run_dir, resume, overwrite)
+        run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
+    if cfg.model.weights and not resume:  # a resumed run restores last.pt: never reload the weights over it
+        from workbench.pretrained.training import start_from_weights
+
+        start_from_weights(model, cfg, run_dir if info.is_main else None)
+    freeze_parameters(model, solver.freeze)
     if solver.compile:  # in place: state_dict keys and checkpoints stay as without (the pixel decoder's op is eager)
         model.backbone.compile()
         model.decoder.compile()
@@ -191,24 +267,25 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     batches = EpochBatches(len(dataset), solver.batch_size, cfg.seed, info)
     start = 0
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "last.pt"
     if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=dev)
+        ckpt, ckpt_path = load_latest(run_dir, map_location=dev)
         if ckpt["config"]["model"] != to_dict(cfg.model):
-            raise ValueError(f"{ckpt_path}: its model config differs from the one given; refusing to resume")
+            raise ConfigError(f"{ckpt_path}: its model config differs from the one given; refusing to resume")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
+        if info.is_main:
+            truncate_jsonl(run_dir / "metrics.jsonl", start)
     elif info.is_main:
         dump_yaml(cfg, run_dir / "config.yaml")
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if info.is_main:
         print(f"[workbench] device {dev}, {info.world_size} process(es); {lr.message}", flush=True)
+    tensorboard = (open_tensorboard(run_dir, cfg.log, purge_step=start + 1 if resume else None)
+                   if info.is_main else None)
     net: nn.Module = model
     if info.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -237,13 +314,19 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
             bar.update(1)
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, refresh=False)
             if done % solver.log_period == 0 or done == stop:
-                write_jsonl(run_dir / "metrics.jsonl", {"step": done, "lr": max(g["lr"] for g in optimizer.param_groups),
-                                                         "time": time.perf_counter() - started, **last})
+                record = {"step": done, "lr": max(g["lr"] for g in optimizer.param_groups),
+                          "time": time.perf_counter() - started, **last}
+                write_jsonl(run_dir / "metrics.jsonl", record)
+                if tensorboard is not None:
+                    tensorboard.training(record)
             if done % solver.checkpoint_period == 0 or done == stop:
-                save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                            "rng": rng_state(), "step": done, "config": to_dict(cfg)})
+                save_rotating(run_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                        "rng": rng_state(), "step": done, "config": to_dict(cfg)},
+                              keep=solver.keep_checkpoints)
     bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
     if info.is_main:
         save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
     seconds = time.perf_counter() - started
@@ -261,6 +344,17 @@ def absolute_data_paths(cfg: RunConfig) -> RunConfig:
         data, train=resolve(data.train), val=resolve(data.val), image_root=resolve(data.image_root)))
 
 
+def check_data(cfg: RunConfig, dataset) -> None:
+    """Before any work: the model's heads must fit the training (and validation) data's schema."""
+    from workbench.data.schema import schema_of_coco
+    from workbench.engine.preflight import check_model_matches_data
+
+    if getattr(dataset, "schema", None) is not None:
+        check_model_matches_data(cfg.model, dataset.schema, getattr(dataset, "where", "(training dataset)"))
+    if cfg.data.val and Path(cfg.data.val).is_file():
+        check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
+
+
 def build_train_dataset(cfg: RunConfig):
     from workbench.data.dataset import CocoAttributeDataset
     from workbench.data.transforms import build_augmentation
@@ -268,4 +362,5 @@ def build_train_dataset(cfg: RunConfig):
     if not cfg.data.train:
         raise ValueError("data.train is empty: set the COCO-with-attributes training file in the config")
     return CocoAttributeDataset(cfg.data.train, cfg.data.image_root or None,
-                                augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed)
+                                augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed,
+                                keep_empty=cfg.data.keep_empty)

@@ -4,16 +4,14 @@ bytes with `to_png`, tests check its axes."""
 from __future__ import annotations
 
 import io
-import json
-import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from workbench.inspect.draw import PALETTE, draw_instances
-from workbench.inspect.queries import ImageQueries, attention_masks, distributions, layer_masks
+from workbench.drawing.loss_curve import loss_curve_figure  # noqa: F401 -- part of this module's API
+from workbench.drawing.overlay import PALETTE, draw_instances
+from workbench.inspect.queries import ImageQueries, attention_masks, distributions, layer_masks, query_prediction
 
 __all__ = [
     "annotation_grid",
@@ -48,12 +46,18 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def _bars(ax, series, highlight_last: bool = True) -> None:
+def _bars(ax, series, highlight_last: bool = True, threshold: float | None = None) -> None:
+    """Horizontal probability bars. Softmax heads: no-object (last) grey, top-1 orange. A multi-label group
+    (`threshold` given): one independent bar per value, those above the threshold orange, the threshold a
+    dashed red line."""
     colours = ["#4c72b0"] * len(series)
-    if highlight_last:
-        colours[-1] = "#999999"
-    top = int(np.argmax(series.to_numpy()))
-    colours[top] = "#dd8452"
+    if threshold is not None:
+        colours = ["#dd8452" if p > threshold else "#4c72b0" for p in series.to_numpy()]
+        ax.axvline(threshold, color="#c44e52", linestyle="--", linewidth=1)
+    else:
+        if highlight_last:
+            colours[-1] = "#999999"
+        colours[int(np.argmax(series.to_numpy()))] = "#dd8452"
     ax.barh(range(len(series)), series.to_numpy(), color=colours)
     ax.set_yticks(range(len(series)), [str(i) for i in series.index], fontsize=7)
     ax.invert_yaxis()
@@ -85,8 +89,8 @@ def query_figure(q: ImageQueries, query: int, row: Mapping | None = None) -> Fig
             title += f" GT{int(row['matched_gt'])} IoU {row['iou']:.2f}"
     ax.set_title(title, fontsize=8)
     ax.axis("off")
-    for j, series in enumerate(dists.values(), start=1):
-        _bars(fig.add_subplot(grid[0, j]), series)
+    for j, (name, series) in enumerate(dists.items(), start=1):
+        _bars(fig.add_subplot(grid[0, j]), series, threshold=q.multi_label.get(name))
     probs = layer_masks(q, query)
     allowed = attention_masks(q, query)
     for s in range(stages):
@@ -120,8 +124,10 @@ def kept_instances_image(q: ImageQueries, table, min_side: int = 256) -> np.ndar
         "scores": by_query["combined"].to_numpy(),
         "query_index": np.arange(q.num_queries),
         "attributes": {n: np.array([q.attribute_values[n].index(v) for v in by_query[n]])
-                       for n in q.attribute_names},
+                       for n in q.attribute_names if n not in q.multi_label},
     }
+    if q.multi_label:  # predicted sets, captioned "stripes+dots"
+        pred["attribute_sets"] = query_prediction(q)["attribute_sets"]
     index = list(table.index[table["kept"]])
     image = _upscale(q.image, k).copy()
     for n, i in enumerate(index):
@@ -195,9 +201,8 @@ def annotation_grid(items: Sequence[Mapping], categories: Sequence[str],
         image = np.asarray(item["image"]).transpose(1, 2, 0)
         labels = np.asarray(inst["labels"])
         n = len(labels)
-        captions = [" ".join([categories[int(labels[i])]] + [
-            attribute_values[k][int(v[i])] if int(v[i]) >= 0 else f"{k}?" for k, v in inst["attributes"].items()])
-            for i in range(n)]
+        captions = [" ".join([categories[int(labels[i])]] + [_gt_value(inst, k, attribute_values[k], i)
+                                                               for k in inst["attributes"]]) for i in range(n)]
         gt = {"masks": _upscale_masks(np.asarray(inst["masks"], dtype=bool), 4), "labels": labels}
         # outlines only: a tint would change the very colours the `color` attribute describes
         drawn = draw_instances(_upscale(image, 4), gt, categories, attribute_values, alpha=0.0, captions=captions)
@@ -206,33 +211,23 @@ def annotation_grid(items: Sequence[Mapping], categories: Sequence[str],
     return fig
 
 
+def _gt_value(inst: Mapping, name: str, values: Sequence[str], i: int) -> str:
+    """One instance's ground truth for one group: "red", "stripes+dots" (multi-label), "-" (empty set) or
+    "<name>?" (unlabeled)."""
+    values = values["values"] if isinstance(values, Mapping) else values  # Schema.model_attributes() form
+    v = np.asarray(inst["attributes"][name])[i]
+    if np.ndim(v) == 1:  # multi-hot row
+        labeled = inst.get("attribute_labeled", {}).get(name)
+        if labeled is not None and not bool(np.asarray(labeled)[i]):
+            return f"{name}?"
+        return "+".join(values[k] for k in np.flatnonzero(v)) or "-"
+    return values[int(v)] if int(v) >= 0 else f"{name}?"
+
+
 def _upscale(image: np.ndarray, k: int) -> np.ndarray:
     return image.repeat(k, 0).repeat(k, 1)
 
 
 def _upscale_masks(masks: np.ndarray, k: int) -> np.ndarray:
     return masks.repeat(k, 1).repeat(k, 2)
-
-
-def loss_curve_figure(metrics_jsonl: str | os.PathLike | Sequence[Mapping]) -> Figure:
-    """Total and per-term (final stage, weighted) training losses against step from a run's metrics.jsonl."""
-    if isinstance(metrics_jsonl, (str, os.PathLike)):
-        path = Path(metrics_jsonl)
-        text = path.read_text() if path.is_file() else ""
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        records = list(metrics_jsonl)
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.set(title="total loss", xlabel="step")
-    ax2.set(title="final-stage terms (weighted)", xlabel="step")
-    if records:
-        steps = [r["step"] for r in records]
-        ax1.plot(steps, [r["total"] for r in records], color="black", marker=".")
-        for key in sorted(k for k in records[0] if k.startswith("loss_")):
-            ax2.plot(steps, [r[key] for r in records], label=key.replace("loss_", ""), marker=".")
-        ax2.legend(fontsize=7)
-        ax1.set_yscale("log")
-        ax2.set_yscale("log")
-    return fig
 

@@ -56,20 +56,28 @@ def display_figure(fig, handle=None):
     return handle
 
 
-def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, dataset=None, progress: bool = True):
+def train_live(cfg: RunConfig, run_dir: str | os.PathLike, chunks: int = 5, dataset=None, progress: bool = True,
+               resume: bool = False, device: str | None = None):
     """`engine.trainer.train` in `chunks` pieces (each resumes the last exactly), redrawing the loss curve
-    from metrics.jsonl after each piece. Returns the final `TrainResult` (same weights as one call)."""
+    from metrics.jsonl after each piece. Returns the final `TrainResult` (same weights as one call).
+
+    resume: continue the run in `run_dir` from its last.pt up to cfg.solver.max_iter (the pieces cover the steps
+    it lacks; none when it is already there); otherwise a run already in `run_dir` is replaced (a notebook cell
+    is meant to be rerun)."""
     import dataclasses
 
+    from workbench.drawing.loss_curve import loss_curve_figure
+    from workbench.engine.checkpoint import load_checkpoint
     from workbench.engine.trainer import train
-    from workbench.inspect.figures import loss_curve_figure
 
     total = cfg.solver.max_iter
-    chunks = max(1, min(chunks, total))
-    bounds = [round(total * (k + 1) / chunks) for k in range(chunks)]
+    start = int(load_checkpoint(Path(run_dir) / "last.pt")["step"]) if resume else 0
+    chunks = max(1, min(chunks, total - start))
+    bounds = [start + round((total - start) * (k + 1) / chunks) for k in range(chunks)]
     handle, result, seconds = None, None, 0.0
     for k, stop in enumerate(bounds):
-        result = train(cfg, run_dir, dataset=dataset, resume=k > 0, progress=progress, max_iter=stop)
+        result = train(cfg, run_dir, dataset=dataset, resume=resume or k > 0, overwrite=k == 0 and not resume,
+                       progress=progress, max_iter=stop, device=device)
         seconds += result.seconds
         handle = display_figure(loss_curve_figure(Path(run_dir) / "metrics.jsonl"), handle)
     return dataclasses.replace(result, seconds=seconds)

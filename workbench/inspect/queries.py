@@ -36,6 +36,7 @@ __all__ = [
     "duplicate_flags",
     "inspect_item",
     "layer_masks",
+    "predicted_set",
     "query_prediction",
     "query_table",
 ]
@@ -50,7 +51,8 @@ class ImageQueries:
     image            (H, W, 3) uint8, the image fed to the model
     categories       C names; attribute_values {name: K_name value names}
     class_probs      (Q, C+1) softmax, last column = no object
-    attribute_probs  {name: (Q, K+1)} softmax, last column = that head's no object
+    attribute_probs  {name: (Q, K+1)} softmax, last column = that head's no object; a multi-label group
+                     (named in `multi_label`, with its threshold) is {name: (Q, K)} sigmoid, no no-object column
     stage_mask_logits (L+1, Q, H, W) float32 at image size; stage 0 = the learnable queries before the first
                      layer, stage L = the final prediction
     stage_attention  L+1 arrays (Q, h_s, w_s) bool: True = position masked out for the cross-attention of the
@@ -69,6 +71,7 @@ class ImageQueries:
     gt: dict[str, Any] | None = None
     matched_gt: np.ndarray | None = None
     image_id: Any = None
+    multi_label: dict[str, float] = field(default_factory=dict)  # multi-label group -> its threshold
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -154,6 +157,7 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
     `seed`) assigns queries to targets exactly as in training. The model's train/eval mode is restored.
     """
     categories, attribute_values = _names(model, categories, attribute_values)
+    multi = {a.name: a.threshold for a in model.cfg.attributes if a.multi}
     image = torch.as_tensor(item["image"])
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"item['image'] must be (3, H, W), got {tuple(image.shape)}")
@@ -189,13 +193,14 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
         categories=categories,
         attribute_values=attribute_values,
         class_probs=raw.class_logits[0].float().softmax(-1).cpu().numpy().astype(np.float64),
-        attribute_probs={n: v[0].float().softmax(-1).cpu().numpy().astype(np.float64)
-                         for n, v in raw.attribute_logits.items()},
+        attribute_probs={n: (v[0].float().sigmoid() if n in multi else v[0].float().softmax(-1)).cpu().numpy()
+                         .astype(np.float64) for n, v in raw.attribute_logits.items()},
         stage_mask_logits=logits.astype(np.float32),
         stage_attention=attention,
         gt=gt,
         matched_gt=matched,
         image_id=item.get("image_id"),
+        multi_label=multi,
     )
 
 
@@ -207,11 +212,17 @@ def query_prediction(q: ImageQueries) -> dict[str, Any]:
     class_scores = real.max(1)
     mask_scores = q.mask_scores
     attributes, attribute_scores, attribute_no_object = {}, {}, {}
+    attribute_probs, attribute_sets = {}, {}
     for name, probs in q.attribute_probs.items():
+        if name in q.multi_label:  # as model/postprocess.instance_inference
+            chosen = probs > q.multi_label[name]
+            attribute_probs[name], attribute_sets[name] = probs, chosen
+            attribute_scores[name] = np.where(chosen, probs, 1 - probs).mean(1)
+            continue
         attributes[name] = probs[:, :-1].argmax(1)
         attribute_scores[name] = probs[:, :-1].max(1)
         attribute_no_object[name] = probs[:, -1]
-    return {
+    out = {
         "masks": q.masks,
         "scores": class_scores * mask_scores,
         "labels": labels,
@@ -222,6 +233,14 @@ def query_prediction(q: ImageQueries) -> dict[str, Any]:
         "attribute_scores": attribute_scores,
         "attribute_no_object": attribute_no_object,
     }
+    if q.multi_label:
+        out["attribute_probs"], out["attribute_sets"] = attribute_probs, attribute_sets
+    return out
+
+
+def predicted_set(values: Sequence[str], chosen: np.ndarray) -> str:
+    """A multi-label group's predicted set as text: "stripes+dots", "-" when empty."""
+    return "+".join(values[k] for k in np.flatnonzero(chosen)) or "-"
 
 
 def duplicate_flags(pairwise_iou: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +268,8 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     """One row per query (index "query"), ranked by `scoring` (see `EvalConfig`), best first.
 
     Columns: class, p_class (its probability), p_no_object (the class head's), then per attribute <name>,
-    p_<name>, p_<name>_no_object; mask_score, mask_area (pixels), score (class x mask, upstream's),
+    p_<name>, p_<name>_no_object (a multi-label group: <name> = the predicted set, "stripes+dots" or "-",
+    and p_<name> = the mean probability of its per-value decisions); mask_score, mask_area (pixels), score (class x mask, upstream's),
     combined (the `scoring` ranking score), rank (1 = best), matched_gt (target index, -1 = unmatched or no
     GT), gt_class, iou (with the matched target), duplicate_of (-1 = none), overlap (max IoU with a
     higher-ranked query), duplicate (overlap >= duplicate_iou), kept (survives `select_instances` with this
@@ -257,6 +277,7 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     """
     pred = query_prediction(q)
     names = q.attribute_names
+    single = [n for n in names if n not in q.multi_label]
     combined = ranking_scores(pred, scoring, names)
     frame = pd.DataFrame(index=pd.RangeIndex(q.num_queries, name="query"))
     frame["class"] = [q.categories[i] for i in pred["labels"]]
@@ -264,6 +285,10 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     frame["p_no_object"] = q.class_probs[:, -1]
     for name in names:
         values = q.attribute_values[name]
+        if name in q.multi_label:
+            frame[name] = [predicted_set(values, row) for row in pred["attribute_sets"][name]]
+            frame[f"p_{name}"] = pred["attribute_scores"][name]
+            continue
         frame[name] = [values[i] for i in pred["attributes"][name]]
         frame[f"p_{name}"] = pred["attribute_scores"][name]
         frame[f"p_{name}_no_object"] = pred["attribute_no_object"][name]
@@ -284,15 +309,19 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     frame["duplicate"] = frame["duplicate_of"] >= 0
     eval_cfg = EvalConfig(scoring=scoring, dedupe_iou=duplicate_iou, score_threshold=score_threshold,
                           drop_no_object=drop_no_object, max_dets=max(1, q.num_queries))
-    kept = select_instances(pred, eval_cfg, names).index
+    kept = select_instances(pred, eval_cfg, single, [n for n in names if n in q.multi_label]).index
     frame["kept"] = np.isin(np.arange(q.num_queries), kept)
     return frame.sort_values("rank")
 
 
 def distributions(q: ImageQueries, query: int) -> dict[str, pd.Series]:
-    """{"class": (C+1,), <attribute>: (K+1,)} probability Series of one query, labelled, no-object last."""
+    """{"class": (C+1,), <attribute>: (K+1,)} probability Series of one query, labelled, no-object last; a
+    multi-label group is (K,) independent probabilities (compare each with `q.multi_label[name]`)."""
     out = {"class": pd.Series(q.class_probs[query], index=[*q.categories, NO_OBJECT], name="class")}
     for name, probs in q.attribute_probs.items():
+        if name in q.multi_label:
+            out[name] = pd.Series(probs[query], index=list(q.attribute_values[name]), name=name)
+            continue
         out[name] = pd.Series(probs[query], index=[*q.attribute_values[name], NO_OBJECT], name=name)
     return out
 

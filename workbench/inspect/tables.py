@@ -34,8 +34,8 @@ def labelme_shapes_table(path: str | os.PathLike) -> pd.DataFrame:
 
 def instances_table(item: Mapping[str, Any], categories: Sequence[str],
                     attribute_values: Mapping[str, Sequence[str]]) -> pd.DataFrame:
-    """One row per instance of a dataset item: category, each attribute's value ("unlabeled" for -1), area
-    in pixels and box."""
+    """One row per instance of a dataset item: category, each attribute's value ("unlabeled" for -1; a
+    multi-label group's set as "stripes+dots", "-" when empty), area in pixels and box."""
     inst = item["instances"]
     labels = np.asarray(inst["labels"])
     masks = np.asarray(inst["masks"], dtype=bool)
@@ -43,8 +43,14 @@ def instances_table(item: Mapping[str, Any], categories: Sequence[str],
     for t in range(len(labels)):
         row = {"instance": t, "category": categories[int(labels[t])]}
         for name, values in attribute_values.items():
-            v = int(np.asarray(inst["attributes"][name])[t])
-            row[name] = values[v] if v >= 0 else "unlabeled"
+            values = values["values"] if isinstance(values, Mapping) else values  # Schema.model_attributes() form
+            v = np.asarray(inst["attributes"][name])[t]
+            if np.ndim(v) == 1:  # multi-label group: the set, "-" when empty
+                labeled = inst.get("attribute_labeled", {}).get(name)
+                unlabeled = labeled is not None and not bool(np.asarray(labeled)[t])
+                row[name] = "unlabeled" if unlabeled else "+".join(values[k] for k in np.flatnonzero(v)) or "-"
+                continue
+            row[name] = values[int(v)] if int(v) >= 0 else "unlabeled"
         ys, xs = np.nonzero(masks[t])
         row["area"] = int(masks[t].sum())
         row["box (x0, y0, x1, y1)"] = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(xs) else None

@@ -9,6 +9,16 @@ Attribute targets, decided: a query matched to an instance is trained towards th
 ignored where the instance is unlabeled (-1); an unmatched query is trained towards the head's "no object"
 index K with the head's `no_object_weight` -- exactly as the class head treats unmatched queries -- so the
 attribute's no-object probability is meaningful at inference (filters can drop attribute = no-object).
+
+Multi-label groups (`AttributeSpec.kind == "multi"`): K sigmoid logits, trained on matched queries only with
+BCE (or sigmoid focal loss), mean over the K values and over the matched instances whose group is labeled
+(`targets[i]["attribute_labeled"][name]`, absent = all labeled); unmatched queries get no attribute loss
+because the class head's "no object" already says there is nothing to describe. Same key, `loss_attr_<name>`.
+
+Ignore regions (COCO `iscrowd: 1`, labelme `__ignore__`): a target may carry `ignore` (H, W) bool; the mask
+losses of matched queries skip the sampled points that fall on it (a point is ignored when at least half of
+its bilinear footprint is). Without an ignore region the losses are computed exactly as before. The matcher
+does not look at ignore regions (as upstream): the points there are background for every target alike.
 """
 from __future__ import annotations
 
@@ -21,7 +31,7 @@ from torch import nn
 
 from workbench.config import AttributeSpec
 from workbench.model.boundary_loss import boundary_loss
-from workbench.model.matcher import HungarianMatcher, Target
+from workbench.model.matcher import HungarianMatcher, Target, labeled_mask
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample, uncertain_point_coords
 
@@ -30,17 +40,49 @@ TERMS = ("labels", "attributes", "masks", "boundary")  # every known term
 DEFAULT_TERMS = ("labels", "attributes", "masks")  # "boundary" is opt-in (LossConfig.boundary_weight > 0)
 
 
-def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """logits, labels (N, P) -> mean over points, sum over masks / num_masks."""
-    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1).sum() / num_masks
+def sigmoid_ce_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
+    """logits, labels (N, P) -> mean over points, sum over masks / num_masks. `valid` (N, P) {0, 1}: the mean
+    runs over valid points only (ignore regions)."""
+    per_point = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    if valid is None:
+        return per_point.mean(1).sum() / num_masks
+    return ((per_point * valid).sum(1) / valid.sum(1).clamp(min=1)).sum() / num_masks
 
 
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float) -> torch.Tensor:
-    """logits, labels (N, P) -> sum over masks of (1 - soft dice) / num_masks."""
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """logits, labels (N, P) -> sum over masks of (1 - soft dice) / num_masks; `valid` as in sigmoid_ce_loss."""
     probs = logits.sigmoid()
+    if valid is not None:
+        probs, labels = probs * valid, labels * valid
     numerator = 2 * (probs * labels).sum(-1)
     denominator = probs.sum(-1) + labels.sum(-1)
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+                       gamma: float = 2.0) -> torch.Tensor:
+    """logits, targets (N, K) -> (N, K) elementwise focal loss (Lin et al. 2017); alpha -1 = no class weight."""
+    probs = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = probs * targets + (1 - probs) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+def multilabel_loss(logits: torch.Tensor, multi_hot: torch.Tensor, kind: str = "bce", alpha: float = 0.25,
+                    gamma: float = 2.0) -> torch.Tensor:
+    """logits, multi_hot (N, K) -> mean over values and instances; 0 with a graph when N = 0."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    if kind == "focal":
+        per_value = sigmoid_focal_loss(logits, multi_hot, alpha, gamma)
+    else:
+        per_value = F.binary_cross_entropy_with_logits(logits, multi_hot, reduction="none")
+    return per_value.mean()
 
 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -59,7 +101,8 @@ class SetCriterion(nn.Module):
     def __init__(self, num_classes: int, attributes: Sequence[AttributeSpec], matcher: HungarianMatcher,
                  weight_dict: Mapping[str, float], no_object_weight: float = 0.1,
                  losses: Sequence[str] = DEFAULT_TERMS, num_points: int = 12544, oversample_ratio: float = 3.0,
-                 importance_sample_ratio: float = 0.75) -> None:
+                 importance_sample_ratio: float = 0.75, multi_label_losses: Mapping[str, str] | None = None,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
         super().__init__()
         unknown = set(losses) - set(TERMS)
         if unknown:
@@ -71,7 +114,13 @@ class SetCriterion(nn.Module):
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = no_object_weight
         self.register_buffer("empty_weight", empty_weight, persistent=False)
+        # multi groups: name -> "bce" | "focal" (default "bce")
+        self.multi_label_losses = {a.name: (multi_label_losses or {}).get(a.name, "bce")
+                                   for a in self.attributes if a.multi}
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         for a in self.attributes:
+            if a.multi:
+                continue
             w = torch.ones(a.num_values + 1)
             w[-1] = a.no_object_weight
             self.register_buffer(f"attr_weight_{a.name}", w, persistent=False)
@@ -100,6 +149,11 @@ class SetCriterion(nn.Module):
             logits = outputs.attribute_logits.get(a.name)
             if logits is None:
                 raise KeyError(f"model outputs have no logits for attribute {a.name!r}")
+            if a.multi:
+                if logits.shape[-1] != a.num_values:
+                    raise ValueError(f"multi-label attribute head {a.name!r} has {logits.shape[-1]} outputs, "
+                                     f"expected K = {a.num_values} sigmoid logits (no no-object slot)")
+                continue
             if logits.shape[-1] != a.num_values + 1:
                 raise ValueError(f"attribute head {a.name!r} has {logits.shape[-1]} outputs, expected K+1 = "
                                  f"{a.num_values + 1} ({a.num_values} values + no object); unmatched queries "
@@ -116,12 +170,28 @@ class SetCriterion(nn.Module):
                 if values is None:
                     raise KeyError(f"targets[{i}]['attributes'] has no {a.name!r} (use -1 for unlabeled)")
                 values = torch.as_tensor(values)
+                if a.multi:
+                    self._check_multi_hot(values, t, i, a, len(labels))
+                    continue
                 if len(values) != len(labels):
                     raise ValueError(f"targets[{i}]['attributes'][{a.name!r}] has {len(values)} entries for "
                                      f"{len(labels)} instances")
                 if values.numel() and (values.min() < IGNORE or values.max() >= a.num_values):
                     raise ValueError(f"targets[{i}]['attributes'][{a.name!r}] has values {values.unique().tolist()}"
                                      f" outside [-1, {a.num_values}) (-1 = unlabeled)")
+
+    @staticmethod
+    def _check_multi_hot(values: torch.Tensor, target, i: int, a: AttributeSpec, num_instances: int) -> None:
+        where = f"targets[{i}]['attributes'][{a.name!r}]"
+        if tuple(values.shape) != (num_instances, a.num_values):
+            raise ValueError(f"{where} has shape {tuple(values.shape)}; multi-label group {a.name!r} needs a "
+                             f"(T, K) = ({num_instances}, {a.num_values}) multi-hot tensor")
+        if values.numel() and not bool(((values == 0) | (values == 1)).all()):
+            raise ValueError(f"{where} must hold only 0 and 1 (mark unlabeled instances in "
+                             f"targets[{i}]['attribute_labeled'][{a.name!r}] instead)")
+        labeled = (target.get("attribute_labeled") or {}).get(a.name)
+        if labeled is not None and tuple(torch.as_tensor(labeled).shape) != (num_instances,):
+            raise ValueError(f"targets[{i}]['attribute_labeled'][{a.name!r}] must have shape ({num_instances},)")
 
     # ---- terms ----
     @staticmethod
@@ -149,10 +219,28 @@ class SetCriterion(nn.Module):
     def loss_attributes(self, outputs: ModelOutput, targets, indices, num_masks, generator):
         losses = {}
         for a in self.attributes:
+            if a.multi:
+                losses[f"loss_attr_{a.name}"] = self.loss_multilabel(outputs, targets, indices, a)
+                continue
             target = self.attribute_targets(outputs, targets, indices, a.name, a.num_values)
             weight = getattr(self, f"attr_weight_{a.name}")
             losses[f"loss_attr_{a.name}"] = weighted_cross_entropy(outputs.attribute_logits[a.name], target, weight)
         return losses
+
+    def loss_multilabel(self, outputs: ModelOutput, targets, indices, a: AttributeSpec) -> torch.Tensor:
+        """Matched queries whose instance labels group `a`: (n, K) logits vs multi-hot, by BCE or focal."""
+        logits = outputs.attribute_logits[a.name]
+        batch, src = self._src_index(indices)
+        device = logits.device
+        multi_hot, labeled = [], []
+        for t, (_, j) in zip(targets, indices):
+            n = len(t["labels"])
+            multi_hot.append(torch.as_tensor(t["attributes"][a.name], device=device).float().reshape(n, -1)[j])
+            labeled.append(labeled_mask(t, a.name, n, device)[j])
+        keep = torch.cat(labeled) if labeled else torch.zeros(0, dtype=torch.bool, device=device)
+        matched = logits[batch.to(device), src.to(device)].float()[keep]
+        target = torch.cat(multi_hot)[keep] if multi_hot else matched.new_zeros((0, a.num_values))
+        return multilabel_loss(matched, target, self.multi_label_losses[a.name], self.focal_alpha, self.focal_gamma)
 
     def loss_masks(self, outputs: ModelOutput, targets, indices, num_masks, generator):
         batch, src = self._src_index(indices)
@@ -168,9 +256,26 @@ class SetCriterion(nn.Module):
             coords = uncertain_point_coords(src_masks.float(), self.num_points, self.oversample_ratio,
                                             self.importance_sample_ratio, generator)
             point_labels = point_sample(tgt_masks.float(), coords)[:, 0]
+            valid = self._valid_points(targets, indices, coords, src_masks.device)
         point_logits = point_sample(src_masks.float(), coords)[:, 0]
-        return {"loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
-                "loss_dice": dice_loss(point_logits, point_labels, num_masks)}
+        return {"loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks, valid),
+                "loss_dice": dice_loss(point_logits, point_labels, num_masks, valid)}
+
+    @staticmethod
+    def _valid_points(targets, indices, coords: torch.Tensor, device) -> torch.Tensor | None:
+        """(N, P) float {0, 1}: 0 where a matched pair's point lies on its image's ignore region; None when no
+        image of the batch has one (the losses then take the unmasked path, identical to before)."""
+        ignores = [t.get("ignore") for t in targets]
+        if not any(m is not None and bool(torch.as_tensor(m).any()) for m in ignores):
+            return None
+        maps = []
+        for t, (_, j) in zip(targets, indices):
+            m = t.get("ignore")
+            size = tuple(torch.as_tensor(t["masks"]).shape[-2:])
+            m = torch.zeros(size, device=device) if m is None else torch.as_tensor(m, device=device).float()
+            maps.append(m[None].expand(len(j), *m.shape))
+        ignored = point_sample(torch.cat(maps)[:, None], coords)[:, 0]
+        return (ignored < 0.5).float()
 
     def loss_boundary(self, outputs: ModelOutput, targets, indices, num_masks, generator):
         """Edge maps of matched masks at the prediction's resolution (targets area-resized to it)."""

@@ -97,9 +97,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             for _ in range(num_feature_levels)
         )
         self.class_head = nn.Linear(hidden_dim, num_classes + 1)
-        # K_a + 1 outputs: unmatched queries are trained towards index K_a ("no object").
+        # single groups: K_a + 1 outputs, unmatched queries are trained towards index K_a ("no object");
+        # multi groups: K_a sigmoid logits (their "no object" is the class head's).
         self.attribute_heads = nn.ModuleDict(
-            OrderedDict((a.name, nn.Linear(hidden_dim, a.num_values + 1)) for a in attributes)
+            OrderedDict((a.name, nn.Linear(hidden_dim, a.num_logits)) for a in attributes)
         )
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 

@@ -3,7 +3,9 @@
 cost(q, t) = w_class * -p_q[class_t] + sum_a w_a * -p_q^a[attr_t^a] + w_mask * BCE + w_dice * dice,
 the mask terms on points shared by all pairs. Without the attribute terms, matching ignores attributes and
 every head learns "no object" for them (a seed bug); `cost_attributes={name: 0}` switches one off; an
-unlabeled attribute (-1) adds no cost.
+unlabeled attribute (-1) adds no cost. A multi-label group (named in `multi_label`) costs the per-query mean
+binary cross-entropy of its K sigmoid logits against the target's multi-hot vector; instances whose group is
+unlabeled (`attribute_labeled[name]` False) add no cost.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from scipy.optimize import linear_sum_assignment
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample, rand
 
-Target = Mapping[str, object]  # {"labels": (T,), "masks": (T, H, W), "attributes": {name: (T,)}}
+# {"labels": (T,), "masks": (T, H, W), "attributes": {name: (T,) single | (T, K) multi-hot},
+#  "attribute_labeled": {name: (T,) bool} for multi groups (absent = every instance labeled)}
+Target = Mapping[str, object]
 
 # Finite stand-in for NaN/inf costs so scipy never sees them (such a pair is simply never preferred).
 COST_GUARD = 1e8
@@ -32,6 +36,20 @@ def batch_attribute_cost(probs: torch.Tensor, values: torch.Tensor) -> torch.Ten
     """probs (Q, K+1) softmax, values (T,) with -1 = unlabeled -> (Q, T); unlabeled columns cost 0."""
     labeled = values >= 0
     return -probs[:, values.clamp(min=0)] * labeled[None, :].to(probs.dtype)
+
+
+def batch_multilabel_cost(logits: torch.Tensor, multi_hot: torch.Tensor, labeled: torch.Tensor) -> torch.Tensor:
+    """logits (Q, K), multi_hot (T, K) in {0, 1}, labeled (T,) bool -> (Q, T): mean BCE over the K values;
+    unlabeled columns cost 0."""
+    return batch_sigmoid_ce_cost(logits, multi_hot.to(logits.dtype)) * labeled[None, :].to(logits.dtype)
+
+
+def labeled_mask(target: Target, name: str, num_instances: int, device) -> torch.Tensor:
+    """(T,) bool: which instances carry multi group `name` (`attribute_labeled[name]`; absent = all)."""
+    labeled = (target.get("attribute_labeled") or {}).get(name)
+    if labeled is None:
+        return torch.ones(num_instances, dtype=torch.bool, device=device)
+    return torch.as_tensor(labeled, device=device).bool()
 
 
 def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -54,7 +72,8 @@ class HungarianMatcher:
     """Pure function object: (outputs, targets) -> per image (query_idx (n,), target_idx (n,)) int64."""
 
     def __init__(self, cost_class: float = 2.0, cost_mask: float = 5.0, cost_dice: float = 5.0,
-                 cost_attributes: Mapping[str, float] | None = None, num_points: int = 12544) -> None:
+                 cost_attributes: Mapping[str, float] | None = None, num_points: int = 12544,
+                 multi_label: Sequence[str] = ()) -> None:
         if num_points <= 0:
             raise ValueError("num_points must be > 0: mask costs on zero points are NaN")
         if min(cost_class, cost_mask, cost_dice) < 0:
@@ -64,6 +83,7 @@ class HungarianMatcher:
         if any(w < 0 for w in self.cost_attributes.values()):
             raise ValueError(f"attribute cost weights must be >= 0, got {self.cost_attributes}")
         self.num_points = num_points
+        self.multi_label = frozenset(multi_label)  # attribute groups with K sigmoid logits (see module docstring)
 
     def cost_matrix(self, outputs: ModelOutput, targets: Sequence[Target], b: int,
                     point_coords: torch.Tensor) -> torch.Tensor:
@@ -89,6 +109,12 @@ class HungarianMatcher:
                 raise KeyError(f"matcher has a cost for attribute {name!r} but the model has no such head")
             if name not in tgt_attrs:
                 raise KeyError(f"target {b} has no 'attributes'[{name!r}] (use -1 for unlabeled)")
+            if name in self.multi_label:
+                multi_hot = torch.as_tensor(tgt_attrs[name], device=probs.device).float()  # (T, K)
+                labeled = labeled_mask(tgt, name, len(labels), probs.device)
+                logits = outputs.attribute_logits[name][b].float()  # (Q, K)
+                cost = cost + weight * batch_multilabel_cost(logits, multi_hot.reshape(len(labels), -1), labeled)
+                continue
             values = torch.as_tensor(tgt_attrs[name], device=probs.device).long()
             attr_probs = outputs.attribute_logits[name][b].float().softmax(-1)
             cost = cost + weight * batch_attribute_cost(attr_probs, values)
@@ -109,12 +135,13 @@ class HungarianMatcher:
         device = outputs.class_logits.device
         indices = []
         for b in range(outputs.batch_size):
-            num_targets = len(targets[b]["labels"])
-            if num_targets == 0:
+            # Drawn before looking at the targets, as upstream does: an image without targets still takes its
+            # points, so equal seeds give upstream's random stream (and losses) through such images.
+            coords = rand((1, self.num_points, 2), device=device, generator=generator)
+            if len(targets[b]["labels"]) == 0:
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            coords = rand((1, self.num_points, 2), device=device, generator=generator)
             cost = self.cost_matrix(outputs, targets, b, coords).cpu().numpy()
             rows, cols = linear_sum_assignment(cost)
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))

@@ -41,13 +41,16 @@ def build_decoder(cfg: ModelConfig, in_channels: int | None = None) -> MultiScal
 
 
 def build_matcher(cfg: ModelConfig) -> HungarianMatcher:
-    """Matcher costs use the loss weights (as upstream); attributes are scaled by `attribute_cost_weight`."""
+    """Matcher costs use the loss weights (as upstream); attributes are scaled by `attribute_cost_weight`,
+    multi-label groups also by `multi_label_cost_weight`."""
     return HungarianMatcher(
         cost_class=cfg.loss.class_weight,
         cost_mask=cfg.loss.mask_weight,
         cost_dice=cfg.loss.dice_weight,
-        cost_attributes={a.name: a.weight * cfg.attribute_cost_weight for a in cfg.attributes},
+        cost_attributes={a.name: a.weight * cfg.attribute_cost_weight * (cfg.multi_label_cost_weight if a.multi else 1.0)
+                         for a in cfg.attributes},
         num_points=cfg.loss.num_points,
+        multi_label=[a.name for a in cfg.attributes if a.multi],
     )
 
 
@@ -69,15 +72,19 @@ def build_criterion(cfg: ModelConfig, matcher: HungarianMatcher | None = None) -
         num_points=cfg.loss.num_points,
         oversample_ratio=cfg.loss.oversample_ratio,
         importance_sample_ratio=cfg.loss.importance_sample_ratio,
+        multi_label_losses={a.name: cfg.multi_label_loss(a) for a in cfg.attributes if a.multi},
+        focal_alpha=cfg.loss.focal_alpha,
+        focal_gamma=cfg.loss.focal_gamma,
     )
 
 
 def pad_images(images: Sequence[torch.Tensor], divisibility: int,
-               fill: Sequence[float] = (0.0, 0.0, 0.0)) -> torch.Tensor:
-    """List of (3, H_i, W_i) -> (B, 3, H, W) float, padded bottom/right to a multiple of `divisibility` with
-    the per-channel `fill` (the model passes its pixel mean: padding is 0 after normalisation, as upstream)."""
-    h = max(int(im.shape[-2]) for im in images)
-    w = max(int(im.shape[-1]) for im in images)
+               fill: Sequence[float] = (0.0, 0.0, 0.0), min_size: int = 0) -> torch.Tensor:
+    """List of (3, H_i, W_i) -> (B, 3, H, W) float, padded bottom/right to a multiple of `divisibility` (and to
+    at least `min_size`) with the per-channel `fill` (the model passes its pixel mean: padding is 0 after
+    normalisation, as upstream)."""
+    h = max(min_size, max(int(im.shape[-2]) for im in images))
+    w = max(min_size, max(int(im.shape[-1]) for im in images))
     h, w = -(-h // divisibility) * divisibility, -(-w // divisibility) * divisibility
     out = torch.as_tensor(fill, dtype=torch.float32, device=images[0].device).view(1, 3, 1, 1).repeat(len(images), 1, h, w)
     for i, im in enumerate(images):
@@ -125,21 +132,66 @@ class MultiTaskMask2Former(nn.Module):
             padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
             padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
             attrs = inst.get("attributes", {})
-            out.append({
+            n = masks.shape[0]
+            target = {
                 "labels": torch.as_tensor(inst["labels"], device=self.device).long(),
                 "masks": padded,
-                "attributes": {a.name: torch.as_tensor(attrs[a.name], device=self.device).long()
-                               if a.name in attrs else torch.full((masks.shape[0],), -1, device=self.device)
-                               for a in self.cfg.attributes},
-            })
+                "attributes": {a.name: self._single_target(attrs[a.name], a, i) if a.name in attrs
+                               else torch.full((n,), -1, device=self.device)
+                               for a in self.cfg.attributes if not a.multi},
+            }
+            multi = [a for a in self.cfg.attributes if a.multi]
+            if multi:  # (T, K) multi-hot + (T,) labeled mask; a group absent from the item is unlabeled
+                labeled = inst.get("attribute_labeled", {})
+                for a in multi:
+                    if a.name not in attrs:
+                        hot, known = torch.zeros(n, a.num_values, device=self.device), torch.zeros(n, dtype=torch.bool)
+                    else:
+                        hot, known = self._multi_target(attrs[a.name], labeled.get(a.name), a)
+                    target["attributes"][a.name] = hot
+                    target.setdefault("attribute_labeled", {})[a.name] = known.to(self.device)
+            if inst.get("ignore") is not None:  # crowd / __ignore__ pixels; padding is not ignored
+                ignore = torch.as_tensor(inst["ignore"], device=self.device).bool()
+                target["ignore"] = padded.new_zeros(padded_size)
+                target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] = ignore
+            out.append(target)
         return out
+
+    def _single_target(self, values, a, i: int) -> torch.Tensor:
+        """(T,) int64 value ids; a (T, K) multi-hot from a multi-label file (model configured "single", e.g.
+        by an ablation of `kind`) gives each instance its one value, -1 where it has none."""
+        values = torch.as_tensor(values, device=self.device)
+        if values.dim() == 2:
+            counts = values.long().sum(1)
+            if bool((counts > 1).any()):
+                raise ValueError(f"batch[{i}]: attribute {a.name!r} is single-label in the model config but an "
+                                 f"instance holds {int(counts.max())} values; configure kind: multi")
+            return torch.where(counts == 1, values.long().argmax(1), torch.full_like(counts, -1))
+        return values.long()
+
+    def _multi_target(self, values, labeled, a) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, K) float multi-hot and (T,) bool labeled; (T,) value ids (a single-label file, model configured
+        "multi") become one-hot rows, -1 = unlabeled."""
+        values = torch.as_tensor(values, device=self.device)
+        if values.dim() == 1:
+            ids = values.long()
+            known = ids >= 0
+            hot = torch.zeros(len(ids), a.num_values, device=self.device)
+            hot[known, ids[known]] = 1.0
+            return hot, known
+        known = (torch.as_tensor(labeled).bool() if labeled is not None
+                 else torch.ones(values.shape[0], dtype=torch.bool))
+        return values.float(), known
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None):
         """Training: dict[str, 0-dim Tensor] of weighted losses. Eval: list of per-image prediction dicts."""
         if not isinstance(batch, (list, tuple)) or not batch:
             raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
         images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
-        padded = pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean)
+        # at least 2x2 cells at the coarsest stride: GroupNorm needs more than one value per group, so a tiny
+        # image (1x1, 32x32) is padded further instead of failing
+        padded = pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean,
+                            min_size=2 * self.cfg.size_divisibility)
         if self.training:
             targets = self.targets(batch, padded.shape[-2:])
             outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
@@ -159,5 +211,6 @@ class MultiTaskMask2Former(nn.Module):
             results.append(instance_inference(
                 outputs.class_logits[b], {k: v[b] for k, v in outputs.attribute_logits.items()},
                 outputs.mask_logits[b], padded_size, image_size, output_size, topk=self.cfg.test_topk,
+                multi_label={a.name: a.threshold for a in self.cfg.attributes if a.multi},
             ))
         return results

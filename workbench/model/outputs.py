@@ -11,7 +11,8 @@ class ModelOutput:
     """Raw predictions of one decoder stage (the final one carries the others in `aux`).
 
     class_logits      (B, Q, C+1)  last column is "no object"
-    attribute_logits  {name: (B, Q, K_name+1)}  last column is that head's "no object"
+    attribute_logits  {name: (B, Q, K_name+1)}  single groups: last column is that head's "no object";
+                      {name: (B, Q, K_name)} multi-label groups: one sigmoid logit per value
     mask_logits       (B, Q, h, w) at the mask-feature stride (4)
     aux               earlier stages, first = prediction from the learnable queries; empty unless requested
     attention_masks   (B, Q, h_l, w_l) bool per stage, True = position masked out for the *next* layer's

@@ -5,6 +5,8 @@ Produces the per-pixel `mask_features` that query embeddings are dotted with, an
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,16 +41,18 @@ class DeformableEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, level_shapes=None):
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index,
+                                  level_shapes=level_shapes)
         src = self.norm1(src + self.dropout(attended))
         return self.norm2(src + self.dropout(self.ffn(src)))
 
 
-def reference_points(spatial_shapes: torch.Tensor, batch: int, device) -> torch.Tensor:
-    """Pixel centres of every level, normalised to [0, 1], repeated for each level: (B, S, L, 2) as (x, y)."""
+def reference_points(level_shapes: Sequence[tuple[int, int]], batch: int, device) -> torch.Tensor:
+    """Pixel centres of every level (L pairs (H, W)), normalised to [0, 1], repeated for each level:
+    (B, S, L, 2) as (x, y)."""
     points = []
-    for h, w in spatial_shapes.tolist():
+    for h, w in level_shapes:
         ys, xs = torch.meshgrid(
             (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
             (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
@@ -56,7 +60,15 @@ def reference_points(spatial_shapes: torch.Tensor, batch: int, device) -> torch.
         )
         points.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
     ref = torch.cat(points, 0)  # (S, 2)
-    return ref[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
+    return ref[None, :, None, :].expand(batch, -1, len(level_shapes), -1)
+
+
+def shapes_tensor(level_shapes: Sequence[tuple[int, int]], device) -> torch.Tensor:
+    """L pairs (H, W) -> (L, 2) int64. Built with one `torch.full` per size rather than `torch.as_tensor`, which
+    under torch.export copies the example's sizes into the graph as constants (the ONNX graph would then be
+    right at the export size only)."""
+    return torch.stack([torch.stack([torch.full((), int_or_sym, dtype=torch.long, device=device)
+                                     for int_or_sym in hw]) for hw in level_shapes])
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -93,18 +105,21 @@ class MSDeformAttnPixelDecoder(nn.Module):
             srcs.append(x)
             pos.append(self.position(x) + self.level_embed[lvl].view(1, -1, 1, 1))
         b = srcs[0].shape[0]
-        spatial_shapes = torch.as_tensor([s.shape[-2:] for s in srcs], dtype=torch.long, device=srcs[0].device)
+        # Level sizes as Python ints (symbolic under torch.export, so an ONNX graph keeps a dynamic image size);
+        # the tensors are for the compiled kernels.
+        level_shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]
+        spatial_shapes = shapes_tensor(level_shapes, srcs[0].device)
         sizes = (spatial_shapes[:, 0] * spatial_shapes[:, 1])
         level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (B, S, D)
         pos_flat = torch.cat([p.flatten(2).transpose(1, 2) for p in pos], 1)
-        ref = reference_points(spatial_shapes, b, src_flat.device).to(src_flat.dtype)
+        ref = reference_points(level_shapes, b, src_flat.device).to(src_flat.dtype)
         memory = src_flat
         for layer in self.encoder:
-            memory = layer(memory, pos_flat, ref, spatial_shapes, level_start_index)
+            memory = layer(memory, pos_flat, ref, spatial_shapes, level_start_index, level_shapes)
         maps = [
-            chunk.transpose(1, 2).reshape(b, -1, int(h), int(w))
-            for chunk, (h, w) in zip(memory.split(sizes.tolist(), dim=1), spatial_shapes.tolist())
+            chunk.transpose(1, 2).reshape(b, -1, h, w)
+            for chunk, (h, w) in zip(memory.split([h * w for h, w in level_shapes], dim=1), level_shapes)
         ]
         lateral = self.lateral_conv(features["res2"])
         fine = self.output_conv(lateral + F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear",

@@ -43,14 +43,22 @@ def _masks_and_scores(mask_logits: torch.Tensor, query_index: torch.Tensor, padd
 
 def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, torch.Tensor],
                        mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
-                       output_size: tuple[int, int] | None = None, topk: int = 100) -> dict:
+                       output_size: tuple[int, int] | None = None, topk: int = 100,
+                       multi_label: dict[str, float] | None = None) -> dict:
     """One image's logits -> predictions.
 
     class_logits (Q, C+1), attribute_logits {name: (Q, K+1)}, mask_logits (Q, h, w). Returns
     masks bool (N, H, W), scores (N,) = class prob x mask score, labels (N,), class_scores (N,),
     mask_scores (N,), query_index (N,), attributes {name: (N,)} = top real value (no-object excluded),
     attribute_scores {name: (N,)} = its probability, attribute_no_object {name: (N,)} = no-object probability.
+
+    multi_label {name: threshold} names the multi-label groups (logits (Q, K), sigmoid): they are not in
+    `attributes` / `attribute_no_object`; instead attribute_probs {name: (N, K)} holds every value's
+    probability and attribute_sets {name: (N, K) bool} the predicted set (prob > threshold), and
+    attribute_scores[name] (N,) = the mean over the K values of the probability of the decision taken
+    (p where predicted, 1 - p where not), so ranking modes treat a multi group like a single one.
     """
+    multi_label = dict(multi_label or {})
     output_size = tuple(output_size or image_size)
     num_classes = class_logits.shape[1] - 1
     probs = class_logits.float().softmax(-1)[:, :-1]  # (Q, C)
@@ -60,12 +68,19 @@ def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, t
     query_index = torch.div(flat, num_classes, rounding_mode="floor")
     masks, mask_scores = _masks_and_scores(mask_logits, query_index, padded_size, image_size, output_size)
     attributes, attribute_scores, attribute_no_object = {}, {}, {}
+    attribute_probs, attribute_sets = {}, {}
     for name, attr_logits in attribute_logits.items():
+        if name in multi_label:
+            value_probs = attr_logits[query_index].float().sigmoid()  # (N, K)
+            chosen = value_probs > multi_label[name]
+            attribute_probs[name], attribute_sets[name] = value_probs, chosen
+            attribute_scores[name] = torch.where(chosen, value_probs, 1 - value_probs).mean(-1)
+            continue
         attr_probs = attr_logits[query_index].float().softmax(-1)  # (N, K+1)
         value_scores, values = attr_probs[:, :-1].max(-1)
         attributes[name], attribute_scores[name] = values, value_scores
         attribute_no_object[name] = attr_probs[:, -1]
-    return {
+    out = {
         "masks": masks,
         "scores": class_scores * mask_scores,
         "labels": labels,
@@ -76,3 +91,6 @@ def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, t
         "attribute_scores": attribute_scores,
         "attribute_no_object": attribute_no_object,
     }
+    if multi_label:  # keys only for models with multi-label groups: single-only outputs are as before
+        out["attribute_probs"], out["attribute_sets"] = attribute_probs, attribute_sets
+    return out

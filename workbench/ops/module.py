@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from workbench.ops.dispatch import ms_deform_attn
+from workbench.ops.reference import ms_deform_attn_levels
 
 
 class MSDeformAttn(nn.Module):
@@ -15,8 +16,13 @@ class MSDeformAttn(nn.Module):
     backend="auto" runs the compiled kernel for the input's device (workbench._C), else the reference with a
     warning; see `workbench.ops.ms_deform_attn`.
 
+    While `torch.onnx.export` runs (`torch.onnx.is_in_onnx_export()`), the reference runs instead, whatever
+    `backend` says: it is made of standard ONNX ops (grid_sample), the compiled kernels are not. It then needs
+    `level_shapes`, the (H, W) of each level as Python ints, so the exported graph keeps a dynamic image size.
+
     query (N, Lq, C), reference_points (N, Lq, L, 2) in [0, 1], value_input (N, S, C),
-    spatial_shapes (L, 2), level_start_index (L,), padding_mask (N, S) True = padded -> (N, Lq, C).
+    spatial_shapes (L, 2), level_start_index (L,), padding_mask (N, S) True = padded,
+    level_shapes: L pairs (H, W) matching spatial_shapes -> (N, Lq, C).
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
@@ -50,12 +56,18 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.constant_(self.output_proj.bias, 0.0)
 
-    def forward(self, query, reference_points, value_input, spatial_shapes, level_start_index, padding_mask=None):
+    def forward(self, query, reference_points, value_input, spatial_shapes, level_start_index, padding_mask=None,
+                level_shapes=None):
         n, lq, _ = query.shape
         _, s, _ = value_input.shape
-        expected = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
-        if expected != s:
-            raise ValueError(f"value has {s} positions but spatial_shapes sum to {expected}")
+        exporting = torch.onnx.is_in_onnx_export()
+        if exporting and level_shapes is None:
+            raise ValueError("MSDeformAttn under torch.onnx.export needs level_shapes=[(H, W), ...] (Python ints): "
+                             "reading them from spatial_shapes would freeze the image size into the graph")
+        if not exporting:  # int() of a tensor is data-dependent under export
+            expected = int((spatial_shapes[:, 0] * spatial_shapes[:, 1]).sum())
+            if expected != s:
+                raise ValueError(f"value has {s} positions but spatial_shapes sum to {expected}")
         value = self.value_proj(value_input)
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)
@@ -67,6 +79,8 @@ class MSDeformAttn(nn.Module):
             raise ValueError(f"reference_points last dim must be 2, got {reference_points.shape[-1]}")
         normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        if exporting:
+            return self.output_proj(ms_deform_attn_levels(value, list(level_shapes), locations, weights))
         # The kernels want one dtype (autocast may leave value in half and the locations in float) and the
         # level bookkeeping on value's device; all of it contiguous.
         out = ms_deform_attn(

@@ -1,10 +1,13 @@
 """Pure-PyTorch multi-scale deformable attention (bilinear sampling through `grid_sample`).
 
-The ground truth the compiled kernels are tested against, and the fallback when they are not built.
+The ground truth the compiled kernels are tested against, the fallback when they are not built, and what an
+ONNX export contains (standard ops only: GridSample needs opset >= 16).
 Sampling follows `grid_sample(align_corners=False, padding_mode="zeros")`: location (0, 0) is the top-left
 corner of the top-left pixel, so pixel centres sit at (i + 0.5) / W; samples outside the map read zeros.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +24,28 @@ def ms_deform_attn_reference(
     sampling_locations (N, Lq, M, L, P, 2) as (x, y) in [0, 1], attention_weights (N, Lq, M, L, P)
     -> (N, Lq, M * D).
     """
-    n, _, m, d = value.shape
-    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
     shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     starts = [int(s) for s in level_start_index.tolist()]
+    return ms_deform_attn_levels(value, shapes, sampling_locations, attention_weights, starts)
+
+
+def ms_deform_attn_levels(
+    value: torch.Tensor,
+    shapes: Sequence[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    starts: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """The reference with the level shapes as Python (H, W) pairs instead of tensors: under `torch.export` they
+    stay symbolic sizes, so an exported graph keeps a dynamic image size (reading them back from a tensor with
+    `.tolist()` would freeze them). `starts` default to the running sum of H * W. Shapes as above."""
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    if starts is None:
+        starts, offset = [], 0
+        for h, w in shapes:
+            starts.append(offset)
+            offset = offset + h * w
     grids = 2.0 * sampling_locations - 1.0  # grid_sample wants [-1, 1]
     sampled = []
     for lvl, (h, w) in enumerate(shapes):

@@ -1,5 +1,6 @@
-"""Per-instance drawings: each kept query's mask, category and attributes, drawn one by one (not detectron2's
-Visualizer, which draws everything in one call and cannot show per-query attributes)."""
+"""Per-instance overlays: each kept query's mask, category and attributes, drawn one by one (not detectron2's
+Visualizer, which draws everything in one call and cannot show per-query attributes). PIL only: the pipeline
+draws a run's overlays with it, the inspector's figures build on it."""
 from __future__ import annotations
 
 import os
@@ -21,10 +22,16 @@ def _numpy(x):
 
 def instance_caption(i: int, pred: Mapping, categories: Sequence[str],
                      attributes: Mapping[str, Sequence[str]]) -> str:
-    """"circle red/small .93 q7": category, attribute values, score and the query that predicted it."""
+    """"circle red/small .93 q7": category, attribute values, score and the query that predicted it; a
+    multi-label group shows its predicted set joined by "+" ("stripes+dots"), "-" when empty."""
     label = categories[int(_numpy(pred["labels"])[i])]
-    values = [vocab[int(_numpy(pred["attributes"][name])[i])] for name, vocab in attributes.items()
-              if name in pred.get("attributes", {})]
+    values = []
+    for name, vocab in attributes.items():
+        if name in pred.get("attributes", {}):
+            values.append(vocab[int(_numpy(pred["attributes"][name])[i])])
+        elif name in pred.get("attribute_sets", {}):
+            chosen = np.flatnonzero(_numpy(pred["attribute_sets"][name])[i])
+            values.append("+".join(vocab[k] for k in chosen) or "-")
     score = float(_numpy(pred["scores"])[i])
     query = int(_numpy(pred["query_index"])[i]) if "query_index" in pred else i
     return f"{label} {'/'.join(values)} {score:.2f} q{query}".replace("  ", " ")
@@ -60,12 +67,3 @@ def draw_instances(image: np.ndarray, pred: Mapping, categories: Sequence[str],
 def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
-
-
-def plot_loss_curve(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """Total and per-term training losses against step, from a run's metrics.jsonl, as a PNG."""
-    from workbench.inspect.figures import loss_curve_figure  # figures draws with this module
-
-    if not Path(metrics_jsonl).read_text().strip():
-        raise ValueError(f"{metrics_jsonl} has no records")
-    loss_curve_figure(metrics_jsonl).savefig(out_png, dpi=100)

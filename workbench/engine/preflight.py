@@ -1,0 +1,45 @@
+"""Config vs data, checked before any work: a model whose heads do not fit the data trains silently on nothing.
+
+`check_model_matches_data` compares `ModelConfig.num_classes` and `attributes` (names, values and their order)
+with a dataset's schema and raises one `ConfigError` listing every mismatch, each with the config field path,
+what the data has, and the fix. Called by `train` (training and validation data) and `eval_dataset`.
+"""
+from __future__ import annotations
+
+import difflib
+
+from workbench.config import ModelConfig
+from workbench.config_file import ConfigError
+from workbench.data.schema import Schema
+
+__all__ = ["check_model_matches_data"]
+
+
+def check_model_matches_data(model: ModelConfig, schema: Schema, where: str) -> None:
+    """Raise `ConfigError` unless `model`'s classes and attribute heads are exactly `schema`'s (from `where`)."""
+    problems = []
+    if model.num_classes != schema.num_classes:
+        problems.append(f"model.num_classes is {model.num_classes} but the data has {schema.num_classes} "
+                        f"categories {schema.category_names}; set model.num_classes: {schema.num_classes} "
+                        "(or leave it out: it defaults to the data's)")
+    data_attrs = schema.attribute_values  # names -> values; kind may differ on purpose (an ablation of `kind`)
+    for spec in model.attributes:
+        if spec.name not in data_attrs:
+            close = difflib.get_close_matches(spec.name, list(data_attrs), n=1)
+            hint = f"the data has `{close[0]}`; the config says `{spec.name}`" if close else \
+                f"the data's attributes are {list(data_attrs)}"
+            problems.append(f"model.attributes.{spec.name}: no such attribute in the data ({hint}); its head would "
+                            "train on nothing")
+        elif list(spec.values) != data_attrs[spec.name]:
+            problems.append(f"model.attributes.{spec.name}: values {list(spec.values)} differ from the data's "
+                            f"{data_attrs[spec.name]} (value ids are positions: same names, same order)")
+    missing = [name for name in data_attrs if name not in model.attribute_names]
+    close_to_config = {m for m in missing for n in model.attribute_names if difflib.get_close_matches(n, [m], n=1)}
+    for name in missing:
+        if name not in close_to_config:  # a near-miss was reported above from the config's side
+            problems.append(f"model.attributes: the data has attribute `{name}` {data_attrs[name]} but the config "
+                            "has no head for it; its labels would be unused (add it, or leave model.attributes "
+                            "out: it defaults to the data's)")
+    if problems:
+        lines = "\n  ".join(problems)
+        raise ConfigError(f"the config does not fit the data {where}:\n  {lines}")

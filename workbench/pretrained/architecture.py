@@ -1,0 +1,99 @@
+"""The architecture a checkpoint was trained with, read from transformers' config.json or, for upstream and
+lone files, from tensor names and shapes (after renaming to ours).
+
+From shapes: hidden size and queries (`decoder.query_feat.weight` (Q, D)), decoder layers (count of
+`decoder.self_attention.*`), feedforward sizes (first FFN linear), encoder layers, mask size, classes (class
+head rows - 1) and attention heads from the deformable attention's `attention_weights` rows (heads x 3 levels
+x 4 points: upstream's fixed 3 levels and 4 points are assumed; the decoder uses the same head count, as
+upstream's configs do).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+
+from workbench.pretrained import transformers as hf
+from workbench.pretrained import upstream
+from workbench.pretrained.keymap import KeyMap, Slot
+from workbench.pretrained.source import Checkpoint
+
+KEYMAPS: dict[str, KeyMap] = {"upstream": upstream.UPSTREAM, "transformers": hf.TRANSFORMERS}
+N_LEVELS, N_POINTS = 3, 4
+
+
+def backbone_of(ckpt: Checkpoint) -> dict[str, Any]:
+    """ModelConfig backbone fields (`backbone`, and for Swin its window and drop-path rate)."""
+    if ckpt.naming == "transformers":
+        return hf.backbone_fields(ckpt.tensors, ckpt.config)
+    return upstream.backbone_fields(ckpt.tensors)
+
+
+def head_shapes(ckpt: Checkpoint) -> dict[str, tuple[int, ...]]:
+    """Our key -> shape for the checkpoint's non-backbone tensors (q/k/v chunks counted whole)."""
+    keymap = KEYMAPS[ckpt.naming]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, tensor in ckpt.tensors.items():
+        if key.startswith(keymap.backbone_prefix):
+            continue
+        slot = keymap.slot(key, backbone="")
+        if isinstance(slot, Slot):
+            shape = tuple(tensor.shape)
+            shapes[slot.key] = (shape[0] * slot.chunks, *shape[1:]) if shape else shape
+    return shapes
+
+
+def _count(shapes, pattern: str) -> int:
+    return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+
+
+def _need(shapes: Mapping[str, tuple[int, ...]], key: str, path: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise ValueError(f"{path}: no tensor for {key} (after renaming); is this a Mask2Former checkpoint?")
+    return shapes[key]
+
+
+def architecture(ckpt: Checkpoint) -> dict[str, Any]:
+    """ModelConfig fields: backbone, num_classes and the architecture (see the module docstring)."""
+    shapes = head_shapes(ckpt)
+    num_classes = _need(shapes, "decoder.class_head.weight", ckpt.path)[0] - 1
+    if ckpt.config is not None and ckpt.naming == "transformers":
+        fields = hf.model_fields(ckpt.config, ckpt.path)
+    else:
+        num_queries, hidden = _need(shapes, "decoder.query_feat.weight", ckpt.path)
+        enc_layers = _count(shapes, r"pixel_decoder\.encoder\.(\d+)\.")
+        nheads = 8
+        if enc_layers:
+            rows = _need(shapes, "pixel_decoder.encoder.0.self_attn.attention_weights.weight", ckpt.path)[0]
+            nheads = rows // (N_LEVELS * N_POINTS)
+        conv_dim = _need(shapes, "pixel_decoder.input_proj.0.0.weight", ckpt.path)[0]
+        if conv_dim != hidden:
+            raise ValueError(f"{ckpt.path}: pixel decoder width {conv_dim} != decoder width {hidden}: our pixel "
+                             f"decoder works at the decoder's hidden size")
+        fields = dict(
+            hidden_dim=hidden, num_queries=num_queries, nheads=nheads,
+            dim_feedforward=_need(shapes, "decoder.ffn.0.net.0.weight", ckpt.path)[0],
+            dec_layers=_count(shapes, r"decoder\.self_attention\.(\d+)\."),
+            enc_layers=enc_layers,
+            enc_dim_feedforward=shapes["pixel_decoder.encoder.0.ffn.0.weight"][0] if enc_layers else 1024,
+            mask_dim=_need(shapes, "pixel_decoder.mask_features.weight", ckpt.path)[0],
+        )
+    return dict(**backbone_of(ckpt), num_classes=num_classes, **fields)
+
+
+def class_names(ckpt: Checkpoint, num_classes: int) -> tuple[str, ...] | None:
+    """The checkpoint's category names in class-head order: transformers' id2label; COCO's 80 for an upstream
+    checkpoint with 80 classes; None when unknown."""
+    names = ckpt.class_names
+    if names is not None:
+        return names if len(names) == num_classes else None
+    if ckpt.naming == "upstream" and num_classes == 80:
+        from workbench.pretrained.coco import COCO_INSTANCE_CLASSES
+
+        return COCO_INSTANCE_CLASSES
+    return None
+
+
+def as_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t

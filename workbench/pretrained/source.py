@@ -1,0 +1,143 @@
+"""Reading a published Mask2Former checkpoint into named tensors, whatever of the four forms it comes in.
+
+    upstream .pkl        model zoo `model_final_*.pkl`: {"model": {name: numpy array}, ...}, read by a
+                         restricted unpickler (safe_pickle.py), never plain `pickle.load`
+    detectron2 .pth      what detectron2's checkpointer saves: {"model": state_dict, ...}, torch.load(weights_only)
+    transformers folder  config.json + model.safetensors (or shards listed in model.safetensors.index.json)
+    lone .safetensors    tensors only; the naming (upstream or transformers) is read from the keys
+
+`naming` says whose parameter names the tensors use: "upstream" (detectron2 / facebookresearch/Mask2Former:
+`backbone.res2.0.conv1.weight`, `sem_seg_head.predictor.class_embed.weight`) or "transformers"
+(`model.pixel_level_module.encoder...`, `class_predictor.weight`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+KINDS = ("upstream_pkl", "detectron2_pth", "transformers_dir", "safetensors")
+UPSTREAM_PREFIXES = ("backbone.", "sem_seg_head.")
+TRANSFORMERS_PREFIXES = ("model.pixel_level_module.", "model.transformer_module.")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """tensors {name: Tensor} in the checkpoint's own naming; `config` is transformers' config.json (or None)."""
+
+    path: str
+    kind: str  # one of KINDS
+    naming: str  # "upstream" | "transformers"
+    tensors: Mapping[str, torch.Tensor]
+    config: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Names of the class head's rows (transformers' id2label; the COCO names for upstream), if known."""
+        if self.config and self.config.get("id2label"):
+            labels = self.config["id2label"]
+            return tuple(labels[str(i)] if str(i) in labels else labels[i] for i in range(len(labels)))
+        return None
+
+
+def naming_of(keys, path) -> str:
+    """Whose naming a set of tensor names follows; an error naming the file when neither."""
+    keys = list(keys)
+    if any(k.startswith(TRANSFORMERS_PREFIXES) for k in keys):
+        return "transformers"
+    if any(k.startswith("sem_seg_head.") for k in keys):
+        return "upstream"
+    sample = ", ".join(keys[:5])
+    raise ValueError(f"{path}: tensor names follow neither upstream Mask2Former (sem_seg_head.*, backbone.*) nor "
+                     f"transformers (model.pixel_level_module.*, model.transformer_module.*); first names: {sample}")
+
+
+def _as_tensors(state: Mapping[str, Any], path) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, value in state.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if not torch.is_tensor(value):
+            raise ValueError(f"{path}: model entry {name!r} is a {type(value).__name__}, not an array")
+        out[name] = value
+    return out
+
+
+def _model_dict(obj: Any, path) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        return obj["model"]
+    if isinstance(obj, Mapping) and obj and all(isinstance(k, str) for k in obj) and \
+            all(isinstance(v, (np.ndarray, torch.Tensor)) for v in obj.values()):
+        return obj  # a bare state dict
+    keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+    raise ValueError(f"{path}: expected {{'model': {{name: array}}, ...}} (detectron2's format); found {keys}")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _read_transformers_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path}: a transformers checkpoint folder needs config.json (not found)")
+    config = json.loads(config_path.read_text())
+    if config.get("model_type") != "mask2former":
+        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}, expected 'mask2former'")
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.is_file():
+        return _read_safetensors(single), config
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, Mapping):
+            raise ValueError(f"{index}: no 'weight_map' {{tensor name: shard file}}")
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(weight_map.values())):
+            shard_path = path / shard
+            if not shard_path.is_file():
+                raise FileNotFoundError(f"{index}: lists shard {shard}, which is not in {path}")
+            tensors.update(_read_safetensors(shard_path))
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise ValueError(f"{index}: tensors listed but absent from their shards: {missing[:5]}")
+        return tensors, config
+    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (pytorch_model.bin is "
+                            f"not read: convert it with transformers' save_pretrained(safe_serialization=True))")
+
+
+def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
+    """Read `source` (see the module docstring for the four forms) into a `Checkpoint`."""
+    path = Path(source)
+    if path.is_dir():
+        tensors, config = _read_transformers_dir(path)
+        return Checkpoint(str(path), "transformers_dir", naming_of(tensors, path), tensors, config)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a .pkl, .pth, .safetensors file or a "
+                                f"transformers folder with config.json)")
+    suffix = path.suffix.lower()
+    if suffix == ".pkl":
+        from workbench.pretrained.safe_pickle import load_numpy_pickle
+
+        tensors = _as_tensors(_model_dict(load_numpy_pickle(path), path), path)
+        return Checkpoint(str(path), "upstream_pkl", naming_of(tensors, path), tensors)
+    if suffix in (".pth", ".pt"):
+        from workbench.engine.checkpoint import load_checkpoint
+
+        tensors = _as_tensors(_model_dict(load_checkpoint(path), path), path)
+        return Checkpoint(str(path), "detectron2_pth", naming_of(tensors, path), tensors)
+    if suffix == ".safetensors":
+        tensors = _read_safetensors(path)
+        config_path = path.parent / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else None
+        if config is not None and config.get("model_type") != "mask2former":
+            config = None
+        return Checkpoint(str(path), "safetensors", naming_of(tensors, path), tensors, config)
+    raise ValueError(f"{path}: unknown checkpoint kind {suffix!r}; expected .pkl (upstream model zoo), .pth "
+                     f"(detectron2), .safetensors, or a transformers folder")
