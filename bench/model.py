@@ -9,7 +9,8 @@ as a baseline (ratio printed), so figures from different machines can be compare
 --vs-transformers: each of our presets side by side with transformers' Mask2FormerForUniversalSegmentation
 of the same size (same backbone, 100 queries, 6 encoder layers, 9 decoder layers = transformers'
 decoder_layers 10, 80 classes, no attribute heads on either), both randomly initialised, on the same batch:
-median train step (forward with losses, backward, AdamW step) and inference, and our time / theirs.
+median train step (forward with losses, backward, AdamW step: fused for ours, as our trainer builds it, torch's
+default for transformers') and median inference, and our time / theirs.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
     for module in model.modules():
         if isinstance(module, MSDeformAttn):
             module.backend = ops_backend
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as our trainer builds it
     items = synthetic_batch(cfg.num_classes, {a.name: a.num_values for a in cfg.attributes}, batch=batch, size=size)
     times = []
     for step in range(steps + 1):  # first step is warm-up
@@ -47,11 +48,19 @@ def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
         times.append(time.perf_counter() - start)
     model.eval()
     with torch.no_grad():
-        model(items)
-        start = time.perf_counter()
-        model(items)
-        infer = time.perf_counter() - start
+        infer = _median_time(lambda: model(items), steps)
     return statistics.median(times[1:]), infer
+
+
+def _median_time(fn, steps: int) -> float:
+    """Median wall-clock seconds of `steps` calls of fn after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def transformers_config(preset: str, cfg: wb.ModelConfig):
@@ -100,10 +109,7 @@ def time_transformers(hf_cfg, items: list[dict], steps: int) -> tuple[float, flo
         times.append(time.perf_counter() - start)
     model.eval()
     with torch.no_grad():
-        model(pixel_values=pixels)
-        start = time.perf_counter()
-        model(pixel_values=pixels)
-        infer = time.perf_counter() - start
+        infer = _median_time(lambda: model(pixel_values=pixels), steps)
     return statistics.median(times[1:]), infer
 
 
