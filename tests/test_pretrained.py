@@ -444,6 +444,11 @@ def test_train_from_yaml_weights_with_frozen_trunk(ours, hf_dir, shapes_data, tm
         assert torch.equal(trained[key], source[key])  # frozen trunk: exactly the checkpoint's
     assert not torch.equal(trained["decoder.class_head.weight"][-1], source["decoder.class_head.weight"][-1])
 
+    # the fine-tuned run evaluates like any other (segm AP, attribute accuracy on its data.val)
+    assert main(["eval", "--run", str(tmp_path / "run"), "--device", "cpu", "--json"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "AP" in metrics["segm"] and {"color", "size"} <= set(metrics["attributes"])
+
     # `workbench export-weights`: the trained run as a transformers folder, names from the run's data
     from safetensors.torch import load_file
     from transformers import Mask2FormerForUniversalSegmentation
