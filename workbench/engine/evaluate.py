@@ -55,6 +55,7 @@ from workbench.data.io import data_record, read_json, write_json_atomic
 from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
+from workbench.engine.coco_index import coco_from_dict
 from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 
@@ -211,14 +212,6 @@ def _load_ground_truth(coco_gt: str | os.PathLike | Mapping, schema: Schema | No
     return data, schema, where
 
 
-def _coco_from(dataset: dict) -> COCO:
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
 def _gt_coco(data: dict) -> COCO:
     """A COCO object over copies of the annotations (COCOeval rewrites them), re-numbered 1..n.
 
@@ -234,7 +227,7 @@ def _gt_coco(data: dict) -> COCO:
             im = images[ann["image_id"]]
             ann["area"] = float(segmentation_to_mask(ann["segmentation"], im["height"], im["width"]).sum())
         anns.append(ann)
-    return _coco_from({"images": list(data["images"]), "categories": list(data["categories"]), "annotations": anns})
+    return coco_from_dict({"images": list(data["images"]), "categories": list(data["categories"]), "annotations": anns})
 
 
 def _check_prediction(pred: dict, image_id: Any, image: dict, schema: Schema) -> None:
@@ -368,7 +361,7 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     counts["ground_truth"] = sum(1 for a in data["annotations"] if a["image_id"] in evaluated and not a.get("iscrowd", 0))
 
     gt = _gt_coco(data)
-    dt = _coco_from({"images": list(data["images"]), "categories": list(data["categories"]),
+    dt = coco_from_dict({"images": list(data["images"]), "categories": list(data["categories"]),
                      "annotations": detections})
     main = _run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
     joint = _run_cocoeval(_JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)

@@ -38,6 +38,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from workbench.engine.coco_index import coco_from_dict
+
 __all__ = [
     "FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES",
     "F1_THRESHOLDS",
@@ -79,14 +81,6 @@ def default_attributed(gt: Mapping[str, Any]) -> Collection[int] | None:
     if sorted(c["id"] for c in gt["categories"]) == list(range(46)):
         return FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES
     return None
-
-
-def _coco(dataset: dict) -> COCO:
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 class _IouF1Eval(COCOeval):
@@ -167,13 +161,13 @@ def iou_f1_ap(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]], vo
     F1 .50:.95).
     """
     attributed = set(categories_with_attributes(gt) if attributed is None else attributed)
-    gt_coco = _coco({"images": list(gt["images"]), "categories": list(gt["categories"]),
+    gt_coco = coco_from_dict({"images": list(gt["images"]), "categories": list(gt["categories"]),
                      "annotations": [dict(a) for a in gt["annotations"]]})
     dets = [dict(d, id=i + 1, iscrowd=0) for i, d in enumerate(detections)]
     for d in dets:
         d.setdefault("area", float(mask_utils.area(d["segmentation"])))
         d.setdefault("bbox", [float(v) for v in mask_utils.toBbox(d["segmentation"])])
-    dt_coco = _coco({"images": list(gt["images"]), "categories": list(gt["categories"]), "annotations": dets})
+    dt_coco = coco_from_dict({"images": list(gt["images"]), "categories": list(gt["categories"]), "annotations": dets})
     evaluator = _IouF1Eval(gt_coco, dt_coco, attributed, len(set(vocabulary)))
     evaluator.params.imgIds = sorted(image_ids if image_ids is not None else [im["id"] for im in gt["images"]])
     evaluator.params.maxDets = [max_dets]
