@@ -10,7 +10,13 @@ as a baseline (ratio printed), so figures from different machines can be compare
 of the same size (same backbone, 100 queries, 6 encoder layers, 9 decoder layers = transformers'
 decoder_layers 10, 80 classes, no attribute heads on either), both randomly initialised, on the same batch:
 median train step (forward with losses, backward, AdamW step: fused for ours, as our trainer builds it, torch's
-default for transformers') and median inference, and our time / theirs.
+default for transformers') and median inference, and our time / theirs. Then, from the same run:
+- the arithmetic floor: our model's convolution and matrix-product FLOPs (torch's FlopCounterMode, forward for
+  inference, forward + backward for a train step) at this machine's float32 matrix-product peak (a 2048^3
+  product timed here), as times and as ratios to transformers' measured times. No float32 implementation doing
+  these products can be faster than the floor on this machine;
+- the demo's tiny model (`workbench.engine.demo.demo_config`: batch 8 x 128^2): train steps per second (model,
+  clipping and fused AdamW; data loading not included) and the implied time of its 2,000 steps.
 """
 from __future__ import annotations
 
@@ -113,7 +119,74 @@ def time_transformers(hf_cfg, items: list[dict], steps: int) -> tuple[float, flo
     return statistics.median(times[1:]), infer
 
 
+def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """This machine's float32 matrix-product throughput now: best of `repeat` n^3 products, in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_median_time(lambda: a @ b, 1) for _ in range(repeat))
+    return 2 * n ** 3 / best / 1e9
+
+
+def model_gflop(cfg: wb.ModelConfig, items: list[dict]) -> tuple[float, float]:
+    """(inference, train step) GFLOP of our model on `items`: convolutions and matrix products, counted by
+    torch's FlopCounterMode (elementwise ops, sampling and the optimizer are not counted: the floor is low)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = wb.build_model(cfg).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(items)
+    infer = counter.get_total_flops() / 1e9
+    model.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        losses = model(items, generator=torch.Generator().manual_seed(0))
+        sum(losses.values()).backward()
+    return infer, counter.get_total_flops() / 1e9
+
+
+def print_floor(preset: str, cfg: wb.ModelConfig, items: list[dict], hf_train: float, hf_infer: float,
+                peak: float) -> None:
+    infer_gflop, train_gflop = model_gflop(cfg, items)
+    infer_floor, train_floor = infer_gflop / peak, train_gflop / peak
+    print(f"floor {preset:<8}: {infer_gflop:.1f} GFLOP inference, {train_gflop:.1f} GFLOP train step at "
+          f"{peak:.0f} GFLOP/s -> >= {infer_floor * 1000:.0f} ms inference ({infer_floor / hf_infer:.2f}x "
+          f"transformers'), >= {train_floor * 1000:.0f} ms train step ({train_floor / hf_train:.2f}x)")
+
+
+def demo_steps_per_second(steps: int) -> None:
+    """The demo's model and solver on a synthetic batch like the demo's (8 x 128^2, ~3.5 instances)."""
+    from pathlib import Path
+
+    from workbench.engine.demo import DEMO_MAX_ITER, demo_config
+    from workbench.engine.trainer import param_groups
+
+    cfg = demo_config(Path("unused"))
+    torch.manual_seed(0)
+    model = wb.build_model(cfg.model).train()
+    opt = torch.optim.AdamW(param_groups(model, cfg.solver, 1e-3), lr=1e-3, weight_decay=cfg.solver.weight_decay,
+                            fused=True)
+    attrs = {a.name: a.num_values for a in cfg.model.attributes}
+    batches = [synthetic_batch(cfg.model.num_classes, attrs, batch=cfg.solver.batch_size, size=128,
+                               num_targets=3 + s % 2, seed=s) for s in range(4)]
+
+    def step(i=[0]):
+        losses = model(batches[i[0] % 4], generator=torch.Generator().manual_seed(i[0]))
+        i[0] += 1
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.solver.clip_grad_norm)
+        opt.step()
+
+    seconds = _median_time(step, steps)
+    print(f"demo tiny model (batch 8 x 128^2): {1 / seconds:.2f} train steps/s ({seconds * 1000:.1f} ms/step; "
+          f"{DEMO_MAX_ITER} steps = {DEMO_MAX_ITER * seconds / 60:.2f} min of model time, data loading excluded)")
+
+
 def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -> None:
+    peak = matmul_peak_gflops()
+    print(f"float32 matrix-product peak here: {peak:.0f} GFLOP/s (2048^3, best of 5)")
     for preset in presets:
         cfg = getattr(wb.ModelConfig, preset)(num_classes=80)
         items = synthetic_batch(cfg.num_classes, {}, batch=batch, size=size)
@@ -123,6 +196,8 @@ def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -
         print(f"{preset:<14} transformers: train step {hf_train * 1000:8.1f} ms   inference {hf_infer * 1000:8.1f} ms")
         print(f"ratio ours/transformers ({preset}): train {ours_train / hf_train:.2f}x, inference "
               f"{ours_infer / hf_infer:.2f}x (batch {batch} x {size}^2, CPU, median of {steps} steps)")
+        print_floor(preset, cfg, items, hf_train, hf_infer, peak)
+    demo_steps_per_second(max(steps, 10))
 
 
 def main() -> None:

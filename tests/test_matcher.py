@@ -141,3 +141,59 @@ def test_costs_stay_float32_under_autocast():
     exact = m.cost_matrix(half, p.targets, 0, coords)  # outside autocast
     assert cost.dtype == torch.float32 and torch.equal(cost, exact)
     assert q.tolist() == p.assignment[0][0].tolist() and t.tolist() == p.assignment[0][1].tolist()
+
+
+def per_image_costs(m: HungarianMatcher, outputs: ModelOutput, targets, coords: torch.Tensor) -> list:
+    """Image b's cost matrix computed on image b alone, with the textbook formulas (two BCE passes, the masks
+    sampled one image at a time), as the matcher did before issue 14 batched it."""
+    from workbench.model.points import point_sample
+
+    costs = []
+    for b, tgt in enumerate(targets):
+        probs = outputs.class_logits[b].softmax(-1)
+        cost = m.cost_class * -probs[:, tgt["labels"]]
+        for name, w in m.cost_attributes.items():
+            values = torch.as_tensor(tgt["attributes"][name])
+            attr = outputs.attribute_logits[name][b].softmax(-1)
+            cost = cost + w * -attr[:, values.clamp(min=0)] * (values >= 0).float()[None]
+        out = point_sample(outputs.mask_logits[b][:, None], coords[b : b + 1].expand(outputs.num_queries, -1, -1))[:, 0]
+        masks = torch.as_tensor(tgt["masks"]).float()
+        tgt_pts = point_sample(masks[:, None], coords[b : b + 1].expand(len(masks), -1, -1))[:, 0]
+        bce = torch.stack([torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(o, t) for t in tgt_pts])
+                           for o in out]) if len(masks) else cost.new_zeros((len(out), 0))
+        costs.append(cost + m.cost_mask * bce + m.cost_dice * batch_dice_cost(out, tgt_pts))
+    return costs
+
+
+def test_batched_costs_equal_each_image_alone():
+    """Issue 14 computes all images' costs together, targets padded to the largest count: each image's block
+    equals its own computation, whatever its neighbours hold (an empty image, 1 target, 4 targets)."""
+    p = planted_problem(batch=3, num_queries=9, num_targets=4, confidence=0.4, seed=5)
+    p.outputs.mask_logits[1] *= 8  # confident logits: softplus(x) - t x must not lose the small costs
+    for key in ("labels", "masks"):
+        p.targets[0][key] = p.targets[0][key][:0]
+        p.targets[2][key] = p.targets[2][key][:1]
+    for name in ("color", "size"):
+        p.targets[0]["attributes"][name] = p.targets[0]["attributes"][name][:0]
+        p.targets[2]["attributes"][name] = p.targets[2]["attributes"][name][:1]
+    p.targets[1]["attributes"]["color"][2] = -1
+    m = matcher(num_points=256)
+    coords = torch.rand(3, 256, 2, generator=gen(3))
+    batched = m.cost_matrices(p.outputs, p.targets, coords)
+    assert batched.shape == (3, 9, 4)
+    for b, want in enumerate(per_image_costs(m, p.outputs, p.targets, coords)):
+        got = batched[b, :, : len(p.targets[b]["labels"])]
+        assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-5), b
+        assert torch.allclose(m.cost_matrix(p.outputs, p.targets, b, coords[b : b + 1]), want, rtol=1e-5, atol=1e-5)
+    found = m(p.outputs, p.targets, generator=gen(4))
+    assert [len(q) for q, _ in found] == [0, 4, 1]
+
+
+def test_sigmoid_ce_cost_holds_for_soft_targets():
+    """Targets sampled bilinearly at mask edges lie between 0 and 1: the one-product form still equals BCE."""
+    x, y = 6 * torch.randn(4, 300), torch.rand(3, 300)
+    ce = batch_sigmoid_ce_cost(x, y)
+    for i in range(4):
+        for j in range(3):
+            ref = torch.nn.functional.binary_cross_entropy_with_logits(x[i], y[j])
+            assert ce[i, j].item() == pytest.approx(ref.item(), rel=1e-5)

@@ -149,3 +149,17 @@ def test_batch_padding_is_zero_after_normalisation(tiny_cfg):
     mean = torch.tensor(tiny_cfg.pixel_mean).view(3, 1, 1)
     assert torch.allclose(padded[0, :, 40:, :], mean.expand(3, 24, 64))
     assert torch.all(padded[0, :, :40, :50] == 7)
+
+
+def test_position_encoding_kept_per_size_equals_a_fresh_one():
+    """The sine map is kept per (H, W, device, dtype) (issue 14): a kept map equals a fresh computation, and
+    another size (even with the same H, or the same number of positions) gets its own map."""
+    from workbench.model.position_encoding import SinePositionEncoding
+
+    enc = SinePositionEncoding(8)
+    for h, w in [(4, 6), (4, 6), (4, 5), (6, 4), (3, 8)]:
+        got = enc(torch.zeros(2, 1, h, w))
+        assert got.shape == (2, 16, h, w)
+        assert torch.equal(got[1], enc.encode(h, w, torch.device("cpu")))
+    assert len(enc._maps) == 4
+    assert enc(torch.zeros(1, 1, 4, 6, dtype=torch.float64)).dtype == torch.float64

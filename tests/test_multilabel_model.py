@@ -12,7 +12,10 @@ from workbench.model.matcher import HungarianMatcher, batch_multilabel_cost
 from workbench.model.meta_arch import build_criterion, build_matcher
 
 # Recorded from the code before multi-label groups existed (commit c0ccfd3), on the inputs built below:
-# single-label configurations must give exactly these numbers (bit-identical float32 values).
+# single-label configurations must give exactly these numbers (bit-identical float32 values), except where issue
+# 14 reordered float arithmetic on purpose: the cost matrix (its BCE term is softplus(x) - t x, one product) and
+# the whole model's mask losses (its uncertain points come from an unsorted top-k: the same points, summed in
+# another order). Those agree to 1e-6 relative; the matches stay exact.
 RECORDED_CRITERION = {"loss_ce": 0.5235028266906738, "loss_attr_color": 1.3051633834838867,
                       "loss_attr_size": 0.7593011260032654, "loss_mask": 0.4971331059932709,
                       "loss_dice": 0.7906904220581055}
@@ -44,11 +47,12 @@ def test_single_label_losses_and_matches_are_bit_identical_to_recorded():
     assert [(a.tolist(), b.tolist()) for a, b in indices] == RECORDED_INDICES
     coords = torch.rand((1, cfg.loss.num_points, 2), generator=gen(1))
     cost = matcher.cost_matrix(p.outputs, p.targets, 0, coords)
-    assert (cost.sum().item(), cost[0].tolist()) == RECORDED_COST
+    assert cost.sum().item() == pytest.approx(RECORDED_COST[0], rel=1e-6)
+    assert cost[0].tolist() == pytest.approx(RECORDED_COST[1], rel=1e-6)
     torch.manual_seed(0)
     model = wb.build_model(cfg).train()
     batch = synthetic.synthetic_batch(3, {"color": 3, "size": 3}, batch=2, size=64, seed=0)
-    assert {k: v.item() for k, v in model(batch, generator=gen()).items()} == RECORDED_MODEL
+    assert {k: v.item() for k, v in model(batch, generator=gen()).items()} == pytest.approx(RECORDED_MODEL, rel=1e-6)
 
 
 def test_spec_kinds_and_head_sizes():

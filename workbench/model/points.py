@@ -53,7 +53,7 @@ def uncertain_point_coords(
     point_unc = uncertainty(point_sample(mask_logits, coords))  # (N, 1, num_sampled)
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
-    idx = torch.topk(point_unc[:, 0, :], k=num_uncertain, dim=1)[1]
+    idx = torch.topk(point_unc[:, 0, :], k=num_uncertain, dim=1, sorted=False)[1]  # the set matters, not its order
     idx = idx + num_sampled * torch.arange(n, device=device)[:, None]
     picked = coords.view(-1, 2)[idx.view(-1), :].view(n, num_uncertain, 2)
     if num_random > 0:
