@@ -165,7 +165,8 @@ def per_image_costs(m: HungarianMatcher, outputs: ModelOutput, targets, coords: 
     return costs
 
 
-def test_batched_costs_equal_each_image_alone():
+@pytest.mark.parametrize("one_call", [True, False], ids=["masks-in-one-call", "masks-per-image"])
+def test_batched_costs_equal_each_image_alone(one_call, monkeypatch):
     """Issue 14 computes all images' costs together, targets padded to the largest count: each image's block
     equals its own computation, whatever its neighbours hold (an empty image, 1 target, 4 targets)."""
     p = planted_problem(batch=3, num_queries=9, num_targets=4, confidence=0.4, seed=5)
@@ -178,8 +179,12 @@ def test_batched_costs_equal_each_image_alone():
         p.targets[2]["attributes"][name] = p.targets[2]["attributes"][name][:1]
     p.targets[1]["attributes"]["color"][2] = -1
     m = matcher(num_points=256)
+    if not one_call:  # targets too large to sample as one batch fall back to one image at a time
+        monkeypatch.setattr("workbench.model.matcher.MAX_BATCHED_MASK_PIXELS", 0)
+    padded = m.pad(p.targets, torch.device("cpu"))
+    assert (padded.masks is not None) == one_call
     coords = torch.rand(3, 256, 2, generator=gen(3))
-    batched = m.cost_matrices(p.outputs, p.targets, coords)
+    batched = m.cost_matrices(p.outputs, p.targets, coords, padded)
     assert batched.shape == (3, 9, 4)
     for b, want in enumerate(per_image_costs(m, p.outputs, p.targets, coords)):
         got = batched[b, :, : len(p.targets[b]["labels"])]

@@ -22,6 +22,8 @@ does not look at ignore regions (as upstream): the points there are background f
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Mapping, Sequence
 
 import torch
@@ -158,9 +160,16 @@ class SetCriterion(nn.Module):
                 raise ValueError(f"attribute head {a.name!r} has {logits.shape[-1]} outputs, expected K+1 = "
                                  f"{a.num_values + 1} ({a.num_values} values + no object); unmatched queries "
                                  f"are trained towards index {a.num_values}")
+        # Value ranges are checked on the whole batch at once (a few ops, not a few per image), and image by
+        # image only to name the offender.
+        in_range = {"labels": self._in_range([t["labels"] for t in targets], 0, self.num_classes)}
+        for a in self.attributes:
+            if not a.multi:
+                in_range[a.name] = self._in_range([t.get("attributes", {}).get(a.name, ()) for t in targets],
+                                                  IGNORE, a.num_values)
         for i, t in enumerate(targets):
             labels = torch.as_tensor(t["labels"])
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            if not in_range["labels"] and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
                 raise ValueError(f"targets[{i}]['labels'] has values {labels.unique().tolist()} outside "
                                  f"[0, {self.num_classes})")
             if len(t["masks"]) != len(labels):
@@ -176,9 +185,19 @@ class SetCriterion(nn.Module):
                 if len(values) != len(labels):
                     raise ValueError(f"targets[{i}]['attributes'][{a.name!r}] has {len(values)} entries for "
                                      f"{len(labels)} instances")
-                if values.numel() and (values.min() < IGNORE or values.max() >= a.num_values):
+                if not in_range[a.name] and values.numel() and (values.min() < IGNORE or values.max() >= a.num_values):
                     raise ValueError(f"targets[{i}]['attributes'][{a.name!r}] has values {values.unique().tolist()}"
                                      f" outside [-1, {a.num_values}) (-1 = unlabeled)")
+
+    @staticmethod
+    def _in_range(rows, low: int, high: int) -> bool:
+        """All values of all rows in [low, high) (True for no values; False if they cannot be concatenated, so
+        the per-image checks run and name the problem)."""
+        try:
+            values = torch.cat([torch.as_tensor(r).reshape(-1).long() for r in rows])
+        except (TypeError, RuntimeError, ValueError):
+            return False
+        return values.numel() == 0 or bool((values.min() >= low) & (values.max() < high))
 
     @staticmethod
     def _check_multi_hot(values: torch.Tensor, target, i: int, a: AttributeSpec, num_instances: int) -> None:
@@ -196,8 +215,10 @@ class SetCriterion(nn.Module):
     # ---- terms ----
     @staticmethod
     def _src_index(indices):
-        batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-        return batch, torch.cat([src for src, _ in indices])
+        """(image index, query index) of every matched query, each (n,) int64."""
+        if isinstance(indices, Matches):
+            return indices.flat
+        return Matches.flatten(indices)
 
     def loss_labels(self, outputs: ModelOutput, targets, indices, num_masks, generator) -> dict[str, torch.Tensor]:
         logits = outputs.class_logits.float()
@@ -265,8 +286,8 @@ class SetCriterion(nn.Module):
     def _valid_points(targets, indices, coords: torch.Tensor, device) -> torch.Tensor | None:
         """(N, P) float {0, 1}: 0 where a matched pair's point lies on its image's ignore region; None when no
         image of the batch has one (the losses then take the unmasked path, identical to before)."""
-        ignores = [t.get("ignore") for t in targets]
-        if not any(m is not None and bool(torch.as_tensor(m).any()) for m in ignores):
+        has_ignore = indices.has_ignore if isinstance(indices, Matches) else None
+        if not (Matches.targets_ignore(targets) if has_ignore is None else has_ignore):
             return None
         maps = []
         for t, (_, j) in zip(targets, indices):
@@ -306,8 +327,10 @@ class SetCriterion(nn.Module):
                  "boundary": self.loss_boundary}
         losses: dict[str, torch.Tensor] = {}
         stages = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.aux)]
+        padded = self.matcher.pad(targets, outputs.class_logits.device)  # the same targets at every stage
+        has_ignore = Matches.targets_ignore(targets)
         for suffix, stage in stages:
-            indices = self.matcher(stage, targets, generator=generator)
+            indices = Matches(self.matcher(stage, targets, generator=generator, padded=padded), has_ignore)
             for term in self.losses:
                 for key, value in terms[term](stage, targets, indices, num_masks, generator).items():
                     losses[key + suffix] = value
@@ -319,6 +342,30 @@ class SetCriterion(nn.Module):
         if missing:
             raise KeyError(f"loss keys without a weight: {missing}")
         return {k: v * self.weight_dict[k] for k, v in losses.items()}
+
+
+class Matches(list):
+    """A stage's matches, per image (query_idx (n,), target_idx (n,)), as the matcher returns them, with what
+    every loss term derives from them (the flat index of matched queries: built once per stage) and whether the
+    batch has ignore pixels (looked up once per batch)."""
+
+    def __init__(self, indices, has_ignore: bool | None = None) -> None:
+        super().__init__(indices)
+        self.has_ignore = has_ignore
+
+    @staticmethod
+    def flatten(indices) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
+        return batch, torch.cat([src for src, _ in indices])
+
+    @staticmethod
+    def targets_ignore(targets) -> bool:
+        """Does any image of the batch have an ignore region with at least one pixel?"""
+        return any(t.get("ignore") is not None and bool(torch.as_tensor(t["ignore"]).any()) for t in targets)
+
+    @functools.cached_property
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flatten(self)
 
 
 def build_weight_dict(base: Mapping[str, float], num_aux: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ unlabeled (`attribute_labeled[name]` False) add no cost.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -83,6 +84,44 @@ def _padded(rows: Sequence[torch.Tensor], length: int, fill, dtype=None) -> torc
     return out
 
 
+def _multi_hot_rows(targets: Sequence[Target], name: str, counts: list[int], device) -> list[torch.Tensor]:
+    """Each image's (T_b, K) multi-hot of group `name` as float; an empty image's as (0, K)."""
+    rows = [torch.as_tensor(t["attributes"][name], device=device).float() for t in targets]
+    k = next((r.numel() // n for r, n in zip(rows, counts) if n), 1)
+    return [r.reshape(n, k) for r, n in zip(rows, counts)]
+
+
+# Above this many target-mask pixels (sum over the batch) the masks are sampled one image at a time, so the
+# float copy made for sampling stays as large as today's largest image's, not the whole batch's.
+MAX_BATCHED_MASK_PIXELS = 1 << 26
+
+
+@dataclass(frozen=True)
+class PaddedTargets:
+    """A batch's targets as padded tensors: built once per loss computation, shared by every stage's matching.
+
+    counts      T_b per image; padded length T = max(1, max T_b)
+    labels      (B, T) int64, padding 0
+    values      {single group: (B, T) int64, padding -1 (= unlabeled, costs 0)} for the costed groups
+    multi_hot   {multi group: (B, T, K) float32, padding 0};  labeled {multi group: (B, T) bool, padding False}
+    masks       (sum T_b, H, W) every target mask in image order when all share one size (and are not too
+                many pixels), else None
+    slots       (image, slot) of each of those masks in the padded layout: two (sum T_b,) int64
+    """
+
+    counts: list[int]
+    labels: torch.Tensor
+    values: dict[str, torch.Tensor]
+    multi_hot: dict[str, torch.Tensor]
+    labeled: dict[str, torch.Tensor]
+    masks: torch.Tensor | None
+    slots: tuple[torch.Tensor, torch.Tensor]
+
+    @property
+    def width(self) -> int:
+        return self.labels.shape[1]
+
+
 class HungarianMatcher:
     """Pure function object: (outputs, targets) -> per image (query_idx (n,), target_idx (n,)) int64.
 
@@ -114,57 +153,85 @@ class HungarianMatcher:
         cost = self.cost_matrices(outputs.select(b), [targets[b]], point_coords)
         return cost[0, :, : len(targets[b]["labels"])]
 
-    def cost_matrices(self, outputs: ModelOutput, targets: Sequence[Target],
-                      point_coords: torch.Tensor) -> torch.Tensor:
-        """(B, Q, T_max) float32, finite: image b's costs in [b, :, :T_b] (the columns past T_b are padding).
-        point_coords (B, P, 2) in [0, 1]: image b's points, shared by its query/target pairs."""
+    def cost_matrices(self, outputs: ModelOutput, targets: Sequence[Target], point_coords: torch.Tensor,
+                      padded: PaddedTargets | None = None) -> torch.Tensor:
+        """(B, Q, T) float32, finite: image b's costs in [b, :, :T_b] (the columns past T_b are padding).
+        point_coords (B, P, 2) in [0, 1]: image b's points, shared by its query/target pairs. `padded`:
+        `self.pad(targets)`, when the caller matches several stages against the same targets."""
+        if padded is None:
+            padded = self.pad(targets, outputs.class_logits.device)
         with torch.autocast(device_type=outputs.class_logits.device.type, enabled=False):
-            return self._cost_matrices(outputs, targets, point_coords)
+            return self._cost_matrices(outputs, targets, point_coords, padded)
 
-    def _cost_matrices(self, outputs: ModelOutput, targets: Sequence[Target],
-                       point_coords: torch.Tensor) -> torch.Tensor:
-        device = outputs.class_logits.device
+    def pad(self, targets: Sequence[Target], device) -> PaddedTargets:
+        """The targets' labels, costed attributes and masks as padded tensors (see PaddedTargets)."""
         counts = [len(t["labels"]) for t in targets]
         width = max(max(counts), 1)
         labels = _padded([torch.as_tensor(t["labels"], device=device).long() for t in targets], width, 0)
+        values, multi_hot, labeled = {}, {}, {}
+        for name, weight in self.cost_attributes.items():
+            if weight == 0:
+                continue
+            for b, tgt in enumerate(targets):
+                if name not in tgt.get("attributes", {}):
+                    raise KeyError(f"target {b} has no 'attributes'[{name!r}] (use -1 for unlabeled)")
+            if name in self.multi_label:
+                multi_hot[name] = _padded(_multi_hot_rows(targets, name, counts, device), width, 0.0)
+                labeled[name] = _padded([labeled_mask(t, name, n, device) for t, n in zip(targets, counts)],
+                                        width, False)
+            else:
+                values[name] = _padded([torch.as_tensor(t["attributes"][name], device=device).long()
+                                        for t in targets], width, -1)
+        masks = [torch.as_tensor(t["masks"], device=device) for t in targets]
+        image = torch.cat([torch.full((n,), b, dtype=torch.int64, device=device) for b, n in enumerate(counts)])
+        slot = torch.cat([torch.arange(n, dtype=torch.int64, device=device) for n in counts])
+        same_size = len({tuple(m.shape[-2:]) for m in masks}) == 1
+        small = sum(m.numel() for m in masks) <= MAX_BATCHED_MASK_PIXELS
+        return PaddedTargets(counts, labels, values, multi_hot, labeled,
+                             torch.cat(masks) if same_size and small else None, (image, slot))
+
+    def _cost_matrices(self, outputs: ModelOutput, targets: Sequence[Target], point_coords: torch.Tensor,
+                       padded: PaddedTargets) -> torch.Tensor:
         probs = outputs.class_logits.float().softmax(-1)  # (B, Q, C+1)
-        cost = self.cost_class * batch_class_cost(probs, labels)
+        cost = self.cost_class * batch_class_cost(probs, padded.labels)
         for name, weight in self.cost_attributes.items():
             if weight == 0:
                 continue
             if name not in outputs.attribute_logits:
                 raise KeyError(f"matcher has a cost for attribute {name!r} but the model has no such head")
-            for b, tgt in enumerate(targets):
-                if name not in tgt.get("attributes", {}):
-                    raise KeyError(f"target {b} has no 'attributes'[{name!r}] (use -1 for unlabeled)")
             logits = outputs.attribute_logits[name].float()
-            if name in self.multi_label:  # (T, K) multi-hot per image; unlabeled instances and padding cost 0
-                hot = _padded([torch.as_tensor(t["attributes"][name], device=device).float().reshape(n, -1)
-                               for t, n in zip(targets, counts)], width, 0.0)
-                labeled = _padded([labeled_mask(t, name, n, device) for t, n in zip(targets, counts)], width, False)
-                cost = cost + weight * batch_multilabel_cost(logits, hot, labeled)
-                continue
-            values = _padded([torch.as_tensor(t["attributes"][name], device=device).long() for t in targets],
-                             width, -1)
-            cost = cost + weight * batch_attribute_cost(logits.softmax(-1), values)
+            if name in self.multi_label:  # unlabeled instances and padding cost 0
+                cost = cost + weight * batch_multilabel_cost(logits, padded.multi_hot[name], padded.labeled[name])
+            else:
+                cost = cost + weight * batch_attribute_cost(logits.softmax(-1), padded.values[name])
         coords = point_coords.float()
         out_pts = point_sample(outputs.mask_logits.float(), coords)  # (B, Q, P): the queries are channels
-        tgt_pts = _padded([self._target_points(t, coords[b : b + 1]) for b, t in enumerate(targets)], width, 0.0)
+        tgt_pts = self._target_points(targets, padded, coords)  # (B, T, P), padding 0
         cost = cost + self.cost_mask * batch_sigmoid_ce_cost(out_pts, tgt_pts)
         cost = cost + self.cost_dice * batch_dice_cost(out_pts, tgt_pts)
         return torch.nan_to_num(cost, nan=COST_GUARD, posinf=COST_GUARD, neginf=-COST_GUARD)
 
     @staticmethod
-    def _target_points(target: Target, coords: torch.Tensor) -> torch.Tensor:
-        """target["masks"] (T, H, W) sampled at coords (1, P, 2) -> (T, P)."""
-        masks = torch.as_tensor(target["masks"], device=coords.device)
-        if masks.shape[0] == 0:
-            return masks.new_zeros((0, coords.shape[1]), dtype=torch.float32)
-        return point_sample(masks[None].float(), coords)[0]
+    def _target_points(targets: Sequence[Target], padded: PaddedTargets, coords: torch.Tensor) -> torch.Tensor:
+        """Every target mask sampled at its image's points coords (B, P, 2) -> (B, T, P), padding 0."""
+        b, p = coords.shape[:2]
+        out = coords.new_zeros((b, padded.width, p))
+        image, slot = padded.slots
+        if padded.masks is not None:  # one sampling call for the whole batch
+            if len(image):
+                out[image, slot] = point_sample(padded.masks[:, None].float(), coords[image])[:, 0]
+            return out
+        for i, tgt in enumerate(targets):
+            masks = torch.as_tensor(tgt["masks"], device=coords.device)
+            if len(masks):
+                out[i, : len(masks)] = point_sample(masks[None].float(), coords[i : i + 1])[0]
+        return out
 
     @torch.no_grad()
-    def __call__(self, outputs: ModelOutput, targets: Sequence[Target],
-                 generator: torch.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(self, outputs: ModelOutput, targets: Sequence[Target], generator: torch.Generator | None = None,
+                 padded: PaddedTargets | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`padded`: `self.pad(targets, device)`, when the caller matches several stages against the same
+        targets (the criterion does: built once instead of once per stage)."""
         if len(targets) != outputs.batch_size:
             raise ValueError(f"{len(targets)} targets for a batch of {outputs.batch_size} images")
         device = outputs.class_logits.device
@@ -175,7 +242,7 @@ class HungarianMatcher:
         empty = torch.empty(0, dtype=torch.int64)
         if not any(len(t["labels"]) for t in targets):
             return [(empty, empty.clone()) for _ in targets]
-        costs = self.cost_matrices(outputs, targets, coords).cpu().numpy()
+        costs = self.cost_matrices(outputs, targets, coords, padded).cpu().numpy()
         indices = []
         for b, tgt in enumerate(targets):
             n = len(tgt["labels"])
