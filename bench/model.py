@@ -21,6 +21,7 @@ default for transformers') and median inference, and our time / theirs. Then, fr
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -56,6 +57,17 @@ def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
     with torch.no_grad():
         infer = _median_time(lambda: model(items), steps)
     return statistics.median(times[1:]), infer
+
+
+def time_raw_forward(cfg: wb.ModelConfig, items: list[dict], steps: int) -> float:
+    """Median of our eval-mode `forward_raw` alone (no post-processing): what transformers' inference times."""
+    from workbench.model.meta_arch import pad_images
+
+    torch.manual_seed(0)
+    model = wb.build_model(cfg).eval()
+    images = pad_images([it["image"] for it in items], cfg.size_divisibility, cfg.pixel_mean)
+    with torch.no_grad():
+        return _median_time(lambda: model.forward_raw(images), steps)
 
 
 def _median_time(fn, steps: int) -> float:
@@ -135,7 +147,7 @@ def model_gflop(cfg: wb.ModelConfig, items: list[dict]) -> tuple[float, float]:
     torch.manual_seed(0)
     model = wb.build_model(cfg).eval()
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with counter:  # not under no_grad: the counter's module tracker hooks gradients (same FLOPs either way)
         model(items)
     infer = counter.get_total_flops() / 1e9
     model.train()
@@ -171,9 +183,11 @@ def demo_steps_per_second(steps: int) -> None:
     batches = [synthetic_batch(cfg.model.num_classes, attrs, batch=cfg.solver.batch_size, size=128,
                                num_targets=3 + s % 2, seed=s) for s in range(4)]
 
-    def step(i=[0]):
-        losses = model(batches[i[0] % 4], generator=torch.Generator().manual_seed(i[0]))
-        i[0] += 1
+    counter = itertools.count()
+
+    def step():
+        i = next(counter)
+        losses = model(batches[i % len(batches)], generator=torch.Generator().manual_seed(i))
         opt.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.solver.clip_grad_norm)
@@ -192,7 +206,9 @@ def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -
         items = synthetic_batch(cfg.num_classes, {}, batch=batch, size=size)
         ours_train, ours_infer = time_train_step(cfg, size, batch, steps)
         hf_train, hf_infer = time_transformers(transformers_config(preset, cfg), items, steps)
-        print(f"{preset:<14} ours        : train step {ours_train * 1000:8.1f} ms   inference {ours_infer * 1000:8.1f} ms")
+        ours_raw = time_raw_forward(cfg, items, steps)
+        print(f"{preset:<14} ours        : train step {ours_train * 1000:8.1f} ms   inference {ours_infer * 1000:8.1f} ms"
+              f" (raw forward without post-processing, as theirs: {ours_raw * 1000:.1f} ms)")
         print(f"{preset:<14} transformers: train step {hf_train * 1000:8.1f} ms   inference {hf_infer * 1000:8.1f} ms")
         print(f"ratio ours/transformers ({preset}): train {ours_train / hf_train:.2f}x, inference "
               f"{ours_infer / hf_infer:.2f}x (batch {batch} x {size}^2, CPU, median of {steps} steps)")

@@ -55,11 +55,19 @@ class Spans:
     def wrap_method(self, obj, name: str, label: str) -> None:
         original = getattr(obj, name)
 
-        def wrapped(*args, **kwargs):
-            with self.span(label):
-                return original(*args, **kwargs)
+        spans = self
 
-        setattr(obj, name, wrapped)
+        class Wrapped:
+            """Times each call; every other attribute is the original's (the matcher's `pad`, say)."""
+
+            def __call__(self, *args, **kwargs):
+                with spans.span(label):
+                    return original(*args, **kwargs)
+
+            def __getattr__(self, attr):
+                return getattr(original, attr)
+
+        setattr(obj, name, Wrapped())
         self.handles.append(_Restore(obj, name, original))
 
     def reset(self) -> None:

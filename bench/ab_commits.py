@@ -1,0 +1,111 @@
+"""A train step of this checkout against the same step of another commit, in one process, steps alternating.
+
+    python bench/ab_commits.py --base REF [--preset demo|coco_r50] [--steps 40]
+
+On a shared 2-core machine the speed of the same code moves by +-30% from minute to minute, so two separate
+runs cannot tell a 10% change. Here both versions live in one process: `REF`'s `workbench/` is exported with
+`git archive` into a temporary folder and imported as `workbench_base` (its imports rewritten; the compiled op
+of this checkout is copied beside it, as the op's interface is the same). Both models get the same weights
+and batches, steps alternate A, B, B, A, ..., and the medians and their ratio are printed, with the first
+step's losses of both (the same numbers, or the difference is printed).
+
+--preset demo: the demo's model and solver (`workbench.engine.demo.demo_config`) on synthetic batches of
+8 x 128^2 with 3-4 instances; coco_r50: batch 2 x 256^2, 3 instances, 80 classes. A step is forward with
+losses, backward, gradient clipping (demo) and fused AdamW; data loading is not included.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def export_base(ref: str, into: Path) -> None:
+    """`ref`'s workbench/ as the package `workbench_base` under `into`."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "workbench"], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    package = into / "workbench_base"
+    (into / "workbench").rename(package)
+    for source in package.rglob("*.py"):
+        text = source.read_text()
+        text = re.sub(r"\bworkbench\.", "workbench_base.", text)
+        text = re.sub(r"\b(from|import) workbench\b", r"\1 workbench_base", text)
+        source.write_text(text)
+    for built in (ROOT / "workbench").glob("_C*.so"):
+        shutil.copy2(built, package / built.name)
+
+
+def build(lib, preset: str):
+    """(model, optimizer, batches, clip norm) of `lib` (workbench or workbench_base)."""
+    from workbench.harness.synthetic import synthetic_batch
+
+    if preset == "demo":
+        cfg = importlib.import_module(f"{lib.__name__}.engine.demo").demo_config(Path("unused"))
+        model_cfg, clip = cfg.model, cfg.solver.clip_grad_norm
+        batches = [synthetic_batch(model_cfg.num_classes, {a.name: a.num_values for a in model_cfg.attributes},
+                                   batch=8, size=128, num_targets=3 + s % 2, seed=s) for s in range(6)]
+    else:
+        model_cfg, clip = lib.ModelConfig.coco_r50(num_classes=80), 0.0
+        batches = [synthetic_batch(80, {}, batch=2, size=256, num_targets=3, seed=s) for s in range(3)]
+    torch.manual_seed(0)
+    model = lib.build_model(model_cfg).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+    return model, optimizer, batches, clip
+
+
+def step(model, optimizer, batch, clip: float, seed: int) -> dict[str, float]:
+    losses = model(batch, generator=torch.Generator().manual_seed(seed))
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return {k: v.item() for k, v in losses.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="git ref to compare against (e.g. HEAD~3, a commit)")
+    parser.add_argument("--preset", default="demo", choices=["demo", "coco_r50"])
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    import workbench
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_base(args.base, Path(tmp))
+        sys.path.insert(0, tmp)
+        base = importlib.import_module("workbench_base")
+        runs = {"base": build(base, args.preset), "this": build(workbench, args.preset)}
+        runs["base"][0].load_state_dict(runs["this"][0].state_dict())
+        times: dict[str, list[float]] = {"base": [], "this": []}
+        for i in range(args.steps + 2):  # the first two steps of each are warm-up
+            for name in (("base", "this") if i % 2 == 0 else ("this", "base")):
+                model, optimizer, batches, clip = runs[name]
+                start = time.perf_counter()
+                losses = step(model, optimizer, batches[i % len(batches)], clip, i)
+                times[name].append(time.perf_counter() - start)
+                if i == 0:
+                    print(f"{name}: first-step losses {sum(losses.values()):.6f} (sum of {len(losses)} terms)")
+    a, b = statistics.median(times["base"][2:]), statistics.median(times["this"][2:])
+    print(f"{args.preset} train step, median of {args.steps} alternating steps, torch threads "
+          f"{torch.get_num_threads()}: base {args.base} {a * 1000:.1f} ms, this checkout {b * 1000:.1f} ms, "
+          f"this / base {b / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()
