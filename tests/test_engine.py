@@ -98,6 +98,26 @@ def test_resume_is_bit_for_bit(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
 
 
+def test_metrics_record_the_time_spent_waiting_for_data(tmp_path):
+    """metrics.jsonl's data_time (as detectron2's): mean seconds per step spent getting the batch since the
+    previous record. A dataset that sleeps 40 ms per item (2 per batch) must show >= 80 ms, and the model's
+    own time must not be counted in it."""
+    import time
+
+    class Slow(list):
+        def __getitem__(self, i):
+            time.sleep(0.04)
+            return list.__getitem__(self, i)
+
+    train(run_cfg(log_period=2), tmp_path / "slow", dataset=Slow(dataset()), progress=False)
+    train(run_cfg(log_period=2), tmp_path / "fast", dataset=dataset(), progress=False)
+    slow, fast = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                  for name in ("slow", "fast"))
+    assert [r["step"] for r in slow] == [2, 4]
+    assert all(r["data_time"] >= 0.08 for r in slow)
+    assert all(0 <= r["data_time"] < 0.02 for r in fast)  # a step of this model takes longer than that
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     train(run_cfg(max_iter=2), tmp_path / "r", dataset=dataset(), progress=False)
     other = run_cfg()

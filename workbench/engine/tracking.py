@@ -29,7 +29,8 @@ class TensorBoardLog:
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def training(self, record: Mapping[str, float]) -> None:
-        """One metrics.jsonl record {"step", "lr", "time", "total", "loss_*"...} as train/<key> scalars."""
+        """One metrics.jsonl record {"step", "lr", "time", "data_time", "total", "loss_*"...} as train/<key>
+        scalars (data_time: mean seconds per step spent waiting for the batch since the previous record)."""
         step = int(record["step"])
         for key, value in record.items():
             if key not in ("step", "time"):

@@ -293,7 +293,10 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     stop = min(solver.max_iter, max_iter or solver.max_iter)
     bar = tqdm(total=stop, initial=start, desc="train", disable=not (progress and info.is_main), dynamic_ncols=True)
     started, last = time.perf_counter(), {}
+    waited, data_seconds, since_record = started, 0.0, 0  # data_time: time spent waiting for batches
     for step, batch in iterate(dataset, batches, start, stop, solver.num_workers):
+        data_seconds += time.perf_counter() - waited
+        since_record += 1
         net.train()
         with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             losses = net(batch, generator=step_generator(cfg.seed, step))
@@ -315,7 +318,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, refresh=False)
             if done % solver.log_period == 0 or done == stop:
                 record = {"step": done, "lr": max(g["lr"] for g in optimizer.param_groups),
-                          "time": time.perf_counter() - started, **last}
+                          "time": time.perf_counter() - started, "data_time": data_seconds / since_record, **last}
+                data_seconds, since_record = 0.0, 0
                 write_jsonl(run_dir / "metrics.jsonl", record)
                 if tensorboard is not None:
                     tensorboard.training(record)
@@ -324,6 +328,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
                                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                         "rng": rng_state(), "step": done, "config": to_dict(cfg)},
                               keep=solver.keep_checkpoints)
+        waited = time.perf_counter()
     bar.close()
     if tensorboard is not None:
         tensorboard.close()
