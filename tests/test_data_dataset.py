@@ -195,3 +195,30 @@ def test_synth_refuses_leftovers_of_a_bigger_run(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path), "--images", "3", "--seed", "2", "--size", "64"]) == 0  # same names
     assert main(["data", "synth", str(tmp_path), "--images", "2", "--size", "64"]) == 1  # shapes_00002 would linger
     assert "stale_output" in capsys.readouterr().err
+
+
+def test_cached_images_give_the_same_items_and_stay_unchanged(coco_path, tmp_path):
+    """data.cache_images (issue 14): items equal the uncached ones, epoch after epoch, also when an augmentation
+    writes into the image it is given; a missing image is reported when the dataset is built, naming it."""
+    aug = build_augmentation(AugmentConfig(image_size=96, min_scale=0.5, max_scale=2.0), train=True)
+
+    def scribbling(image, masks, rng):  # writes into its input, as a user's augmentation may
+        image[:4] = 255
+        return aug(image, masks, rng)
+
+    plain = CocoAttributeDataset(coco_path, augmentation=scribbling, seed=3)
+    cached = CocoAttributeDataset(coco_path, augmentation=scribbling, seed=3, cache_images=True)
+    assert cached.images is not None and plain.images is None
+    for epoch in range(2):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(plain)):
+            a, b = plain[i], cached[i]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["instances"]["masks"], b["instances"]["masks"])
+    assert not (cached.images[0][:4] == 255).all()
+    data = json.loads(coco_path.read_text())
+    data["images"][0]["file_name"] = "missing.png"
+    broken = tmp_path / "coco.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="missing.png"):
+        CocoAttributeDataset(broken, image_root=coco_path.parent, cache_images=True)

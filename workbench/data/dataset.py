@@ -140,6 +140,7 @@ class CocoAttributeDataset(Dataset):
         schema: Schema | None = None,
         seed: int = 0,
         keep_empty: bool = True,
+        cache_images: bool = False,
     ):
         self.data, self.image_root, self.schema = _load(coco, image_root, schema)
         self.where = "the coco dict" if isinstance(coco, dict) else str(coco)
@@ -149,6 +150,8 @@ class CocoAttributeDataset(Dataset):
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
+        # decoded once, in image order (the same errors as a lazy read, raised now); copied on each use
+        self.images = [read_image(r["file_name"], self.where) for r in self.records] if cache_images else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -158,7 +161,10 @@ class CocoAttributeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = read_image(record["file_name"], referenced_by=self.where)
+        if self.images is not None:
+            image = self.images[index].copy()  # augmentations may write in place; the cache must not change
+        else:
+            image = read_image(record["file_name"], referenced_by=self.where)
         h, w = record["height"], record["width"]
         if image.shape[:2] != (h, w):
             raise DataError([Problem("image_size_mismatch", record["file_name"],

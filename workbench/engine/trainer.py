@@ -366,6 +366,11 @@ def build_train_dataset(cfg: RunConfig):
 
     if not cfg.data.train:
         raise ValueError("data.train is empty: set the COCO-with-attributes training file in the config")
-    return CocoAttributeDataset(cfg.data.train, cfg.data.image_root or None,
-                                augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed,
-                                keep_empty=cfg.data.keep_empty)
+    dataset = CocoAttributeDataset(cfg.data.train, cfg.data.image_root or None,
+                                   augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed,
+                                   keep_empty=cfg.data.keep_empty, cache_images=cfg.data.cache_images)
+    if dataset.images is not None:
+        megabytes = sum(image.nbytes for image in dataset.images) / 2**20
+        print(f"[workbench] data.cache_images: {len(dataset.images)} training images decoded and kept in memory "
+              f"({megabytes:.0f} MiB)", flush=True)
+    return dataset
