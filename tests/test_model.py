@@ -163,3 +163,21 @@ def test_position_encoding_kept_per_size_equals_a_fresh_one():
         assert torch.equal(got[1], enc.encode(h, w, torch.device("cpu")))
     assert len(enc._maps) == 4
     assert enc(torch.zeros(1, 1, 4, 6, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_lean_attention_equals_multihead_attention(train):
+    """The decoder's `attend` (issue 14: ~10 ops instead of nn.MultiheadAttention's ~40) gives the module's
+    own output exactly, with a per-query mask shared by the heads and without one, in train and eval mode."""
+    from torch import nn
+
+    from workbench.model.decoder import attend
+
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(32, 4, batch_first=True).train(train)
+    q, k, v = torch.randn(3, 5, 32), torch.randn(3, 7, 32), torch.randn(3, 7, 32)
+    blocked = torch.rand(3, 5, 7) > 0.5
+    blocked[:, :, 0] = False  # every query attends somewhere
+    want = attn(q, k, v, attn_mask=blocked.repeat_interleave(4, dim=0), need_weights=False)[0]
+    assert torch.equal(attend(attn, q, k, v, blocked), want)
+    assert torch.equal(attend(attn, q, q, v[:, :5]), attn(q, q, v[:, :5], need_weights=False)[0])
