@@ -218,7 +218,9 @@ def _small_criterion(num_points=48):
 def test_points_are_drawn_for_images_without_targets_in_upstreams_order(monkeypatch):
     """Upstream's HungarianMatcher draws (1, P, 2) points for every image *before* looking at its targets; then
     loss_masks draws (N, P * oversample, 2) and (N, P - importance * P, 2) for the N matched masks of the batch.
-    Per stage: final prediction first, then each aux stage. An empty image must take its draw too."""
+    Per stage: final prediction first, then each aux stage. An empty image must take its draw too. From a CPU
+    generator the matcher takes the B images' draws as one (B, P, 2) draw, the same numbers in the same order
+    (tests/test_matcher.py; the next test replays upstream's per-image draws)."""
     import workbench.model.matcher as matcher_module
     import workbench.model.points as points_module
 
@@ -235,7 +237,7 @@ def test_points_are_drawn_for_images_without_targets_in_upstreams_order(monkeypa
     criterion = _small_criterion(num_points=48)
     criterion(outputs, targets, generator=gen())
     matched = sum(len(t["labels"]) for t in targets)  # 3 + 0 + 3
-    per_stage = [(1, 48, 2)] * 3 + [(matched, int(48 * 3.0), 2), (matched, 48 - int(0.75 * 48), 2)]
+    per_stage = [(3, 48, 2)] + [(matched, int(48 * 3.0), 2), (matched, 48 - int(0.75 * 48), 2)]
     assert drawn == per_stage * 2
 
 

@@ -202,3 +202,13 @@ def test_sigmoid_ce_cost_holds_for_soft_targets():
         for j in range(3):
             ref = torch.nn.functional.binary_cross_entropy_with_logits(x[i], y[j])
             assert ce[i, j].item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_one_draw_for_the_batch_is_one_draw_per_image():
+    """The matcher draws all images' points at once from a CPU generator: the same numbers as upstream's one
+    draw per image, in image order (a torch change that broke this would change every match)."""
+    from workbench.model.points import rand
+
+    g = gen(7)
+    per_image = torch.cat([rand((1, 300, 2), device="cpu", generator=g) for _ in range(5)])
+    assert torch.equal(rand((5, 300, 2), device="cpu", generator=gen(7)), per_image)

@@ -152,7 +152,10 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int, batch: list[dict], run_dir: Path | None) -> None:
-    """Stop on a NaN/inf loss: say which step, terms and images, and save the batch for inspection."""
+    """Stop on a NaN/inf loss: say which step, terms and images, and save the batch for inspection.
+    One check of all terms together (one host sync on a GPU), then term by term only to name the bad ones."""
+    if bool(torch.isfinite(torch.stack([v.detach().float() for v in losses.values()])).all()):
+        return
     bad = [k for k, v in losses.items() if not torch.isfinite(v)]
     if not bad:
         return
@@ -311,8 +314,9 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         scaler.update()
         scheduler.step()
         done = step + 1
-        last = {k: v.item() for k, v in losses.items() if not k[-1].isdigit()}
-        last["total"] = total.item()
+        shown = [k for k in losses if not k[-1].isdigit()]  # the final stage's terms, then the total
+        values = torch.stack([losses[k].detach().float() for k in shown] + [total.detach().float()]).tolist()
+        last = dict(zip(shown + ["total"], values))  # one host sync instead of one per term
         if info.is_main:
             bar.update(1)
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, refresh=False)

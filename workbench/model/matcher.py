@@ -236,9 +236,13 @@ class HungarianMatcher:
             raise ValueError(f"{len(targets)} targets for a batch of {outputs.batch_size} images")
         device = outputs.class_logits.device
         # One draw per image, in image order, before looking at the targets, as upstream does: an image without
-        # targets still takes its points, so equal seeds give upstream's random stream (and losses).
-        coords = torch.cat([rand((1, self.num_points, 2), device=device, generator=generator)
-                            for _ in range(outputs.batch_size)])
+        # targets still takes its points, so equal seeds give upstream's random stream (and losses). A CPU
+        # generator fills a tensor element after element, so one (B, P, 2) draw is those B draws (tested).
+        if generator is None or generator.device.type == "cpu":
+            coords = rand((outputs.batch_size, self.num_points, 2), device=device, generator=generator)
+        else:
+            coords = torch.cat([rand((1, self.num_points, 2), device=device, generator=generator)
+                                for _ in range(outputs.batch_size)])
         empty = torch.empty(0, dtype=torch.int64)
         if not any(len(t["labels"]) for t in targets):
             return [(empty, empty.clone()) for _ in targets]
