@@ -2,6 +2,7 @@
 
     python bench/model.py [--preset coco_r50|tiny] [--size 256] [--batch 2] [--steps 3]
     python bench/model.py --vs-transformers [--size 512] [--batch 2] [--steps 3] [--models coco_r50,coco_swin_t]
+    python bench/model.py --compile [--steps 10]
 
 Prints seconds per step for the requested preset, and the same for the tiny preset measured in the same run
 as a baseline (ratio printed), so figures from different machines can be compared by their ratio.
@@ -167,35 +168,71 @@ def print_floor(preset: str, cfg: wb.ModelConfig, items: list[dict], hf_train: f
           f"transformers'), >= {train_floor * 1000:.0f} ms train step ({train_floor / hf_train:.2f}x)")
 
 
-def demo_steps_per_second(steps: int) -> None:
-    """The demo's model and solver on a synthetic batch like the demo's (8 x 128^2, ~3.5 instances)."""
+def demo_train_step(compile_model: bool = False):
+    """A function running one train step of the demo's model and solver on synthetic batches like the demo's
+    (8 x 128^2, 3-4 instances), returning the summed loss. compile_model: as `solver.compile: true` (the
+    backbone and the decoder compiled in place)."""
     from pathlib import Path
 
-    from workbench.engine.demo import DEMO_MAX_ITER, demo_config
+    from workbench.engine.demo import demo_config
     from workbench.engine.trainer import param_groups
 
     cfg = demo_config(Path("unused"))
     torch.manual_seed(0)
     model = wb.build_model(cfg.model).train()
+    if compile_model:
+        model.backbone.compile()
+        model.decoder.compile()
     opt = torch.optim.AdamW(param_groups(model, cfg.solver, 1e-3), lr=1e-3, weight_decay=cfg.solver.weight_decay,
                             fused=True)
     attrs = {a.name: a.num_values for a in cfg.model.attributes}
     batches = [synthetic_batch(cfg.model.num_classes, attrs, batch=cfg.solver.batch_size, size=128,
                                num_targets=3 + s % 2, seed=s) for s in range(4)]
-
     counter = itertools.count()
 
-    def step():
+    def step() -> float:
         i = next(counter)
         losses = model(batches[i % len(batches)], generator=torch.Generator().manual_seed(i))
+        total = sum(losses.values())
         opt.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.solver.clip_grad_norm)
         opt.step()
+        return total.item()
 
-    seconds = _median_time(step, steps)
+    return step
+
+
+def demo_steps_per_second(steps: int) -> None:
+    from workbench.engine.demo import DEMO_MAX_ITER
+
+    seconds = _median_time(demo_train_step(), steps)
     print(f"demo tiny model (batch 8 x 128^2): {1 / seconds:.2f} train steps/s ({seconds * 1000:.1f} ms/step; "
           f"{DEMO_MAX_ITER} steps = {DEMO_MAX_ITER * seconds / 60:.2f} min of model time, data loading excluded)")
+
+
+def compiled_versus_eager(steps: int) -> None:
+    """`solver.compile: true` on the demo's model: the first step (compilation) and then steady-state steps,
+    alternating with an eager model of the same weights, and the first steps' losses of both."""
+    eager, compiled = demo_train_step(), demo_train_step(compile_model=True)
+    start = time.perf_counter()
+    eager_loss = eager()
+    eager_first = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled_loss = compiled()
+    compiled_first = time.perf_counter() - start
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for i in range(steps + 1):  # one more warm-up step each (recompilation for the other batch sizes)
+        for name, fn in ((("eager", eager), ("compiled", compiled)) if i % 2 else
+                         (("compiled", compiled), ("eager", eager))):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    e, c = statistics.median(times["eager"][1:]), statistics.median(times["compiled"][1:])
+    print(f"solver.compile on the demo model: first step {compiled_first:.1f} s compiled vs {eager_first:.2f} s "
+          f"eager; "
+          f"then {c * 1000:.1f} vs {e * 1000:.1f} ms per step ({c / e:.2f}x, medians of {steps} alternating steps); "
+          f"first-step loss {compiled_loss:.6f} vs {eager_loss:.6f}")
 
 
 def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -> None:
@@ -207,8 +244,8 @@ def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -
         ours_train, ours_infer = time_train_step(cfg, size, batch, steps)
         hf_train, hf_infer = time_transformers(transformers_config(preset, cfg), items, steps)
         ours_raw = time_raw_forward(cfg, items, steps)
-        print(f"{preset:<14} ours        : train step {ours_train * 1000:8.1f} ms   inference {ours_infer * 1000:8.1f} ms"
-              f" (raw forward without post-processing, as theirs: {ours_raw * 1000:.1f} ms)")
+        print(f"{preset:<14} ours        : train step {ours_train * 1000:8.1f} ms   inference "
+              f"{ours_infer * 1000:8.1f} ms (raw forward without post-processing, as theirs: {ours_raw * 1000:.1f} ms)")
         print(f"{preset:<14} transformers: train step {hf_train * 1000:8.1f} ms   inference {hf_infer * 1000:8.1f} ms")
         print(f"ratio ours/transformers ({preset}): train {ours_train / hf_train:.2f}x, inference "
               f"{ours_infer / hf_infer:.2f}x (batch {batch} x {size}^2, CPU, median of {steps} steps)")
@@ -226,8 +263,13 @@ def main() -> None:
                         help="our presets against transformers' model of the same size (use --size 512)")
     parser.add_argument("--models", default="coco_r50,coco_swin_t",
                         help="comma-separated presets for --vs-transformers (coco_r50, coco_r101, coco_swin_t..l)")
+    parser.add_argument("--compile", action="store_true",
+                        help="solver.compile on the demo's model against eager: compilation cost and steady state")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ops backends {backend_info()}")
+    if args.compile:
+        compiled_versus_eager(max(args.steps, 10))
+        return
     if args.vs_transformers:
         versus_transformers(args.models.split(","), args.size, args.batch, args.steps)
         return
