@@ -92,7 +92,7 @@ def _multi_hot_rows(targets: Sequence[Target], name: str, counts: list[int], dev
 
 
 # Above this many target-mask pixels (sum over the batch) the masks are sampled one image at a time, so the
-# float copy made for sampling stays as large as today's largest image's, not the whole batch's.
+# float copy made for sampling is one image's masks, not the whole batch's (1 << 26 pixels: 256 MiB as float).
 MAX_BATCHED_MASK_PIXELS = 1 << 26
 
 
