@@ -23,7 +23,6 @@ does not look at ignore regions (as upstream): the points there are background f
 from __future__ import annotations
 
 import functools
-
 from typing import Mapping, Sequence
 
 import torch
