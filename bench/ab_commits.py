@@ -9,9 +9,10 @@ of this checkout is copied beside it, as the op's interface is the same). Both m
 and batches, steps alternate A, B, B, A, ..., and the medians and their ratio are printed, with the first
 step's losses of both (the same numbers, or the difference is printed).
 
---preset demo: the demo's model and solver (`workbench.engine.demo.demo_config`) on synthetic batches of
-8 x 128^2 with 3-4 instances; coco_r50: batch 2 x 256^2, 3 instances, 80 classes. A step is forward with
-losses, backward, gradient clipping (demo) and fused AdamW; data loading is not included.
+--preset demo: the demo's model (`workbench.engine.demo.demo_config`) on synthetic batches of 8 x 128^2 with
+3-4 instances; coco_r50: batch 2 x 256^2, 3 instances, 80 classes. A step is forward with losses, backward,
+the demo's gradient clipping (demo) and fused AdamW (lr 1e-4, weight decay 0.05 on every parameter: the same
+for both versions, not the trainer's parameter groups); data loading is not included.
 """
 from __future__ import annotations
 

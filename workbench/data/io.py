@@ -44,11 +44,11 @@ def data_record(path: str | os.PathLike) -> dict[str, str]:
     return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete `.<name>.*.tmp` siblings of `path` that a killed `write_bytes_atomic` left behind (call before
-    writing `path` again, when no other process writes it)."""
-    path = Path(path)
-    stale = [p for p in path.parent.glob(f".{path.name}.*.tmp") if p.is_file()]
+def remove_stale_temps(folder: str | os.PathLike, pattern: str = ".*.tmp") -> list[Path]:
+    """Delete the temporary files (`.<name>.*.tmp`) that a killed atomic write (`write_bytes_atomic`, a
+    checkpoint save) left in `folder`; `pattern` narrows them to one output's. Call only when no other process
+    writes there (before writing again, when a run starts). Returns what was removed."""
+    stale = [p for p in Path(folder).glob(pattern) if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

@@ -420,6 +420,6 @@ def convert_labelme(
         raise DataError(problems)
     coco = {"images": images, "annotations": annotations, **schema.coco_header()}
     if out is not None:
-        remove_stale_temps(out)  # left by a conversion that was killed mid-write
+        remove_stale_temps(Path(out).parent, f".{Path(out).name}.*.tmp")  # a conversion killed mid-write
         save_coco(coco, out)
     return coco

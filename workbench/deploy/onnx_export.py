@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from workbench.config import ModelConfig
+from workbench.data.io import write_bytes_atomic
 from workbench.model import MultiTaskMask2Former
 from workbench.model.meta_arch import pad_images
 from workbench.model.postprocess import instance_inference
@@ -131,8 +132,6 @@ def export_onnx(model: MultiTaskMask2Former, out_path: str | os.PathLike,
     """Export `model`'s inference graph to one self-contained .onnx file (weights inside, metadata_props from
     `metadata`). example_size (H, W), multiples of size_divisibility (default 4x it, square), only feeds the
     tracer: the graph accepts any batch and any multiple of size_divisibility."""
-    import onnx  # dev/deploy dependency, imported only when exporting
-
     if opset < 16:
         raise ValueError(f"opset {opset}: GridSample (the deformable attention) needs opset >= 16")
     cfg = model.cfg
@@ -155,8 +154,5 @@ def export_onnx(model: MultiTaskMask2Former, out_path: str | os.PathLike,
     for key, value in metadata(cfg).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    onnx.save_model(proto, tmp)  # nothing half-written at out_path if saving fails
-    os.replace(tmp, out_path)
+    write_bytes_atomic(out_path, proto.SerializeToString())  # nothing half-written at out_path if saving fails
     return OnnxExport(out_path, "image", output_names(cfg), tuple(example_size), opset, DEFORMABLE_ATTENTION_NOTE)

@@ -165,14 +165,3 @@ def load_latest(run_dir: str | os.PathLike, map_location: str | torch.device = "
                   + f"\n  using {path} (step {ckpt.get('step')})", file=sys.stderr, flush=True)
         return ckpt, path
     raise CheckpointError("no readable checkpoint in " + str(run_dir) + ":\n  " + "\n  ".join(failures))
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete `.<name>.*.tmp` files that a killed atomic write left in `folder` (only call when no other
-    process writes there, e.g. when a run starts). Returns what was removed."""
-    removed = []
-    for p in Path(folder).glob(".*.tmp"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
-from workbench.engine.checkpoint import (load_latest, remove_stale_temp_files, rng_state, save_checkpoint, save_rotating,
-                                         set_rng_state)
+from workbench.data.io import remove_stale_temps
+from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
 from workbench.errors import WorkbenchError
@@ -208,7 +208,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             for p in run_dir.glob(pattern):
                 p.unlink()
     if run_dir.is_dir():
-        for p in remove_stale_temp_files(run_dir):
+        for p in remove_stale_temps(run_dir):
             print(f"[workbench] removed {p.name}, left by a write that was killed", flush=True)
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss  # (N, K) elementwise (Lin et al. 2017); alpha -1 = no weight
 
 from workbench.config import AttributeSpec
 from workbench.model.boundary_loss import boundary_loss
@@ -60,18 +61,6 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: float,
     numerator = 2 * (probs * labels).sum(-1)
     denominator = probs.sum(-1) + labels.sum(-1)
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
-
-
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                       gamma: float = 2.0) -> torch.Tensor:
-    """logits, targets (N, K) -> (N, K) elementwise focal loss (Lin et al. 2017); alpha -1 = no class weight."""
-    probs = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = probs * targets + (1 - probs) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss
 
 
 def multilabel_loss(logits: torch.Tensor, multi_hot: torch.Tensor, kind: str = "bce", alpha: float = 0.25,
@@ -193,7 +182,7 @@ class SetCriterion(nn.Module):
         """All values of all rows in [low, high) (True for no values; False if they cannot be concatenated, so
         the per-image checks run and name the problem)."""
         try:
-            values = torch.cat([torch.as_tensor(r).reshape(-1).long() for r in rows])
+            values = torch.cat([torch.as_tensor(r).reshape(-1) for r in rows])  # no cast: -0.5 must fail too
         except (TypeError, RuntimeError, ValueError):
             return False
         return values.numel() == 0 or bool((values.min() >= low) & (values.max() < high))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -317,6 +317,39 @@ def _our_blocks(depths: Sequence[int]):
             yield i, j, f"stages.{name}.blocks.{j}."
 
 
+def _swin_keymap(depths: Sequence[int], patch_embed: tuple[str, str], block: Callable[[int, int], str],
+                 modules: Mapping[str, str | tuple[str, ...]], downsample: Callable[[int], str],
+                 stage_norm: Callable[[int], str] | None, ignored: Mapping[str, str] | None = None) -> KeyMap:
+    """The key map of a Swin state dict laid out as ours, in the source's names.
+
+    patch_embed: the source's (conv, norm) prefixes; block(i, j): the source prefix of our stage i's block j;
+    modules: our block module -> the source's (default: the same name; a tuple is concatenated on dim 0);
+    downsample(i): the source prefix of the patch merging that opens our stage i (i >= 1); stage_norm(i): the
+    source prefix of stage i's output norm, None = the source has none (those are `new`); ignored: source keys
+    skipped besides each block's recomputed `relative_position_index`.
+    """
+    sources, ignored = {}, dict(ignored or {})
+    for k in _WB:
+        sources[f"patch_embed.proj.{k}"] = (f"{patch_embed[0]}.{k}",)
+        sources[f"patch_embed.norm.{k}"] = (f"{patch_embed[1]}.{k}",)
+    for i, j, ours in _our_blocks(depths):
+        theirs = block(i, j)
+        for p in _BLOCK_PARAMS:
+            module, _, leaf = p.rpartition(".")
+            names = modules.get(module, module)
+            sources[ours + p] = tuple(f"{theirs}{m}.{leaf}" for m in ((names,) if isinstance(names, str) else names))
+        ignored[f"{theirs}{modules.get('attn', 'attn')}.relative_position_index"] = "recomputed from the window size"
+    for i, name in enumerate(FEATURE_NAMES):
+        if i > 0:
+            for p in ("reduction.weight", "norm.weight", "norm.bias"):
+                sources[f"stages.{name}.downsample.{p}"] = (downsample(i) + p,)
+        if stage_norm is not None:
+            for k in _WB:
+                sources[f"norms.{name}.{k}"] = (f"{stage_norm(i)}.{k}",)
+    new = () if stage_norm is not None else tuple(f"norms.{n}.{k}" for n in FEATURE_NAMES for k in _WB)
+    return KeyMap(sources, ignored, new)
+
+
 def upstream_swin_keys(depths: Sequence[int]) -> KeyMap:
     """Upstream Mask2Former's D2SwinTransformer (under `backbone.` in model_final_*.pkl) -> ours.
 
@@ -330,24 +363,9 @@ def upstream_swin_keys(depths: Sequence[int]) -> KeyMap:
     grouping (upstream's `layers.i.downsample` ends stage i; ours begins the next) and the output norms.
     `layers.i.blocks.j.attn.relative_position_index` is ignored: it is recomputed from the window.
     """
-    upstream_block = {"mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2"}
-    sources, ignored = {}, {}
-    for k in _WB:
-        sources[f"patch_embed.proj.{k}"] = (f"patch_embed.proj.{k}",)
-        sources[f"patch_embed.norm.{k}"] = (f"patch_embed.norm.{k}",)
-    for i, j, ours in _our_blocks(depths):
-        theirs = f"layers.{i}.blocks.{j}."
-        for p in _BLOCK_PARAMS:
-            module, _, leaf = p.rpartition(".")
-            sources[ours + p] = (theirs + f"{upstream_block.get(module, module)}.{leaf}",)
-        ignored[theirs + "attn.relative_position_index"] = "recomputed from the window size"
-    for i, name in enumerate(FEATURE_NAMES):
-        if i > 0:
-            for p in ("reduction.weight", "norm.weight", "norm.bias"):
-                sources[f"stages.{name}.downsample.{p}"] = (f"layers.{i - 1}.downsample.{p}",)
-        for k in _WB:
-            sources[f"norms.{name}.{k}"] = (f"norm{i}.{k}",)
-    return KeyMap(sources, ignored)
+    return _swin_keymap(depths, ("patch_embed.proj", "patch_embed.norm"), lambda i, j: f"layers.{i}.blocks.{j}.",
+                        {"mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2"}, lambda i: f"layers.{i - 1}.downsample.",
+                        lambda i: f"norm{i}")
 
 
 def transformers_swin_keys(depths: Sequence[int]) -> KeyMap:
@@ -365,29 +383,14 @@ def transformers_swin_keys(depths: Sequence[int]) -> KeyMap:
     Ignored: `swin.layernorm.*` (SwinModel's final norm, which SwinBackbone never applies) and, in older files,
     `attention.self.relative_position_index` (recomputed from the window size).
     """
-    block = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-             "attn": "attention.self", "mlp.0": "intermediate.dense", "mlp.3": "output.dense"}
-    sources, ignored = {}, {f"swin.layernorm.{k}": "SwinModel's final LayerNorm: SwinBackbone never applies it"
-                            for k in _WB}
-    for k in _WB:
-        sources[f"patch_embed.proj.{k}"] = (f"embeddings.patch_embeddings.projection.{k}",)
-        sources[f"patch_embed.norm.{k}"] = (f"embeddings.norm.{k}",)
-    for i, j, ours in _our_blocks(depths):
-        theirs = f"encoder.layers.{i}.blocks.{j}."
-        for p in _BLOCK_PARAMS:
-            module, _, leaf = p.rpartition(".")
-            if module == "attn.qkv":
-                sources[ours + p] = tuple(theirs + f"attention.self.{x}.{leaf}" for x in ("query", "key", "value"))
-            else:
-                sources[ours + p] = (theirs + f"{block[module]}.{leaf}",)
-        ignored[theirs + "attention.self.relative_position_index"] = "recomputed from the window size"
-    for i, name in enumerate(FEATURE_NAMES):
-        if i > 0:
-            for p in ("reduction.weight", "norm.weight", "norm.bias"):
-                sources[f"stages.{name}.downsample.{p}"] = (f"encoder.layers.{i - 1}.downsample.{p}",)
-        for k in _WB:
-            sources[f"norms.{name}.{k}"] = (f"hidden_states_norms.stage{i + 1}.{k}",)
-    return KeyMap(sources, ignored)
+    modules = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn": "attention.self",
+               "attn.qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+               "attn.proj": "attention.output.dense", "mlp.0": "intermediate.dense", "mlp.3": "output.dense"}
+    return _swin_keymap(depths, ("embeddings.patch_embeddings.projection", "embeddings.norm"),
+                        lambda i, j: f"encoder.layers.{i}.blocks.{j}.", modules,
+                        lambda i: f"encoder.layers.{i - 1}.downsample.", lambda i: f"hidden_states_norms.stage{i + 1}",
+                        {f"swin.layernorm.{k}": "SwinModel's final LayerNorm: SwinBackbone never applies it"
+                         for k in _WB})
 
 
 def torchvision_swin_keys(depths: Sequence[int]) -> KeyMap:
@@ -396,18 +399,7 @@ def torchvision_swin_keys(depths: Sequence[int]) -> KeyMap:
     >>> torchvision_swin_keys([2, 2, 6, 2]).sources["stages.res3.downsample.norm.weight"]
     ('features.2.norm.weight',)
     """
-    sources, ignored = {}, {f"{m}.{k}": "classifier, not part of a backbone" for m in ("norm", "head") for k in _WB}
-    for k in _WB:
-        sources[f"patch_embed.proj.{k}"] = (f"features.0.0.{k}",)
-        sources[f"patch_embed.norm.{k}"] = (f"features.0.2.{k}",)
-    for i, j, ours in _our_blocks(depths):
-        theirs = f"features.{2 * i + 1}.{j}."
-        for p in _BLOCK_PARAMS:
-            sources[ours + p] = (theirs + p,)
-        ignored[theirs + "attn.relative_position_index"] = "recomputed from the window size"
-    for i, name in enumerate(FEATURE_NAMES[1:], start=1):
-        for p in ("reduction.weight", "norm.weight", "norm.bias"):
-            sources[f"stages.{name}.downsample.{p}"] = (f"features.{2 * i}.{p}",)
-    new = tuple(f"norms.{n}.{k}" for n in FEATURE_NAMES for k in _WB)
-    return KeyMap(sources, ignored, new)
+    return _swin_keymap(depths, ("features.0.0", "features.0.2"), lambda i, j: f"features.{2 * i + 1}.{j}.", {},
+                        lambda i: f"features.{2 * i}.", None,
+                        {f"{m}.{k}": "classifier, not part of a backbone" for m in ("norm", "head") for k in _WB})
 

@@ -12,8 +12,6 @@ from functools import lru_cache
 from typing import Mapping, Sequence
 
 from workbench.pretrained.keymap import BackboneKeys, Drop, Slot
-
-SWIN_NAMES = ("swin_t", "swin_s", "swin_b", "swin_l")
 UPSTREAM_DROP_PATH = 0.3  # every upstream COCO Swin YAML (SWIN.DROP_PATH_RATE); not recorded in the weights
 
 
@@ -33,7 +31,7 @@ def _table(naming: str, backbone: str) -> dict[str, Slot | Drop]:
 
 
 def swin_keys(naming: str, backbone: str) -> BackboneKeys:
-    """The key function for `backbone` (a SWIN_NAMES entry) under `naming` ("upstream" | "transformers")."""
+    """The key function for `backbone` (one of backbone.SWIN_NAMES) under `naming` ("upstream" | "transformers")."""
     return lambda key: _table(naming, backbone).get(key)
 
 

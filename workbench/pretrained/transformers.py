@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from workbench.model.backbone import SWIN_NAMES
 from workbench.pretrained.keymap import KeyMap, Slot, sub_rules
-from workbench.pretrained.swin_keys import SWIN_NAMES, UPSTREAM_DROP_PATH, swin_fields, swin_fields_from_shapes, swin_keys
+from workbench.pretrained.swin_keys import UPSTREAM_DROP_PATH, swin_fields, swin_fields_from_shapes, swin_keys
 
 _BN = r"(weight|bias|running_mean|running_var)"
 
