@@ -49,3 +49,29 @@ def test_instances_table_and_grid_show_sets_and_unlabeled():
     table = instances_table(item, ["a", "b", "c"], values)
     assert table["pattern"].tolist() == ["stripes+outline"] + ["unlabeled"] * (len(table) - 1)
     assert annotation_grid([item], ["a", "b", "c"], values).axes
+
+
+def test_widget_takes_a_multi_label_dataset_s_names_from_its_schema():
+    """QueryInspector on a dataset (items with a `.schema`) that has a multi-label group: the value names come
+    from the schema as plain lists; the schema's model_attributes() form ({"values", "kind"}) was taken for
+    2 names and refused."""
+    import pytest
+
+    pytest.importorskip("ipywidgets", reason="notebook extra not installed: pip install -e .[notebooks]")
+    from workbench.data.synthetic import synthetic_schema
+    from workbench.inspect.widgets import QueryInspector
+
+    schema = synthetic_schema(patterns=True)
+    torch.manual_seed(0)
+    model = wb.build_model(wb.ModelConfig.tiny(**schema.model_fields()))
+
+    class Items(list):
+        pass
+
+    items = Items(synthetic_batch(3, {"color": 3, "size": 3}, batch=1, size=64, seed=0))
+    n = len(items[0]["instances"]["labels"])
+    items[0]["instances"]["attributes"]["pattern"] = torch.zeros(n, 3, dtype=torch.bool)
+    items.schema = schema
+    inspector = QueryInspector(model, items, score_threshold=0.0)
+    assert inspector.attribute_values["pattern"] == ["stripes", "dots", "outline"]
+    assert inspector.inspection is not None

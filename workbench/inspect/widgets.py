@@ -77,7 +77,7 @@ class QueryInspector:
         if categories is None and schema is not None:
             categories = list(schema.category_names)
         if attribute_values is None and schema is not None:
-            attribute_values = schema.model_attributes()
+            attribute_values = schema.attribute_values  # value names per group (model_attributes() also has kinds)
         self.model, self.items, self.seed, self.dpi = model, items, seed, dpi
         self.categories, self.attribute_values = categories, attribute_values
         self._cache: dict[int, ImageQueries] = {}
