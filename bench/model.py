@@ -2,6 +2,7 @@
 
     python bench/model.py [--preset coco_r50|tiny] [--size 256] [--batch 2] [--steps 3]
     python bench/model.py --vs-transformers [--size 512] [--batch 2] [--steps 3] [--models coco_r50,coco_swin_t]
+                          [--amp bf16]
     python bench/model.py --compile [--steps 10]
 
 Prints seconds per step for the requested preset, and the same for the tiny preset measured in the same run
@@ -13,11 +14,14 @@ decoder_layers 10, 80 classes, no attribute heads on either), both randomly init
 median train step (forward with losses, backward, AdamW step: fused for ours, as our trainer builds it, torch's
 default for transformers') and median inference, and our time / theirs. Then, from the same run:
 - the arithmetic floor: our model's convolution and matrix-product FLOPs (torch's FlopCounterMode, forward for
-  inference, forward + backward for a train step) at this machine's float32 matrix-product peak (a 2048^3
-  product timed here), as times and as ratios to transformers' measured times. No float32 implementation doing
-  these products can be faster than the floor on this machine;
+  inference, forward + backward for a train step) at the best float32 throughput timed here (a 2048^3 matrix
+  product, a 3x3 and a 1x1 convolution of the pixel decoder's shapes: oneDNN's convolutions run faster than
+  MKL's product on some CPUs), as times and as ratios to transformers' measured times. A float32
+  implementation doing these products at these kernels' speed cannot be faster than the floor;
 - the demo's tiny model (`workbench.engine.demo.demo_config`: batch 8 x 128^2): train steps per second (model,
   clipping and fused AdamW; data loading not included) and the implied time of its 2,000 steps.
+--amp bf16 adds, per preset, both train steps under CPU autocast in bfloat16 (`solver.amp: bf16`; it changes the
+numbers): ours and transformers', against each other and against their float32 steps.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ ATTRIBUTES = {"color": ["red", "green", "blue"], "size": ["small", "medium", "la
 
 
 def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
-                    ops_backend: str = "auto") -> tuple[float, float]:
+                    ops_backend: str = "auto", bf16: bool = False) -> tuple[float, float]:
     from workbench.ops import MSDeformAttn
 
     torch.manual_seed(0)
@@ -49,7 +53,8 @@ def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
     times = []
     for step in range(steps + 1):  # first step is warm-up
         start = time.perf_counter()
-        losses = model(items, generator=torch.Generator().manual_seed(step))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the trainer's solver.amp
+            losses = model(items, generator=torch.Generator().manual_seed(step))
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
@@ -106,7 +111,7 @@ def transformers_config(preset: str, cfg: wb.ModelConfig):
         num_queries=cfg.num_queries, num_labels=cfg.num_classes, train_num_points=cfg.loss.num_points)
 
 
-def time_transformers(hf_cfg, items: list[dict], steps: int) -> tuple[float, float]:
+def time_transformers(hf_cfg, items: list[dict], steps: int, bf16: bool = False) -> tuple[float, float]:
     """Median train step and one inference of transformers' model on the batch `items` (normalised as ours)."""
     from transformers import Mask2FormerForUniversalSegmentation
 
@@ -121,7 +126,8 @@ def time_transformers(hf_cfg, items: list[dict], steps: int) -> tuple[float, flo
     times = []
     for _ in range(steps + 1):  # first step is warm-up
         start = time.perf_counter()
-        loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -132,12 +138,22 @@ def time_transformers(hf_cfg, items: list[dict], steps: int) -> tuple[float, flo
     return statistics.median(times[1:]), infer
 
 
-def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
-    """This machine's float32 matrix-product throughput now: best of `repeat` n^3 products, in GFLOP/s."""
+def peak_gflops(repeat: int = 5) -> dict[str, float]:
+    """This machine's float32 throughput now, in GFLOP/s, best of `repeat`: a 2048^3 matrix product (MKL), and
+    oneDNN's 3x3 (256 -> 256 channels, 2 x 64^2: the pixel decoder's output convolution) and 1x1 (channels-last,
+    2 x 64^2) convolutions."""
+    import torch.nn.functional as F
+
+    n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_median_time(lambda: a @ b, 1) for _ in range(repeat))
-    return 2 * n ** 3 / best / 1e9
+    x = torch.randn(2, 256, 64, 64)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    w3, w1 = torch.randn(256, 256, 3, 3), torch.randn(256, 256, 1, 1)
+    kernels = {"matmul 2048^3": (lambda: a @ b, 2 * n ** 3),
+               "conv 3x3": (lambda: F.conv2d(x, w3, padding=1), 2 * 2 * 64 * 64 * 256 * 256 * 9),
+               "conv 1x1 channels-last": (lambda: F.conv2d(x_last, w1), 2 * 2 * 64 * 64 * 256 * 256)}
+    return {name: flop / min(_median_time(fn, 1) for _ in range(repeat)) / 1e9
+            for name, (fn, flop) in kernels.items()}
 
 
 def model_gflop(cfg: wb.ModelConfig, items: list[dict]) -> tuple[float, float]:
@@ -235,9 +251,11 @@ def compiled_versus_eager(steps: int) -> None:
           f"first-step loss {compiled_loss:.6f} vs {eager_loss:.6f}")
 
 
-def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -> None:
-    peak = matmul_peak_gflops()
-    print(f"float32 matrix-product peak here: {peak:.0f} GFLOP/s (2048^3, best of 5)")
+def versus_transformers(presets: list[str], size: int, batch: int, steps: int, amp: str = "off") -> None:
+    peaks = peak_gflops()
+    peak = max(peaks.values())
+    print("float32 throughput here (best of 5): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
+          + f" GFLOP/s; the floor uses {peak:.0f}")
     for preset in presets:
         cfg = getattr(wb.ModelConfig, preset)(num_classes=80)
         items = synthetic_batch(cfg.num_classes, {}, batch=batch, size=size)
@@ -250,6 +268,12 @@ def versus_transformers(presets: list[str], size: int, batch: int, steps: int) -
         print(f"ratio ours/transformers ({preset}): train {ours_train / hf_train:.2f}x, inference "
               f"{ours_infer / hf_infer:.2f}x (batch {batch} x {size}^2, CPU, median of {steps} steps)")
         print_floor(preset, cfg, items, hf_train, hf_infer, peak)
+        if amp == "bf16":
+            ours_bf16, _ = time_train_step(cfg, size, batch, steps, bf16=True)
+            hf_bf16, _ = time_transformers(transformers_config(preset, cfg), items, steps, bf16=True)
+            print(f"{preset:<14} bf16 autocast train step: ours {ours_bf16 * 1000:.1f} ms "
+                  f"({ours_bf16 / ours_train:.2f}x our float32), transformers {hf_bf16 * 1000:.1f} ms ({hf_bf16 / hf_train:.2f}x theirs); ours bf16 / "
+                  f"theirs float32 {ours_bf16 / hf_train:.2f}x, ours bf16 / theirs bf16 {ours_bf16 / hf_bf16:.2f}x")
     demo_steps_per_second(max(steps, 10))
 
 
@@ -263,6 +287,8 @@ def main() -> None:
                         help="our presets against transformers' model of the same size (use --size 512)")
     parser.add_argument("--models", default="coco_r50,coco_swin_t",
                         help="comma-separated presets for --vs-transformers (coco_r50, coco_r101, coco_swin_t..l)")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16"],
+                        help="--vs-transformers: also time both train steps under CPU bf16 autocast")
     parser.add_argument("--compile", action="store_true",
                         help="solver.compile on the demo's model against eager: compilation cost and steady state")
     args = parser.parse_args()
@@ -271,7 +297,7 @@ def main() -> None:
         compiled_versus_eager(max(args.steps, 10))
         return
     if args.vs_transformers:
-        versus_transformers(args.models.split(","), args.size, args.batch, args.steps)
+        versus_transformers(args.models.split(","), args.size, args.batch, args.steps, args.amp)
         return
     base_train, base_infer = time_train_step(wb.ModelConfig.tiny(3, ATTRIBUTES), args.size, args.batch, args.steps)
     print(f"baseline tiny      : train step {base_train * 1000:8.1f} ms   inference {base_infer * 1000:8.1f} ms")

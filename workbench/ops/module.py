@@ -82,8 +82,12 @@ class MSDeformAttn(nn.Module):
         if exporting:
             return self.output_proj(ms_deform_attn_levels(value, list(level_shapes), locations, weights))
         # The kernels want one dtype (autocast may leave value in half and the locations in float) and the
-        # level bookkeeping on value's device; all of it contiguous.
+        # level bookkeeping on value's device; all of it contiguous. The CPU kernel computes in float32, so CPU
+        # autocast's bf16 value is widened (the op is a few percent of a step; its inputs stay exact).
+        dtype = value.dtype
+        if value.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
+            dtype = torch.float32
         out = ms_deform_attn(
-            value.contiguous(), spatial_shapes.to(value.device), level_start_index.to(value.device),
-            locations.to(value.dtype).contiguous(), weights.to(value.dtype).contiguous(), backend=self.backend)
+            value.to(dtype).contiguous(), spatial_shapes.to(value.device), level_start_index.to(value.device),
+            locations.to(dtype).contiguous(), weights.to(dtype).contiguous(), backend=self.backend)
         return self.output_proj(out)
