@@ -178,6 +178,33 @@ def test_mask_scores_equal_the_plain_formula():
         assert torch.equal(masks, want_masks) and torch.equal(scores, want_scores), trial
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_mask_scores_by_chunks_are_bit_identical_to_one_pass(monkeypatch, threads):
+    """On a CPU the masks are resized and scored a chunk at a time (`postprocess._mask_chunks`). torch splits a
+    sum over > 32k pixels across threads when there are fewer masks than threads, which changes its rounding:
+    so every chunk must hold at least as many masks as threads (a short tail joins the chunk before it)."""
+    import workbench.model.postprocess as pp
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(2)
+        logits = torch.randn(13, 64, 64, generator=g) * 3
+        query_index = torch.cat([torch.arange(13), torch.randint(0, 13, (20,), generator=g)])
+        sizes = ((256, 256), (250, 256), (250, 256))  # 64,000 pixels per mask
+        monkeypatch.setattr(pp, "CPU_CHUNK_BYTES", 1 << 40)
+        assert pp._mask_chunks(13, 256 * 256, torch.device("cpu")) == [slice(0, 13)]
+        want = pp._masks_and_scores(logits, query_index, *sizes)
+        monkeypatch.setattr(pp, "CPU_CHUNK_BYTES", 1)  # chunks of `threads` masks
+        chunks = pp._mask_chunks(13, 256 * 256, torch.device("cpu"))
+        assert [c.start for c in chunks] == list(range(0, 13 - threads + 1, threads))[:13 // threads]
+        assert chunks[-1].stop == 13 and all(c.stop - c.start >= threads for c in chunks)
+        masks, scores = pp._masks_and_scores(logits, query_index, *sizes)
+        assert torch.equal(masks, want[0]) and torch.equal(scores, want[1])
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_point_sample_on_shared_points_is_bit_identical():
     """The matcher samples all queries at one expanded set of points; point_sample then samples them as
     channels of one map. Values and gradients must equal sampling each map with its own (identical) grid."""
