@@ -138,17 +138,17 @@ def time_transformers(hf_cfg, items: list[dict], steps: int, bf16: bool = False)
     return statistics.median(times[1:]), infer
 
 
-def peak_gflops(repeat: int = 5) -> dict[str, float]:
-    """This machine's float32 throughput now, in GFLOP/s, best of `repeat`: a 2048^3 matrix product (MKL), and
+def peak_gflops(repeat: int = 5, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """This machine's throughput now in `dtype`, in GFLOP/s, best of `repeat`: a 2048^3 matrix product, and
     oneDNN's 3x3 (256 -> 256 channels, 2 x 64^2: the pixel decoder's output convolution) and 1x1 (channels-last,
     2 x 64^2) convolutions."""
     import torch.nn.functional as F
 
     n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    x = torch.randn(2, 256, 64, 64)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    x = torch.randn(2, 256, 64, 64, dtype=dtype)
     x_last = x.contiguous(memory_format=torch.channels_last)
-    w3, w1 = torch.randn(256, 256, 3, 3), torch.randn(256, 256, 1, 1)
+    w3, w1 = torch.randn(256, 256, 3, 3, dtype=dtype), torch.randn(256, 256, 1, 1, dtype=dtype)
     kernels = {"matmul 2048^3": (lambda: a @ b, 2 * n ** 3),
                "conv 3x3": (lambda: F.conv2d(x, w3, padding=1), 2 * 2 * 64 * 64 * 256 * 256 * 9),
                "conv 1x1 channels-last": (lambda: F.conv2d(x_last, w1), 2 * 2 * 64 * 64 * 256 * 256)}
@@ -256,6 +256,9 @@ def versus_transformers(presets: list[str], size: int, batch: int, steps: int, a
     peak = max(peaks.values())
     print("float32 throughput here (best of 5): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
           + f" GFLOP/s; the floor uses {peak:.0f}")
+    if amp == "bf16":
+        print("bf16 throughput here (best of 5): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in peak_gflops(dtype=torch.bfloat16).items()) + " GFLOP/s")
     for preset in presets:
         cfg = getattr(wb.ModelConfig, preset)(num_classes=80)
         items = synthetic_batch(cfg.num_classes, {}, batch=batch, size=size)
