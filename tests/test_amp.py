@@ -82,3 +82,14 @@ def test_deformable_attention_under_cpu_autocast_runs_the_compiled_kernel_in_flo
     assert calls == [(torch.float32, "auto")] * 2
     assert got.dtype == torch.bfloat16  # output_proj under autocast
     torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_says_torch_emulates_it(monkeypatch, capsys):
+    import workbench.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert "torch emulates it" in capsys.readouterr().out
+    monkeypatch.setattr(trainer_module, "_cpu_has_native_bf16", lambda: True)
+    autocast_dtype("bf16", torch.device("cpu"))
+    assert capsys.readouterr().out == ""
