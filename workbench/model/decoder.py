@@ -74,7 +74,8 @@ class SelfAttentionLayer(nn.Module):
 class FFNLayer(nn.Module):
     def __init__(self, d_model: int, dim_feedforward: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        # ReLU not in place, as in the pixel decoder's FFN: in place on the Linear's view costs a CopySlices
+        self.net = nn.Sequential(nn.Linear(d_model, dim_feedforward), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(dim_feedforward, d_model))
         self.norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
