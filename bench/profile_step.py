@@ -114,7 +114,8 @@ def profile(preset: str, size: int, batch: int, repeat: int) -> dict:
     cfg = getattr(wb.ModelConfig, preset)(num_classes=3, attributes=ATTRIBUTES)
     model = wb.build_model(cfg).train()
     items = synthetic_batch(cfg.num_classes, {a.name: a.num_values for a in cfg.attributes}, batch=batch, size=size)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # fused, as the trainer builds it
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     spans = instrument(model)
 
     def train_step(step: int) -> dict[str, float]:
