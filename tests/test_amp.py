@@ -87,9 +87,9 @@ def test_deformable_attention_under_cpu_autocast_runs_the_compiled_kernel_in_flo
 def test_bf16_on_a_cpu_without_native_bf16_says_torch_emulates_it(monkeypatch, capsys):
     import workbench.engine.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "_cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
     assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     assert "torch emulates it" in capsys.readouterr().out
-    monkeypatch.setattr(trainer_module, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
     autocast_dtype("bf16", torch.device("cpu"))
     assert capsys.readouterr().out == ""

@@ -163,3 +163,16 @@ def test_doctor_text_report_runs_as_a_command():
     assert "compiled ops" in out.stdout and "device        cpu -> cpu" in out.stdout, out.stdout + out.stderr
     assert out.returncode in (0, 1)
     assert ("no problems found" in out.stdout) == (out.returncode == 0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_doctor_says_whether_solver_amp_bf16_pays_on_this_cpu(monkeypatch, capsys, native):
+    import workbench.ops.doctor as doctor_module
+
+    monkeypatch.setattr(doctor_module, "cpu_has_native_bf16", lambda: native)
+    main(["doctor", "--json"])
+    assert json.loads(capsys.readouterr().out)["torch"]["cpu_bf16"] is native
+    main(["doctor"])
+    text = capsys.readouterr().out
+    assert ("CPU bf16 (solver.amp): native" in text) is native
+    assert ("emulated, slower than float32" in text) is not native

@@ -46,3 +46,13 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
         raise RuntimeError(f"device {spec!r} requested but only {count} GPU(s) are visible (indices 0..{count - 1}; "
                            f"CUDA_VISIBLE_DEVICES={_visible()}). {_VISIBLE}.")
     return torch.device("cuda", index)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 products natively (AVX512-BF16 or AMX, oneDNN's own probe): then
+    `solver.amp: bf16` roughly halves their time; without, torch emulates bf16 and it is slower than float32.
+    The probe is a private torch op, so a torch without it counts as "no"."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

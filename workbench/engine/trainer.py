@@ -30,6 +30,7 @@ from workbench.data.io import remove_stale_temps
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
+from workbench.device import cpu_has_native_bf16
 from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
 
@@ -169,13 +170,6 @@ def check_finite(losses: dict[str, torch.Tensor], step: int, batch: list[dict], 
     raise NonFiniteLossError(f"non-finite loss at step {step}: terms {bad}; image ids {ids}{saved}")
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:  # oneDNN's own probe (AVX512-BF16, AMX); a private op, so a torch without it counts as "no"
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """`solver.amp` -> the autocast dtype on `device` (None: float32). bf16 runs on CUDA and on CPUs: with
     AVX512-BF16 or AMX its products take half the time of float32 ones. fp16 is CUDA only (its loss scaling is
@@ -185,7 +179,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cpu" and amp == "bf16":
-        if not _cpu_has_native_bf16():
+        if not cpu_has_native_bf16():
             print("[workbench] solver.amp: bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX): torch emulates "
                   "it, expect it slower than float32", flush=True)
         return torch.bfloat16

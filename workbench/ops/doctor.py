@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from workbench.device import resolve_device
+from workbench.device import cpu_has_native_bf16, resolve_device
 from workbench.ops.build_info import REBUILD, Problem, stale_build_problems
 from workbench.ops.dispatch import backend_info
 from workbench.ops.toolkit import find_toolkit
@@ -106,7 +106,8 @@ def collect(device: str | None = None) -> dict:
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "platform": platform.platform(),
         "torch": {"version": torch.__version__, "cuda": torch.version.cuda,
-                  "cuda_available": torch.cuda.is_available(), "threads": torch.get_num_threads()},
+                  "cuda_available": torch.cuda.is_available(), "threads": torch.get_num_threads(),
+                  "cpu_bf16": cpu_has_native_bf16()},
         "toolkit": {"cuda_home": toolkit.home, "found": toolkit.how, "nvcc": toolkit.nvcc,
                     "nvcc_version": toolkit.version, "notes": toolkit_notes,
                     "CUDA_HOME": os.environ.get("CUDA_HOME"), "nvcc_on_path": shutil.which("nvcc")},
@@ -126,7 +127,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"python        {report['python']['version']} ({report['python']['executable']})",
         f"torch         {t['version']}  CUDA {t['cuda'] or 'none (CPU-only build)'}  "
-        f"cuda available: {t['cuda_available']}  threads: {t['threads']}",
+        f"cuda available: {t['cuda_available']}  threads: {t['threads']}  CPU bf16 (solver.amp): "
+        f"{'native' if t['cpu_bf16'] else 'emulated, slower than float32'}",
         f"CUDA toolkit  {k['cuda_home'] or 'not found'} ({k['found']}); nvcc {k['nvcc_version'] or '-'}; "
         f"$CUDA_HOME={k['CUDA_HOME'] or 'unset'}; nvcc on PATH: {k['nvcc_on_path'] or 'none'}",
         *[f"              note: {n}" for n in k["notes"]],
