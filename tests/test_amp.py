@@ -58,6 +58,7 @@ def test_fp16_on_cpu_is_an_error_before_anything_is_written(tmp_path):
 def test_deformable_attention_under_cpu_autocast_runs_the_compiled_kernel_in_float32(monkeypatch):
     """CPU autocast hands the op a bf16 value (from value_proj): the module widens it for the float32 kernel
     instead of falling back to the reference, and stays within bf16 rounding of the float32 module."""
+    import workbench.ops.dispatch as dispatch
     import workbench.ops.module as module
 
     calls = []
@@ -68,6 +69,7 @@ def test_deformable_attention_under_cpu_autocast_runs_the_compiled_kernel_in_flo
         return original(value, *args, **kwargs)
 
     monkeypatch.setattr(module, "ms_deform_attn", recording)
+    monkeypatch.setattr(dispatch, "_warned", set())  # the reference fallback warns once per process
     torch.manual_seed(0)
     attn = MSDeformAttn(64, n_levels=2, n_heads=4, n_points=2)
     shapes = torch.tensor([[8, 8], [4, 4]])
@@ -82,14 +84,49 @@ def test_deformable_attention_under_cpu_autocast_runs_the_compiled_kernel_in_flo
     assert calls == [(torch.float32, "auto")] * 2
     assert got.dtype == torch.bfloat16  # output_proj under autocast
     torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+    with warnings.catch_warnings():  # a model cast to bf16, no autocast: widened for the kernel, narrowed back
+        warnings.simplefilter("error", RuntimeWarning)
+        cast = attn.to(torch.bfloat16)(query.bfloat16(), ref.bfloat16(), value.bfloat16(), shapes, starts)
+    assert cast.dtype == torch.bfloat16 and calls[-1] == (torch.float32, "auto")
+    torch.testing.assert_close(cast.float(), expected, rtol=0.1, atol=0.1)
 
 
-def test_bf16_on_a_cpu_without_native_bf16_says_torch_emulates_it(monkeypatch, capsys):
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_says_torch_emulates_it(tmp_path, monkeypatch, capsys, native):
     import workbench.engine.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
-    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    assert "torch emulates it" in capsys.readouterr().out
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: True)
-    autocast_dtype("bf16", torch.device("cpu"))
-    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
+    data = synthetic_batch(3, {"color": 3, "size": 3}, batch=2, size=64, seed=0)
+    train(run_cfg("bf16"), tmp_path / "run", dataset=data, progress=False, max_iter=1)
+    assert ("torch emulates it" in capsys.readouterr().out) is not native
+
+
+def test_decoder_attention_runs_in_float32_under_cpu_autocast():
+    """Under CPU autocast the decoder's attention kernel gets float32 (autocast would hand it bf16, and torch's
+    CPU attention is slower in bf16); outside autocast the dtypes are left alone."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from workbench.model.decoder import attend
+
+    class AttentionDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.dtypes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in str(func):
+                self.dtypes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    query, memory = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    blocked = torch.rand(2, 5, 7) > 0.7
+    expected = attend(mha, query, memory, memory, blocked)
+    with AttentionDtypes() as seen, torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attend(mha, query, memory, memory, blocked)
+    assert seen.dtypes == [torch.float32]
+    torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+    with AttentionDtypes() as seen:
+        attend(mha.to(torch.bfloat16), query.bfloat16(), memory.bfloat16(), memory.bfloat16(), blocked)
+    assert seen.dtypes == [torch.bfloat16]

@@ -49,10 +49,11 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 products natively (AVX512-BF16 or AMX, oneDNN's own probe): then
-    `solver.amp: bf16` roughly halves their time; without, torch emulates bf16 and it is slower than float32.
-    The probe is a private torch op, so a torch without it counts as "no"."""
+    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX): then `solver.amp: bf16`
+    roughly halves the products' time; without them torch emulates bf16 and it is slower than float32. (Not
+    oneDNN's `_is_mkldnn_bf16_supported`, which also says yes for any AVX-512 CPU, where bf16 is emulated.)
+    The probes are private torch functions, so a torch without them counts as "no"."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
 from workbench.data.io import remove_stale_temps
+from workbench.device import cpu_has_native_bf16, resolve_device
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
-from workbench.device import cpu_has_native_bf16
 from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
 
@@ -179,9 +179,6 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cpu" and amp == "bf16":
-        if not cpu_has_native_bf16():
-            print("[workbench] solver.amp: bf16 on a CPU without native bfloat16 (AVX512-BF16/AMX): torch emulates "
-                  "it, expect it slower than float32", flush=True)
         return torch.bfloat16
     raise ConfigError(f"solver.amp: {amp!r} cannot run on {device.type}: use 'bf16' (CPU or CUDA), 'fp16' (CUDA) "
                       "or 'off'")
@@ -247,18 +244,19 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     """Train `cfg` into `run_dir`. `dataset` defaults to cfg.data.train with cfg.augment's training recipe;
     `max_iter` stops early (the schedule still follows cfg.solver.max_iter), used by resume tests.
     An existing run in `run_dir` needs `resume` or `overwrite` (see the module docstring)."""
-    from workbench.device import resolve_device
-
     run_dir = Path(run_dir)
     cfg = absolute_data_paths(cfg)
     dev = resolve_device(device if device is not None else cfg.device)
+    amp_dtype = autocast_dtype(cfg.solver.amp, dev)  # before anything is written or started
     info = init_distributed(dev)
     if dev.type == "cuda" and info.world_size > 1:
         dev = torch.device("cuda", info.local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     solver = cfg.solver
-    amp_dtype = autocast_dtype(solver.amp, dev)  # before anything is written
+    if info.is_main and amp_dtype == torch.bfloat16 and dev.type == "cpu" and not cpu_has_native_bf16():
+        print("[workbench] solver.amp: bf16 on a CPU without bfloat16 instructions (AVX512-BF16/AMX): torch "
+              "emulates it, expect it slower than float32", flush=True)
     if dataset is None:
         dataset = build_train_dataset(cfg)
     check_data(cfg, dataset)

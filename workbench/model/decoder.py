@@ -6,6 +6,7 @@ stage: class, attribute and mask heads all see the same `decoder_norm(output)`. 
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 import torch
@@ -33,13 +34,18 @@ def attend(attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, 
     q = F.linear(query, w_q, b_q).view(b, length, heads, -1).transpose(1, 2)
     k = F.linear(key, w_k, b_k).view(b, key.shape[1], heads, -1).transpose(1, 2)
     v = F.linear(value, w_v, b_v).view(b, value.shape[1], heads, -1).transpose(1, 2)
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:  # CPU autocast: torch's CPU attention kernel is
-        q, k, v = q.float(), k.float(), v.float()  # 1.1-3x slower forward + backward in bf16 than in float32
+    # Under CPU autocast the attention itself runs in float32: torch's CPU attention kernel is 1.1-3x slower
+    # (forward + backward) in bf16 at these shapes, and autocast would cast float32 inputs back to bf16.
+    widen = q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    if widen:
+        q, k, v = q.float(), k.float(), v.float()
     mask = None
     if blocked is not None:  # additive, as nn.MultiheadAttention turns a bool mask; shared by the heads
         mask = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill_(blocked, float("-inf"))
         mask = mask[:, None]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0)
+    with torch.autocast("cpu", enabled=False) if widen else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=attn.dropout if attn.training else 0.0)
     return attn.out_proj(out.transpose(1, 2).reshape(b, length, dim))
 
 

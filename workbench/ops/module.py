@@ -82,12 +82,13 @@ class MSDeformAttn(nn.Module):
         if exporting:
             return self.output_proj(ms_deform_attn_levels(value, list(level_shapes), locations, weights))
         # The kernels want one dtype (autocast may leave value in half and the locations in float) and the
-        # level bookkeeping on value's device; all of it contiguous. The CPU kernel computes in float32, so CPU
-        # autocast's bf16 value is widened (the op is a few percent of a step; its inputs stay exact).
+        # level bookkeeping on value's device; all of it contiguous. The CPU kernel computes in float32, so a
+        # bf16/fp16 value on a CPU (autocast's, or a model cast to bf16) is widened, exactly, and the result
+        # narrowed back (the op is a few percent of a step).
         dtype = value.dtype
         if value.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
             dtype = torch.float32
         out = ms_deform_attn(
             value.to(dtype).contiguous(), spatial_shapes.to(value.device), level_start_index.to(value.device),
             locations.to(dtype).contiguous(), weights.to(dtype).contiguous(), backend=self.backend)
-        return self.output_proj(out)
+        return self.output_proj(out.to(value.dtype))
