@@ -181,8 +181,9 @@ def test_mask_scores_equal_the_plain_formula():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_mask_scores_by_chunks_are_bit_identical_to_one_pass(monkeypatch, threads):
     """On a CPU the masks are resized and scored a chunk at a time (`postprocess._mask_chunks`). torch splits a
-    sum over > 32k pixels across threads when there are fewer masks than threads, which changes its rounding:
-    so every chunk must hold at least as many masks as threads (a short tail joins the chunk before it)."""
+    one-mask sum over > 32k pixels across threads, which changes its rounding: so every chunk must hold at least
+    as many masks as threads (a short tail joins the chunk before it). At this size (64,000 pixels, a multiple
+    of the vector width) the chunked scores are bit-identical; see the next test for odd sizes."""
     import workbench.model.postprocess as pp
 
     before = torch.get_num_threads()
@@ -209,8 +210,7 @@ def test_mask_scores_by_chunks_are_bit_identical_to_one_pass(monkeypatch, thread
 def test_train_graph_rebuilds_no_view_bases(preset):
     """An in-place op on a view (e.g. ReLU(inplace=True) on a Linear's (B, S, F) output, a view of its 2-D
     product) makes autograd rebuild the whole base in backward: CopySlices / AsStridedBackward nodes, a clone,
-    a zero fill and copies of it per layer (~100 ms of a coco_r50 step), for the same values. None may be left
-    in the train graph."""
+    a zero fill and copies of it per layer, for the same values. None may be left in the train graph."""
     cfg = getattr(wb.ModelConfig, preset)(num_classes=3, attributes={"color": ["r", "g", "b"]})
     torch.manual_seed(0)
     model = wb.build_model(cfg).train()
@@ -224,6 +224,31 @@ def test_train_graph_rebuilds_no_view_bases(preset):
         names.add(type(node).__name__)
         todo.extend(n for n, _ in node.next_functions)
     assert "CopySlices" not in names and "AsStridedBackward0" not in names, sorted(names)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_mask_scores_by_chunks_at_odd_sizes_equal_one_pass_to_the_last_bit(monkeypatch, threads):
+    """At odd pixel counts the vectorised sigmoid's scalar tail falls at each chunk's end: masks stay identical,
+    a score may move by one unit in its last place, no more."""
+    import workbench.model.postprocess as pp
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(3)
+        for h, w, out in [(73, 145, (289, 577)), (31, 47, (121, 187)), (50, 64, (199, 255))]:
+            logits = torch.randn(17, h, w, generator=g) * 4
+            query_index = torch.randint(0, 17, (40,), generator=g)
+            sizes = ((4 * h, 4 * w), (4 * h - 3, 4 * w - 1), out)
+            monkeypatch.setattr(pp, "CPU_CHUNK_BYTES", 1 << 40)
+            want_masks, want_scores = pp._masks_and_scores(logits, query_index, *sizes)
+            monkeypatch.setattr(pp, "CPU_CHUNK_BYTES", 1)
+            masks, scores = pp._masks_and_scores(logits, query_index, *sizes)
+            assert torch.equal(masks, want_masks)
+            ulp = torch.finfo(torch.float32).eps * want_scores.abs().clamp(min=torch.finfo(torch.float32).tiny)
+            assert bool(((scores - want_scores).abs() <= ulp).all()), (h, w, (scores - want_scores).abs().max())
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_point_sample_on_shared_points_is_bit_identical():
