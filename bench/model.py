@@ -275,8 +275,9 @@ def versus_transformers(presets: list[str], size: int, batch: int, steps: int, a
             ours_bf16, _ = time_train_step(cfg, size, batch, steps, bf16=True)
             hf_bf16, _ = time_transformers(transformers_config(preset, cfg), items, steps, bf16=True)
             print(f"{preset:<14} bf16 autocast train step: ours {ours_bf16 * 1000:.1f} ms "
-                  f"({ours_bf16 / ours_train:.2f}x our float32), transformers {hf_bf16 * 1000:.1f} ms ({hf_bf16 / hf_train:.2f}x theirs); ours bf16 / "
-                  f"theirs float32 {ours_bf16 / hf_train:.2f}x, ours bf16 / theirs bf16 {ours_bf16 / hf_bf16:.2f}x")
+                  f"({ours_bf16 / ours_train:.2f}x our float32), transformers {hf_bf16 * 1000:.1f} ms "
+                  f"({hf_bf16 / hf_train:.2f}x theirs); ours bf16 / theirs float32 {ours_bf16 / hf_train:.2f}x, "
+                  f"ours bf16 / theirs bf16 {ours_bf16 / hf_bf16:.2f}x")
     demo_steps_per_second(max(steps, 10))
 
 
