@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
 from workbench.data.io import remove_stale_temps
-from workbench.device import cpu_has_native_bf16, resolve_device
+from workbench.device import cpu_has_native_bf16
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
@@ -244,6 +244,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     """Train `cfg` into `run_dir`. `dataset` defaults to cfg.data.train with cfg.augment's training recipe;
     `max_iter` stops early (the schedule still follows cfg.solver.max_iter), used by resume tests.
     An existing run in `run_dir` needs `resume` or `overwrite` (see the module docstring)."""
+    from workbench.device import resolve_device  # looked up per call: tests stand in for it
+
     run_dir = Path(run_dir)
     cfg = absolute_data_paths(cfg)
     dev = resolve_device(device if device is not None else cfg.device)
