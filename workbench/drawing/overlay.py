@@ -20,6 +20,12 @@ def _numpy(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def value_set_text(values: Sequence[str], chosen) -> str:
+    """A multi-label group's set (a multi-hot row, K) as text: "stripes+dots", "-" when empty. The one spelling
+    shared by captions, query tables, instance tables and figures."""
+    return "+".join(values[k] for k in np.flatnonzero(np.asarray(chosen))) or "-"
+
+
 def instance_caption(i: int, pred: Mapping, categories: Sequence[str],
                      attributes: Mapping[str, Sequence[str]]) -> str:
     """"circle red/small .93 q7": category, attribute values, score and the query that predicted it; a
@@ -30,8 +36,7 @@ def instance_caption(i: int, pred: Mapping, categories: Sequence[str],
         if name in pred.get("attributes", {}):
             values.append(vocab[int(_numpy(pred["attributes"][name])[i])])
         elif name in pred.get("attribute_sets", {}):
-            chosen = np.flatnonzero(_numpy(pred["attribute_sets"][name])[i])
-            values.append("+".join(vocab[k] for k in chosen) or "-")
+            values.append(value_set_text(vocab, _numpy(pred["attribute_sets"][name])[i]))
     score = float(_numpy(pred["scores"])[i])
     query = int(_numpy(pred["query_index"])[i]) if "query_index" in pred else i
     return f"{label} {'/'.join(values)} {score:.2f} q{query}".replace("  ", " ")

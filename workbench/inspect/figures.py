@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from workbench.drawing.loss_curve import loss_curve_figure  # noqa: F401 -- part of this module's API
-from workbench.drawing.overlay import PALETTE, draw_instances
+from workbench.drawing.overlay import PALETTE, draw_instances, value_set_text
 from workbench.inspect.queries import ImageQueries, attention_masks, distributions, layer_masks, query_prediction
 
 __all__ = [
@@ -220,7 +220,7 @@ def _gt_value(inst: Mapping, name: str, values: Sequence[str], i: int) -> str:
         labeled = inst.get("attribute_labeled", {}).get(name)
         if labeled is not None and not bool(np.asarray(labeled)[i]):
             return f"{name}?"
-        return "+".join(values[k] for k in np.flatnonzero(v)) or "-"
+        return value_set_text(values, v)
     return values[int(v)] if int(v) >= 0 else f"{name}?"
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from workbench.config import EvalConfig
+from workbench.drawing.overlay import value_set_text
 from workbench.engine.scoring import encode_masks, mask_iou, ranking_scores, select_instances
 from workbench.model.meta_arch import pad_images
 from workbench.model.postprocess import resize_mask_logits
@@ -36,7 +37,6 @@ __all__ = [
     "duplicate_flags",
     "inspect_item",
     "layer_masks",
-    "predicted_set",
     "query_prediction",
     "query_table",
 ]
@@ -238,11 +238,6 @@ def query_prediction(q: ImageQueries) -> dict[str, Any]:
     return out
 
 
-def predicted_set(values: Sequence[str], chosen: np.ndarray) -> str:
-    """A multi-label group's predicted set as text: "stripes+dots", "-" when empty."""
-    return "+".join(values[k] for k in np.flatnonzero(chosen)) or "-"
-
-
 def duplicate_flags(pairwise_iou: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """For each query, the higher-ranked query its mask overlaps most, if that IoU >= iou_threshold.
 
@@ -286,7 +281,7 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     for name in names:
         values = q.attribute_values[name]
         if name in q.multi_label:
-            frame[name] = [predicted_set(values, row) for row in pred["attribute_sets"][name]]
+            frame[name] = [value_set_text(values, row) for row in pred["attribute_sets"][name]]
             frame[f"p_{name}"] = pred["attribute_scores"][name]
             continue
         frame[name] = [values[i] for i in pred["attributes"][name]]

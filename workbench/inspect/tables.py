@@ -9,6 +9,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from workbench.drawing.overlay import value_set_text
+
 __all__ = ["instances_table", "labelme_shapes_table"]
 
 
@@ -48,7 +50,7 @@ def instances_table(item: Mapping[str, Any], categories: Sequence[str],
             if np.ndim(v) == 1:  # multi-label group: the set, "-" when empty
                 labeled = inst.get("attribute_labeled", {}).get(name)
                 unlabeled = labeled is not None and not bool(np.asarray(labeled)[t])
-                row[name] = "unlabeled" if unlabeled else "+".join(values[k] for k in np.flatnonzero(v)) or "-"
+                row[name] = "unlabeled" if unlabeled else value_set_text(values, v)
                 continue
             row[name] = values[int(v)] if int(v) >= 0 else "unlabeled"
         ys, xs = np.nonzero(masks[t])
