@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -153,10 +154,8 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int, batch: list[dict], run_dir: Path | None) -> None:
-    """Stop on a NaN/inf loss: say which step, terms and images, and save the batch for inspection.
-    One check of all terms together (one host sync on a GPU), then term by term only to name the bad ones."""
-    if bool(torch.isfinite(torch.stack([v.detach().float() for v in losses.values()])).all()):
-        return
+    """Stop on a NaN/inf loss: say which step, terms and images, and save the batch for inspection. The loop
+    calls it only when its one host sync per step saw a non-finite value."""
     bad = [k for k, v in losses.items() if not torch.isfinite(v)]
     if not bad:
         return
@@ -315,8 +314,12 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         net.train()
         with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             losses = net(batch, generator=step_generator(cfg.seed, step))
-        check_finite(losses, step, batch, run_dir if info.is_main else None)
         total = sum(losses.values())
+        # One host sync per step (it stalls a GPU): every term and the total, for the NaN guard and the log.
+        values = dict(zip([*losses, "total"], torch.stack([v.detach().float() for v in losses.values()]
+                                                           + [total.detach().float()]).tolist()))
+        if not all(math.isfinite(v) for v in values.values()):
+            check_finite(losses, step, batch, run_dir if info.is_main else None)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         if solver.clip_grad_norm > 0:
@@ -326,9 +329,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         scaler.update()
         scheduler.step()
         done = step + 1
-        shown = [k for k in losses if not k[-1].isdigit()]  # the final stage's terms, then the total
-        values = torch.stack([losses[k].detach().float() for k in shown] + [total.detach().float()]).tolist()
-        last = dict(zip(shown + ["total"], values))  # one host sync instead of one per term
+        last = {k: v for k, v in values.items() if not k[-1].isdigit()}  # the final stage's terms, the total
         if info.is_main:
             bar.update(1)
             bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, refresh=False)

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Mapping, Sequence
 
 from workbench.pretrained.keymap import BackboneKeys, Drop, Slot
+
 UPSTREAM_DROP_PATH = 0.3  # every upstream COCO Swin YAML (SWIN.DROP_PATH_RATE); not recorded in the weights
 
 
