@@ -18,6 +18,10 @@ default for transformers') and median inference, and our time / theirs. Then, fr
   product, a 3x3 and a 1x1 convolution of the pixel decoder's shapes: oneDNN's convolutions run faster than
   MKL's product on some CPUs), as times and as ratios to transformers' measured times. A float32
   implementation doing these products at these kernels' speed cannot be faster than the floor;
+- the kernel split: one train step and one inference of each model under torch.profiler, the operators' own
+  time inside convolutions, matrix products and attention kernels (oneDNN, MKL: the same kernels on both
+  sides) against everything else. Our kernels' time is what no float32 change outside those kernels can
+  remove; the line says how it compares with 0.5x of transformers' median time;
 - the demo's tiny model (`workbench.engine.demo.demo_config`: batch 8 x 128^2): train steps per second (model,
   clipping and fused AdamW; data loading not included) and the implied time of its 2,000 steps.
 --amp bf16 adds, per preset, both train steps under CPU autocast in bfloat16 (`solver.amp: bf16`; it changes the
@@ -118,11 +122,7 @@ def time_transformers(hf_cfg, items: list[dict], steps: int, bf16: bool = False)
     torch.manual_seed(0)
     model = Mask2FormerForUniversalSegmentation(hf_cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    mean = torch.tensor(wb.ModelConfig.tiny().pixel_mean).view(1, 3, 1, 1)
-    std = torch.tensor(wb.ModelConfig.tiny().pixel_std).view(1, 3, 1, 1)
-    pixels = (torch.stack([it["image"] for it in items]).float() - mean) / std
-    masks = [torch.as_tensor(it["instances"]["masks"]).float() for it in items]
-    labels = [torch.as_tensor(it["instances"]["labels"]).long() for it in items]
+    pixels, masks, labels = _transformers_inputs(items)
     times = []
     for _ in range(steps + 1):  # first step is warm-up
         start = time.perf_counter()
@@ -136,6 +136,16 @@ def time_transformers(hf_cfg, items: list[dict], steps: int, bf16: bool = False)
     with torch.no_grad():
         infer = _median_time(lambda: model(pixel_values=pixels), steps)
     return statistics.median(times[1:]), infer
+
+
+def _transformers_inputs(items: list[dict]):
+    """(pixel_values, mask_labels, class_labels) for transformers: the images normalised as ours."""
+    mean = torch.tensor(wb.ModelConfig.tiny().pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(wb.ModelConfig.tiny().pixel_std).view(1, 3, 1, 1)
+    pixels = (torch.stack([it["image"] for it in items]).float() - mean) / std
+    masks = [torch.as_tensor(it["instances"]["masks"]).float() for it in items]
+    labels = [torch.as_tensor(it["instances"]["labels"]).long() for it in items]
+    return pixels, masks, labels
 
 
 def peak_gflops(repeat: int = 5, dtype: torch.dtype = torch.float32) -> dict[str, float]:
@@ -182,6 +192,92 @@ def print_floor(preset: str, cfg: wb.ModelConfig, items: list[dict], hf_train: f
     print(f"floor {preset:<8}: {infer_gflop:.1f} GFLOP inference, {train_gflop:.1f} GFLOP train step at "
           f"{peak:.0f} GFLOP/s -> >= {infer_floor * 1000:.0f} ms inference ({infer_floor / hf_infer:.2f}x "
           f"transformers'), >= {train_floor * 1000:.0f} ms train step ({train_floor / hf_train:.2f}x)")
+
+
+def _is_product_kernel(name: str) -> bool:
+    """Operators that are a convolution, a matrix product or a fused attention kernel (their own time)."""
+    return (name in {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm",
+                     "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution_depthwise2d",
+                     "aten::mkldnn_rnn_layer"}
+            or name.startswith("aten::_scaled_dot_product_flash_attention_for_cpu"))
+
+
+def kernel_split(fn) -> tuple[float, float]:
+    """(product kernels' own seconds, all operators' own seconds) of one call of fn under torch.profiler, after
+    two warm-up calls (the first train step also builds the optimizer's state). The profiler's bookkeeping
+    inflates the rest a little; the kernels' time it does not."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if not e.key.startswith("autograd::engine")]
+    kernels = sum(e.self_cpu_time_total for e in events if _is_product_kernel(e.key))
+    total = sum(e.self_cpu_time_total for e in events)
+    return kernels / 1e6, total / 1e6
+
+
+def our_step_functions(cfg: wb.ModelConfig, items: list[dict]):
+    """(train step, raw forward) of our model on `items`, as `time_train_step` and `time_raw_forward` run them."""
+    from workbench.model.meta_arch import pad_images
+
+    torch.manual_seed(0)
+    model = wb.build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    images = pad_images([it["image"] for it in items], cfg.size_divisibility, cfg.pixel_mean)
+
+    def train() -> None:
+        model.train()
+        losses = model(items, generator=torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
+            model.forward_raw(images)
+
+    return train, infer
+
+
+def transformers_step_functions(hf_cfg, items: list[dict]):
+    """(train step, forward) of transformers' model on `items`, as `time_transformers` runs them."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    torch.manual_seed(0)
+    model = Mask2FormerForUniversalSegmentation(hf_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    pixels, masks, labels = _transformers_inputs(items)
+
+    def train() -> None:
+        model.train()
+        loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(pixel_values=pixels)
+
+    return train, infer
+
+
+def print_kernel_split(preset: str, cfg: wb.ModelConfig, items: list[dict], hf_train: float,
+                       hf_infer: float) -> None:
+    ours = our_step_functions(cfg, items)
+    theirs = transformers_step_functions(transformers_config(preset, cfg), items)
+    for what, ours_fn, theirs_fn, hf_median in (("train step", ours[0], theirs[0], hf_train),
+                                                 ("inference (raw forward)", ours[1], theirs[1], hf_infer)):
+        ok, ot = kernel_split(ours_fn)
+        tk, tt = kernel_split(theirs_fn)
+        print(f"kernels {preset:<8} {what}: ours {ok * 1000:.0f} ms in convolutions/products/attention of "
+              f"{ot * 1000:.0f} ms profiled ({ok / ot:.0%}), rest {(ot - ok) * 1000:.0f} ms; transformers "
+              f"{tk * 1000:.0f} of {tt * 1000:.0f} ms ({tk / tt:.0%}), rest {(tt - tk) * 1000:.0f} ms; our kernels "
+              f"alone = {ok / hf_median:.2f}x transformers' median {what.split(' (')[0]}")
 
 
 def demo_train_step(compile_model: bool = False):
@@ -271,6 +367,7 @@ def versus_transformers(presets: list[str], size: int, batch: int, steps: int, a
         print(f"ratio ours/transformers ({preset}): train {ours_train / hf_train:.2f}x, inference "
               f"{ours_infer / hf_infer:.2f}x (batch {batch} x {size}^2, CPU, median of {steps} steps)")
         print_floor(preset, cfg, items, hf_train, hf_infer, peak)
+        print_kernel_split(preset, cfg, items, hf_train, hf_infer)
         if amp == "bf16":
             ours_bf16, _ = time_train_step(cfg, size, batch, steps, bf16=True)
             hf_bf16, _ = time_transformers(transformers_config(preset, cfg), items, steps, bf16=True)

@@ -333,3 +333,50 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_encoder_ffn_by_rows_is_bit_identical_to_one_pass(monkeypatch, threads):
+    """CPU inference runs each deformable encoder layer's FFN (+ residual, norm2) a cache-sized chunk of tokens
+    at a time (`DeformableEncoderLayer.ffn_by_rows`): every row must be the one-pass value, bit for bit, with a
+    short tail chunk. The default chunk is a multiple of 64 rows: at 2 threads a 100-row chunk already rounds
+    differently (MKL picks other kernels for a small M)."""
+    from workbench.model import pixel_decoder
+    from workbench.model.pixel_decoder import DeformableEncoderLayer
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        layer = DeformableEncoderLayer(64, 256, 3, 4, 2, dropout=0.0).eval()
+        src = torch.randn(2, 1003, 64) * 2  # 2,006 rows: a tail chunk at each size below
+        with torch.no_grad():
+            want = layer.norm2(src + layer.ffn(src))
+            for rows in (64, 128, 640, None):
+                assert torch.equal(layer.ffn_by_rows(src, rows), want), rows
+            monkeypatch.setattr(pixel_decoder, "CPU_FFN_CHUNK_BYTES", 100 * 4 * 256)  # 100 rows -> 64
+            assert torch.equal(layer.ffn_by_rows(src), want)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_encoder_ffn_by_rows_only_in_cpu_inference(monkeypatch):
+    from workbench.model import pixel_decoder
+
+    calls = []
+    original = pixel_decoder.DeformableEncoderLayer.ffn_by_rows
+    monkeypatch.setattr(pixel_decoder.DeformableEncoderLayer, "ffn_by_rows",
+                        lambda self, src, rows=None: calls.append(1) or original(self, src, rows))
+    torch.manual_seed(0)
+    model = wb.build_model(wb.ModelConfig.tiny(3, ATTRIBUTES))
+    batch = synthetic_batch(3, {k: len(v) for k, v in ATTRIBUTES.items()}, batch=1, size=64, seed=1)
+    model.train()
+    model(batch, generator=torch.Generator().manual_seed(0))
+    assert not calls  # training: one pass, autograd through it
+    model.eval()
+    with torch.enable_grad():
+        model(batch)
+    assert not calls  # autograd on (a saliency map, say): one pass
+    with torch.no_grad():
+        model(batch)
+    assert len(calls) == model.cfg.enc_layers
