@@ -57,27 +57,32 @@ class DeformableEncoderLayer(nn.Module):
 
     def ffn_by_rows(self, src: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """norm2(src + FFN(src)) for eval mode without autograd, `rows` tokens at a time (default: the multiple
-        of 64 rows nearest below a CPU_FFN_CHUNK_BYTES hidden). Why: on a CPU the one-pass FFN's hidden
-        (B, S, d_ffn) is tens of MiB of fresh memory per layer (44 MiB at 512^2), paid in page faults by the
-        bias copy, the ReLU and the residual more than in arithmetic; chunks stay in cache. The products, ReLU
-        and LayerNorm are per row, and with chunks of a multiple of 64 rows each row equals the one-pass value
-        bit for bit (measured at 1-4 threads; a few rows at a time run the BLAS's small-matrix kernels, which
-        round differently: a test holds both)."""
+        of 64 rows nearest below a CPU_FFN_CHUNK_BYTES hidden; a shorter tail joins the chunk before it). Why:
+        on a CPU the one-pass FFN's hidden (B, S, d_ffn) is tens of MiB of fresh memory per layer (44 MiB at
+        512^2), paid in page faults by the bias copy, the ReLU and the residual more than in arithmetic; chunks
+        stay in cache. The products, ReLU and LayerNorm are per row, and with chunks of 64 rows or more each
+        row equals the one-pass value bit for bit (MKL, 1-4 threads, measured). A chunk of a few rows would run
+        the BLAS's small-matrix kernels, which round differently: hence no short tail (a test holds this)."""
         linear1, linear2 = self.ffn[0], self.ffn[3]
         flat = src.reshape(-1, src.shape[-1])
         out = torch.empty_like(flat)
         if rows is None:
             rows = max(1, CPU_FFN_CHUNK_BYTES // (flat.element_size() * linear1.out_features * 64)) * 64
-        for start in range(0, flat.shape[0], rows):
-            x = flat[start:start + rows]
-            out[start:start + rows] = self.norm2(x + linear2(torch.relu(linear1(x))))
+        n = flat.shape[0]
+        starts = list(range(0, n, rows))
+        if len(starts) > 1 and n - starts[-1] < rows:
+            starts.pop()
+        for start, stop in zip(starts, starts[1:] + [n]):
+            x = flat[start:stop]
+            out[start:stop] = self.norm2(x + linear2(torch.relu(linear1(x))))
         return out.view_as(src)
 
 
 def _ffn_by_rows(layer: DeformableEncoderLayer, src: torch.Tensor) -> bool:
-    """Whether `layer` runs its FFN by chunks of rows: CPU inference in eager mode (not training, no autograd,
-    not traced, compiled or exported: the graph stays the one-pass FFN)."""
-    return (src.device.type == "cpu" and not layer.training and not torch.is_grad_enabled()
+    """Whether `layer` runs its FFN by chunks of rows: CPU inference in eager mode (not training, no dropout
+    module switched back to training, no autograd, not traced, compiled or exported: those keep the one-pass
+    FFN)."""
+    return (src.device.type == "cpu" and not any(m.training for m in layer.modules()) and not torch.is_grad_enabled()
             and not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
                      or torch.onnx.is_in_onnx_export()))
 
