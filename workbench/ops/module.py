@@ -72,13 +72,20 @@ class MSDeformAttn(nn.Module):
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)
         value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)
-        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
+        per_head = self.n_levels * self.n_points * 2
+        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, per_head)
         weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
         if reference_points.shape[-1] != 2:
             raise ValueError(f"reference_points last dim must be 2, got {reference_points.shape[-1]}")
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # locations = reference point + offset / (W, H) of its level, broadcast over one contiguous last dim of
+        # (level, point, xy) per head: the same elementwise values as a six-dimensional broadcast, which torch
+        # runs 8-10x slower (its innermost dim, xy, is 2 wide).
+        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(offsets.dtype)  # (L, 2)
+        scale = normalizer[:, None, :].expand(self.n_levels, self.n_points, 2).reshape(per_head)
+        start = reference_points[:, :, None, :, None, :].expand(n, lq, 1, self.n_levels, self.n_points, 2)
+        locations = (start.reshape(n, lq, 1, per_head) + offsets / scale).view(
+            n, lq, self.n_heads, self.n_levels, self.n_points, 2)
         if exporting:
             return self.output_proj(ms_deform_attn_levels(value, list(level_shapes), locations, weights))
         # The kernels want one dtype (autocast may leave value in half and the locations in float) and the
