@@ -185,9 +185,10 @@ def test_edited_grid_refuses_to_mix_with_old_results(tmp_path):
     run_grid(grid(seeds=1), tmp_path, progress=False, cell_fn=FakeCell())
     edited = grid(seeds=1, base={**BASE, "solver": {"batch_size": 2, "max_iter": 3}})
     fn = FakeCell()
-    with pytest.raises(GridError, match=r"num_queries=5__scoring=main/seed0 \(differs at solver\.max_iter\)"):
+    with pytest.raises(GridError, match=r"num_queries=5__scoring=main/seed0 \(differs at solver\.max_iter\)") as e:
         run_grid(edited, tmp_path, progress=False, cell_fn=fn)
     assert fn.calls == []
+    assert e.value.exit_code == 1  # run state, not usage: the CLI exits 1
 
 
 # ---- tables -----------------------------------------------------------------------------------------------------
@@ -317,8 +318,13 @@ def test_cli_dry_run_lists_cells_and_errors_name_the_path(tmp_path, capsys):
     assert main(["ablate", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--seeds", "2"]) == 0
     assert "4 cells (2 configurations x 2 seeds)" in capsys.readouterr().out
     path.write_text(yaml.safe_dump({"base": BASE, "axes": {"model.num_querys": [5]}}))
-    with pytest.raises(GridError, match="model.num_querys"):
-        main(["ablate", str(path), "--out", str(tmp_path / "out"), "--dry-run"])
+    capsys.readouterr()
+    # a grid the user can fix: one message naming the field, exit 2 (config/usage), no traceback
+    assert main(["ablate", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.num_querys" in err and "Traceback" not in err
+    with pytest.raises(GridError, match="model.num_querys"):  # --debug: the traceback
+        main(["ablate", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--debug"])
 
 
 def test_example_grid_file_is_valid():

@@ -250,4 +250,10 @@ def test_cli_convert_exit_codes(tmp_path, capsys):
     write_labelme(tmp_path, "b", [shape("horse", TRIANGLE)])
     assert main(args) == 1
     assert not out.exists()
-    assert "unknown category 'horse'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown category 'horse'" in err and err.rstrip().endswith("nothing written.")
+    with pytest.raises(DataError, match="horse"):  # --debug shows the traceback, here as everywhere
+        main(args + ["--debug"])
+    assert not out.exists()
+    assert main(["data", "convert", str(tmp_path), "--out", str(out)]) == 2  # neither --schema nor --labels
+    assert "--schema" in capsys.readouterr().err

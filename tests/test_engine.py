@@ -269,3 +269,18 @@ def test_example_config_is_the_demo_config():
                                                "attributes": {a.name: list(a.values) for a in demo.model.attributes}})
     assert cfg.model == demo.model and cfg.solver == demo.solver and cfg.augment == demo.augment
     assert cfg.data == demo.data and cfg.eval == demo.eval
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["eval"], "--run RUN_DIR is required"),
+    (["eval", "--fashionpedia-results", "results.json"], "needs --data"),
+    (["export", "runs/x", "--format", "onnx", "model.txt"], "should end in .onnx"),
+])
+def test_usage_errors_print_one_message_and_exit_2(argv, says, capsys):
+    """A command line that cannot run as given exits 2 with one `error:` line, as argparse's own usage errors
+    do (these were SystemExit(message), exit 1, and a bare print returning 1)."""
+    from workbench.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and "Traceback" not in err

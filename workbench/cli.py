@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     except (WorkbenchError, FileNotFoundError) as err:  # the one place user-fixable errors are reported
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print("\n".join([f"error: {err}", *getattr(err, "__notes__", [])]), file=sys.stderr)
         return getattr(err, "exit_code", 1)
 
 

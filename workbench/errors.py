@@ -8,3 +8,9 @@ class WorkbenchError(Exception):
     """An error whose message names the file / field and the fix. exit_code: 1 = data or run state, 2 = usage."""
 
     exit_code = 1
+
+
+class UsageError(WorkbenchError):
+    """A command line that cannot run as given (a missing or contradictory option): exit code 2, as argparse."""
+
+    exit_code = 2

@@ -37,16 +37,26 @@ from typing import Any, Mapping, Sequence
 
 from workbench import config as C
 from workbench.config_file import ConfigError, read_yaml, run_config_from_dict, to_dict
+from workbench.errors import WorkbenchError
 
-__all__ = ["Axis", "Cell", "Grid", "GridError", "SyntheticData", "load_grid"]
+__all__ = ["Axis", "Cell", "Grid", "GridError", "OutputStateError", "SyntheticData", "load_grid"]
 
 DEFAULT_SEEDS = 3
 GRID_KEYS = ("base", "axes", "seeds", "synthetic")
 RAW_ONLY_KEYS = {"model.preset"}  # YAML keys that are not dataclass fields but `workbench train` accepts
 
 
-class GridError(ValueError):
-    pass
+class GridError(WorkbenchError, ValueError):
+    """A grid file that cannot be ablated as given: the CLI prints it and exits 2 (1 for an output folder that
+    holds other runs or data: `OutputStateError`)."""
+
+    exit_code = 2
+
+
+class OutputStateError(GridError):
+    """An output or data folder that already holds other runs or data: exit code 1 (run state)."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 from tqdm.auto import tqdm
 
 from workbench.ablation.fingerprint import environment_fingerprint
-from workbench.ablation.grid import Cell, Grid, GridError, SyntheticData
+from workbench.ablation.grid import Cell, Grid, OutputStateError, SyntheticData
 from workbench.config_file import read_yaml, run_config_from_dict, to_dict
 from workbench.engine.trainer import absolute_data_paths
 
@@ -93,7 +93,7 @@ def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) 
     if marker.is_file():
         if _read_json(marker) == wanted:
             return folder
-        raise GridError(f"{folder} holds synthetic data made with {_read_json(marker)}, not {wanted}; "
+        raise OutputStateError(f"{folder} holds synthetic data made with {_read_json(marker)}, not {wanted}; "
                         "remove the folder or set synthetic.dir elsewhere")
     synthetic_splits(folder, spec.train_images, spec.val_images, spec.image_size, progress=progress,
                      patterns=spec.patterns)
@@ -175,7 +175,7 @@ def check_stale(cells: Sequence[Cell], out: Path) -> None:
         if diff:
             stale.append(f"{cell.name} (differs at {', '.join(diff[:5])})")
     if stale:
-        raise GridError(f"{out} holds runs of a different config: {'; '.join(stale[:5])}"
+        raise OutputStateError(f"{out} holds runs of a different config: {'; '.join(stale[:5])}"
                         f"{f' and {len(stale) - 5} more' if len(stale) > 5 else ''}. Use a new --out, or delete "
                         "those cell folders to rerun them")
 

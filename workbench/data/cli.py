@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from workbench.errors import UsageError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="dataset tools: synthetic shapes, labelme -> COCO, validation")
@@ -41,15 +43,11 @@ def add_parser(sub) -> None:
 
 
 def run_synth(args) -> int:
-    from workbench.data.problems import DataError
     from workbench.data.synthetic import SynthConfig, synthesize
 
-    try:
-        paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size,
-                                                                                  patterns=args.patterns))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    # A DataError goes to workbench.cli, which prints it (its traceback with --debug) and exits 1.
+    paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size,
+                                                                              patterns=args.patterns))
     print(f"wrote {len(paths)} labelme files + images and schema.yaml to {args.out}")
     return 0
 
@@ -60,16 +58,15 @@ def run_convert(args) -> int:
     from workbench.data.schema import load_labels_txt, load_schema
 
     if not (args.schema or args.labels):
-        print("error: give --schema SCHEMA.yaml or --labels labels.txt (or both)", file=sys.stderr)
-        return 2
+        raise UsageError("workbench data convert: give --schema SCHEMA.yaml or --labels labels.txt (or both)")
     try:
         schema = load_schema(args.schema) if args.schema else None
         if args.labels:
             schema = load_labels_txt(args.labels, schema)
         coco = convert_labelme(args.labelme_dir, schema, out=args.out)
     except DataError as e:
-        print(f"error: {e}\nnothing written.", file=sys.stderr)
-        return 1
+        e.add_note("nothing written.")
+        raise
     crowd = sum(1 for a in coco["annotations"] if a["iscrowd"])
     empty = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"] if not a["iscrowd"]})
     print(f"wrote {args.out}: {len(coco['images'])} images ({empty} without instances), "
@@ -84,23 +81,18 @@ def run_import_fashionpedia(args) -> int:
     try:
         coco = import_fashionpedia(args.src, args.out, all_multi=args.all_multi)
     except DataError as e:
-        print(f"error: {e}\nnothing written.", file=sys.stderr)
-        return 1
+        e.add_note("nothing written.")
+        raise
     kinds = ", ".join(f"{a['name']} ({a.get('kind', 'single')}, {len(a['values'])})" for a in coco["attributes"])
     print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} instances; groups: {kinds}")
     return 0
 
 
 def run_validate(args) -> int:
-    from workbench.data.problems import DataError
     from workbench.data.schema import load_schema
     from workbench.data.validate import validate_coco
 
-    try:
-        schema = load_schema(args.schema) if args.schema else None
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    schema = load_schema(args.schema) if args.schema else None  # a DataError: workbench.cli prints it, exit 1
     report = validate_coco(args.coco, images=args.images, schema=schema)
     print(report)
     return 0 if report.ok else 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workbench.errors import UsageError
+
 FORMATS = ("onnx",)
 
 
@@ -22,7 +24,7 @@ def run_export(args) -> int:
 
     out = Path(args.out)
     if out.suffix != ".onnx":
-        raise SystemExit(f"workbench export: {out} should end in .onnx (--format onnx)")
+        raise UsageError(f"workbench export: {out} should end in .onnx (--format onnx)")
     run = load_run(args.run, device="cpu")
     result = export_onnx(run.model, out, example_size=tuple(args.example_size) if args.example_size else None)
     print(f"[export] {result.note}", flush=True)

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from workbench.errors import UsageError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: synthesise, convert, validate, train, evaluate, draw")
@@ -115,7 +117,7 @@ def run_eval(args) -> int:
     if args.fashionpedia_results:
         return run_eval_fashionpedia(args)
     if not args.run:
-        raise SystemExit("workbench eval: --run RUN_DIR is required (or --fashionpedia-results FILE --data GT)")
+        raise UsageError("workbench eval: --run RUN_DIR is required (or --fashionpedia-results FILE --data GT)")
     from workbench.device import resolve_device
     from workbench.engine.evaluate import write_metrics_json
     from workbench.engine.inference import eval_dataset, evaluate_model, load_run
@@ -151,8 +153,7 @@ def run_eval_fashionpedia(args) -> int:
     from workbench.engine.fashionpedia import evaluate_fashionpedia_results
 
     if not args.data:
-        print("error: --fashionpedia-results needs --data GT.json (the ground truth)", file=sys.stderr)
-        return 1
+        raise UsageError("workbench eval: --fashionpedia-results needs --data GT.json (the ground truth)")
     result = evaluate_fashionpedia_results(args.data, args.fashionpedia_results)  # a DataError: workbench.cli
     if args.json:
         print(json.dumps(result, indent=2))
