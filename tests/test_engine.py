@@ -284,3 +284,101 @@ def test_usage_errors_print_one_message_and_exit_2(argv, says, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and says in err and "Traceback" not in err
+
+
+# ---- user-fixable mistakes: one message, the right exit code, nothing written ----
+@pytest.mark.parametrize("text, says", [
+    ("model: tiny\n", "model: expected a mapping"),
+    ("model: {preset: tiny}\ndata: [a, b]\n", "data: expected a mapping"),
+    ("model: {preset: tiny, loss: 5}\n", "model.loss: expected a mapping"),
+    ("model: {preset: tiny}\nsolver: 5\n", "solver: expected a mapping"),
+])
+def test_config_sections_of_the_wrong_type_are_config_errors(tmp_path, capsys, text, says):
+    from workbench.cli import main
+
+    (tmp_path / "c.yaml").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_section_takes_its_defaults():
+    cfg = run_config_from_dict({"model": {"preset": "tiny", "num_classes": 3}, "solver": None})
+    assert cfg.solver == SolverConfig()
+
+
+def test_fewer_images_than_one_batch_is_a_config_error_before_the_run_folder(tmp_path):
+    with pytest.raises(ConfigError, match="3 training images, fewer than one batch of solver.batch_size 4"):
+        train(run_cfg(batch_size=4), tmp_path / "run", dataset=dataset(3), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def _run_dir(root, hidden_dim=32):
+    from workbench.config_file import dump_yaml, to_dict
+
+    torch.manual_seed(0)
+    cfg = wb.ModelConfig.tiny(num_classes=3, attributes=ATTRS)
+    model = wb.build_model(cfg)
+    run = RunConfig(model=cfg, device="cpu")
+    root.mkdir()
+    save_checkpoint(root / "model_final.pt", {"model": model.state_dict(), "config": to_dict(run)})
+    edited = RunConfig(model=wb.ModelConfig.tiny(num_classes=3, attributes=ATTRS, hidden_dim=hidden_dim),
+                       device="cpu")
+    dump_yaml(edited, root / "config.yaml")
+    return root
+
+
+def test_a_run_whose_config_no_longer_fits_its_weights_names_both(tmp_path):
+    from workbench.engine.checkpoint import CheckpointError
+    from workbench.engine.inference import load_run
+
+    tiny = wb.ModelConfig.tiny(num_classes=3, attributes=ATTRS)
+    assert load_run(_run_dir(tmp_path / "same", tiny.hidden_dim)).model.cfg == tiny
+    with pytest.raises(CheckpointError, match=r"model_final\.pt does not fit the model .*config\.yaml describes .*"
+                                              r"tensors of another shape.*config\.yaml edited"):
+        load_run(_run_dir(tmp_path / "edited", tiny.hidden_dim * 2))
+    save_checkpoint(tmp_path / "same" / "model_final.pt", {"step": 1})
+    with pytest.raises(CheckpointError, match="no 'model' state dict"):
+        load_run(tmp_path / "same")
+
+
+def test_eval_option_out_of_range_exits_2(tmp_path, capsys):
+    from workbench.cli import main
+
+    tiny = wb.ModelConfig.tiny(num_classes=3, attributes=ATTRS)
+    run = _run_dir(tmp_path / "run", tiny.hidden_dim)
+    assert main(["eval", "--run", str(run), "--dedupe-iou", "5"]) == 2
+    assert "dedupe_iou" in capsys.readouterr().err
+
+
+def test_resume_drops_a_log_line_cut_short_and_names_a_damaged_one(tmp_path, capsys):
+    from workbench.data.problems import DataError
+    from workbench.engine.trainer import truncate_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"ste')  # killed while appending step 4
+    truncate_jsonl(log, 2)
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert "metrics.jsonl:4: dropped a line cut short" in capsys.readouterr().out
+    log.write_text('{"step": 1}\n{"st\n{"step": 2}\n')
+    with pytest.raises(DataError, match=r"metrics\.jsonl:2.*not a JSON record"):
+        truncate_jsonl(log, 2)
+
+
+def test_paths_of_the_wrong_kind_are_named_not_traced(tmp_path, capsys):
+    from workbench.cli import main
+
+    (tmp_path / "folder").mkdir()
+    assert main(["train", "--config", str(tmp_path / "folder"), "--out", str(tmp_path / "run")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00model")
+    assert main(["train", "--config", str(tmp_path / "binary.yaml"), "--out", str(tmp_path / "run")]) == 2
+    assert "binary.yaml: not a YAML text file" in capsys.readouterr().err
+    assert main(["data", "synth", str(tmp_path / "s"), "--size", "8"]) == 2
+    assert "--size" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "afile").write_text("not a folder")
+    assert main(["data", "synth", str(tmp_path / "afile"), "--images", "1"]) == 1  # an OSError naming the path
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "afile" in err and "Traceback" not in err

@@ -110,3 +110,21 @@ def test_bad_results_and_bad_source_name_the_field_and_write_nothing(fashionpedi
     err = capsys.readouterr().err
     assert "annotations[2]" in err and "attribute_ids[0]" in err and "nothing written" in err
     assert not out.exists()
+
+
+def test_results_with_a_malformed_rle_name_the_field(fashionpedia_files, tmp_path, capsys):
+    """pycocotools would raise TypeError deep inside on these; the check names the entry and field."""
+    _, val_src = fashionpedia_files
+    gt = json.loads(val_src.read_text())
+    ann, image = gt["annotations"][0], next(im for im in gt["images"] if im["id"] == gt["annotations"][0]["image_id"])
+    good = {"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": ann["segmentation"],
+            "score": 0.5, "attribute_ids": []}
+    for segmentation, field in (({"counts": [3, 4], "size": ann["segmentation"]["size"]}, "[0].segmentation.counts"),
+                                ({"counts": ann["segmentation"]["counts"], "size": "64x64"}, "[0].segmentation.size"),
+                                ({"counts": ann["segmentation"]["counts"],
+                                  "size": [image["height"] + 1, image["width"]]}, "[0].segmentation.size")):
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps([dict(good, segmentation=segmentation)]))
+        assert main(["eval", "--fashionpedia-results", str(path), "--data", str(val_src)]) == 1
+        err = capsys.readouterr().err
+        assert field in err and "Traceback" not in err, err

@@ -589,3 +589,28 @@ def test_notebook_03_fine_tunes_a_checkpoint_given_in_its_parameters(hf_dir, tmp
     model_cfg = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert (model_cfg["backbone"], model_cfg["num_classes"], model_cfg["num_queries"]) == ("resnet50", 3, 6)
     assert (run / "model_final.pt").is_file()
+
+
+def test_damaged_or_foreign_checkpoint_files_are_named_errors_the_cli_reports(tmp_path):
+    """`--weights` given a damaged file: a WorkbenchError naming it (the CLI prints one line), not a raw
+    SafetensorError, JSONDecodeError or a 'refused' message for what is only corrupt."""
+    from workbench.engine.checkpoint import CheckpointError
+    from workbench.errors import WorkbenchError
+
+    noise = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    for name, match in (("noise.safetensors", r"noise\.safetensors: not a readable \.safetensors"),
+                        ("noise.pkl", r"noise\.pkl: not a readable pickle"),
+                        ("noise.pth", r"noise\.pth: corrupt or truncated")):
+        (tmp_path / name).write_bytes(noise)
+        with pytest.raises(WorkbenchError, match=match):
+            read_checkpoint(tmp_path / name)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_checkpoint(tmp_path / "noise.pth")
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "mask2former",\n "id2label": {0: "cat"}}')
+    with pytest.raises(WorkbenchError, match=r"hub/config\.json:2:15: invalid JSON"):
+        read_checkpoint(folder)
+    (tmp_path / "w.bin").write_bytes(b"x")
+    with pytest.raises(WorkbenchError, match=r"w\.bin.*unknown checkpoint kind"):
+        read_checkpoint(tmp_path / "w.bin")

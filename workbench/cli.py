@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (WorkbenchError, FileNotFoundError) as err:  # the one place user-fixable errors are reported
-        if debug:
+    except (WorkbenchError, OSError) as err:  # the one place user-fixable errors are reported
+        # An OSError naming a path (a folder given for a file, a file for a folder, an existing output) is the
+        # user's to fix; one about no path (a socket, the disk) is not, and keeps its traceback.
+        theirs = isinstance(err, (WorkbenchError, FileNotFoundError, FileExistsError)) or err.filename is not None
+        if debug or not theirs:
             raise
         print("\n".join([f"error: {err}", *getattr(err, "__notes__", [])]), file=sys.stderr)
         return getattr(err, "exit_code", 1)

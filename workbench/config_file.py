@@ -31,8 +31,8 @@ _YAML11_MISSED_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _convert(tp, value, path: str):
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
-        return from_dict(tp, value, path)
+    if dataclasses.is_dataclass(tp):  # a section: `solver:` left empty is its defaults
+        return from_dict(tp, {} if value is None else value, path)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return value if value is None else _convert(args[0], value, path)
@@ -67,6 +67,7 @@ def from_dict(cls, data: Mapping[str, Any], path: str = ""):
 
 
 def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapping[str, Any] | None = None):
+    _require_mapping(data, path)
     data = dict(data)
     preset = data.pop("preset", None)
     for key, value in (defaults or {}).items():
@@ -80,8 +81,16 @@ def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapp
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"{path}.preset: expected one of {MODEL_PRESETS}, got {preset!r}")
     base = dataclasses.asdict(getattr(C.ModelConfig, preset)(num_classes=data.get("num_classes", 1)))
-    loss = {**base.pop("loss"), **data.pop("loss", {})}
+    loss = data.pop("loss", None) or {}
+    _require_mapping(loss, f"{path}.loss")
+    loss = {**base.pop("loss"), **loss}
     return from_dict(C.ModelConfig, {**base, **data, "loss": loss}, path)
+
+
+def _require_mapping(value, path: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping (a section of `key: value` lines), got "
+                          f"{type(value).__name__} {value!r}")
 
 
 def run_config_from_dict(data: Mapping[str, Any], model_defaults: Mapping[str, Any] | None = None) -> C.RunConfig:
@@ -100,9 +109,13 @@ def run_config_from_dict(data: Mapping[str, Any], model_defaults: Mapping[str, A
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the YAML config file")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a YAML text file ({err.reason} at byte {err.start})") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

@@ -10,7 +10,8 @@ class WorkbenchError(Exception):
     exit_code = 1
 
 
-class UsageError(WorkbenchError):
-    """A command line that cannot run as given (a missing or contradictory option): exit code 2, as argparse."""
+class UsageError(WorkbenchError, ValueError):
+    """An option or argument that cannot be used as given (missing, contradictory or out of range): exit code 2,
+    as argparse's own usage errors."""
 
     exit_code = 2

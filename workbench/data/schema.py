@@ -204,6 +204,8 @@ def load_schema(path: str | os.PathLike) -> Schema:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError([Problem("missing_file", str(path), "schema file not found")]) from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise DataError([Problem("unreadable_file", str(path), f"not a YAML text file ({e})")]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -223,6 +225,8 @@ def load_labels_txt(path: str | os.PathLike, schema: Schema | None = None) -> Sc
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise DataError([Problem("missing_file", str(path), "labels file not found")]) from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise DataError([Problem("unreadable_file", str(path), f"not a text file of labels ({e})")]) from None
     labels = [line.strip() for line in lines if line.strip()]
     ignore = tuple(x for x in labels if len(x) > 4 and x.startswith("__") and x.endswith("__"))
     names = [x for x in labels if x not in ignore and x != BACKGROUND_LABEL]

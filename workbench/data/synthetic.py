@@ -31,6 +31,7 @@ from workbench.data.io import write_bytes_atomic
 from workbench.data.labelme import shape_to_mask
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import AttributeVocab, Category, Schema
+from workbench.errors import UsageError
 
 __all__ = ["SynthConfig", "SyntheticImage", "make_image", "synthesize", "synthetic_schema", "synthetic_splits"]
 
@@ -65,7 +66,7 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+            raise UsageError(f"image_size (--size) must be >= 32, got {self.image_size}")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if not 0 < self.min_visible <= 1:
@@ -232,7 +233,7 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
     """Write `num_images` PNG + labelme JSON pairs (`shapes_00000.png/json`, ...) and `schema.yaml` to
     `out_dir`; each file is written atomically. Image i depends only on (seed, i). Returns the JSON paths."""
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise UsageError(f"num_images (--images) must be >= 1, got {num_images}")
     out = Path(out_dir)
     stems = [f"shapes_{i:05d}" for i in range(num_images)]
     stale = sorted(set(p.stem for p in out.glob("shapes_*.json")) - set(stems)) if out.is_dir() else []

@@ -31,6 +31,7 @@ from torch import nn
 
 from workbench.config import ModelConfig
 from workbench.data.io import write_bytes_atomic
+from workbench.errors import UsageError
 from workbench.model import MultiTaskMask2Former
 from workbench.model.meta_arch import pad_images
 from workbench.model.postprocess import instance_inference
@@ -133,12 +134,13 @@ def export_onnx(model: MultiTaskMask2Former, out_path: str | os.PathLike,
     `metadata`). example_size (H, W), multiples of size_divisibility (default 4x it, square), only feeds the
     tracer: the graph accepts any batch and any multiple of size_divisibility."""
     if opset < 16:
-        raise ValueError(f"opset {opset}: GridSample (the deformable attention) needs opset >= 16")
+        raise UsageError(f"opset {opset}: GridSample (the deformable attention) needs opset >= 16")
     cfg = model.cfg
     d = cfg.size_divisibility
     example_size = example_size or (4 * d, 4 * d)
     if example_size[0] % d or example_size[1] % d or min(example_size) < 2 * d:
-        raise ValueError(f"example_size {example_size} must be multiples of size_divisibility {d}, at least {2 * d}")
+        raise UsageError(f"example_size (--example-size) {example_size} must be multiples of size_divisibility "
+                         f"{d}, at least {2 * d}")
     out_path = Path(out_path)
     graph = InferenceGraph(copy.deepcopy(model).cpu()).eval()  # the caller's model stays where it is
     example = torch.zeros(2, 3, *example_size)

@@ -88,8 +88,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):  # a damaged pickle stream, not a refused object
-            raise _corrupt(path, size, err) from err
+        if "Weights only load failed" not in str(err) or "Unsupported operand" in str(err):
+            raise _corrupt(path, size, err) from err  # a damaged pickle stream (an invalid opcode), not an object
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain containers"

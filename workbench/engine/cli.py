@@ -68,11 +68,15 @@ def load_train_config(path: str, weights: str | None = None):
     """YAML -> RunConfig; num_classes/attributes default to the training data's schema. With `model.weights`
     (or `weights`, which overrides it) the architecture fields the YAML leaves out come from the checkpoint
     (wb.pretrained_config): YAML > checkpoint > preset."""
-    from workbench.config_file import read_yaml, run_config_from_dict
+    from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
     from workbench.data.schema import schema_of_coco
 
     doc = read_yaml(path)
     defaults = {}
+    for section in ("data", "model"):
+        if not isinstance(doc.get(section) or {}, dict):
+            raise ConfigError(f"{path}: {section}: expected a mapping (a section of `key: value` lines), got "
+                              f"{type(doc[section]).__name__} {doc[section]!r}")
     train_json = (doc.get("data") or {}).get("train")
     model = dict(doc.get("model") or {})
     if weights is not None:
@@ -124,10 +128,13 @@ def run_eval(args) -> int:
 
     run = load_run(args.run, device=resolve_device(args.device or "auto"))
     eval_cfg = run.cfg.eval
-    if args.scoring:
-        eval_cfg = dataclasses.replace(eval_cfg, scoring=args.scoring)
-    if args.dedupe_iou is not None:
-        eval_cfg = dataclasses.replace(eval_cfg, dedupe_iou=args.dedupe_iou)
+    try:
+        if args.scoring:
+            eval_cfg = dataclasses.replace(eval_cfg, scoring=args.scoring)
+        if args.dedupe_iou is not None:
+            eval_cfg = dataclasses.replace(eval_cfg, dedupe_iou=args.dedupe_iou)
+    except ValueError as err:
+        raise UsageError(f"workbench eval: {err}") from err
     dataset = eval_dataset(run.cfg, args.data, args.images)
     result = evaluate_model(run.model, args.data or run.cfg.data.val, dataset, eval_cfg, progress=not args.json)
     out = Path(args.run) / ("metrics.json" if args.data is None else metrics_name(Path(args.run), result.data))

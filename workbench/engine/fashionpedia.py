@@ -217,7 +217,7 @@ def _results_problems(results: Any, gt: Mapping[str, Any], vocabulary: set[int],
     if not isinstance(results, list):
         return [Problem("bad_format", where, "a results file is a JSON list of {image_id, category_id, "
                         "segmentation, score, attribute_ids}")]
-    images = {im["id"] for im in gt["images"]}
+    images = {im["id"]: [im.get("height"), im.get("width")] for im in gt["images"]}
     categories = {c["id"] for c in gt["categories"]}
     problems = []
     for i, r in enumerate(results):
@@ -232,6 +232,17 @@ def _results_problems(results: Any, gt: Mapping[str, Any], vocabulary: set[int],
         seg = r.get("segmentation")
         if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
             problems.append(Problem("bad_format", f"{w}.segmentation", "must be a COCO RLE {size, counts}"))
+        elif not isinstance(seg["counts"], str):
+            problems.append(Problem("bad_format", f"{w}.segmentation.counts", "must be a compressed RLE string "
+                                    f"(pycocotools' mask.encode, decoded to str), got {type(seg['counts']).__name__}"))
+        elif not (isinstance(seg["size"], list) and len(seg["size"]) == 2
+                  and all(isinstance(v, int) and not isinstance(v, bool) for v in seg["size"])):
+            problems.append(Problem("bad_format", f"{w}.segmentation.size", f"must be [height, width], got "
+                                    f"{seg['size']!r}"))
+        elif r.get("image_id") in images and None not in images[r["image_id"]] \
+                and seg["size"] != images[r["image_id"]]:
+            problems.append(Problem("bad_size", f"{w}.segmentation.size", f"{seg['size']} is not image "
+                                    f"{r['image_id']}'s [height, width] {images[r['image_id']]}"))
         if not isinstance(r.get("score"), (int, float)) or isinstance(r.get("score"), bool):
             problems.append(Problem("bad_format", f"{w}.score", f"must be a number, got {r.get('score')!r}"))
         ids = r.get("attribute_ids")

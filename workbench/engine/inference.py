@@ -10,8 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.config import EvalConfig, RunConfig
-from workbench.config_file import read_yaml, run_config_from_dict
-from workbench.engine.checkpoint import load_checkpoint
+from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
+from workbench.engine.checkpoint import CheckpointError, load_checkpoint
 from workbench.model import MultiTaskMask2Former, build_model
 
 
@@ -32,9 +32,22 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", che
     path = run_dir / checkpoint
     if not path.is_file() and checkpoint == "model_final.pt":
         path = run_dir / "last.pt"
-    state = load_checkpoint(path, map_location="cpu")["model"]
+    saved = load_checkpoint(path, map_location="cpu")
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise CheckpointError(f"{path}: no 'model' state dict in it (a checkpoint written by `workbench train` has "
+                              f"one)")
     model = build_model(cfg.model)
-    model.load_state_dict(state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved["model"]]
+    unexpected = [k for k in saved["model"] if k not in own]
+    wrong = [f"{k} {tuple(v.shape)} (config.yaml builds {tuple(own[k].shape)})" for k, v in saved["model"].items()
+             if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
+    if missing or unexpected or wrong:
+        first = (wrong or [f"missing {k}" for k in missing] or [f"unexpected {k}" for k in unexpected])[0]
+        raise CheckpointError(f"{path} does not fit the model {cfg_path} describes ({len(wrong)} tensors of "
+                              f"another shape, {len(missing)} missing, {len(unexpected)} unexpected; first: {first}): "
+                              f"was config.yaml edited after training?")
+    model.load_state_dict(saved["model"])
     return LoadedRun(cfg, model.to(device).eval(), run_dir)
 
 
@@ -68,7 +81,7 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
     if coco_path is None:
         coco_path, image_root = cfg.data.val, image_root or cfg.data.image_root or None
     if not coco_path:
-        raise ValueError("no evaluation data: set data.val in the config or pass --data")
+        raise ConfigError("no evaluation data: set data.val in the config or pass --data")
     from workbench.engine.preflight import check_model_matches_data
 
     dataset = CocoAttributeDataset(coco_path, image_root, augmentation=build_augmentation(cfg.augment, train=False))

@@ -105,11 +105,13 @@ class EpochBatches:
 
     def __init__(self, dataset_len: int, batch_size: int, seed: int, dist_info: DistInfo) -> None:
         if batch_size % dist_info.world_size:
-            raise ValueError(f"solver.batch_size {batch_size} must be divisible by the {dist_info.world_size} processes")
+            raise ConfigError(f"solver.batch_size {batch_size} must be divisible by the {dist_info.world_size} "
+                              f"processes")
         self.per_process = batch_size // dist_info.world_size
         self.steps_per_epoch = dataset_len // batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"dataset has {dataset_len} images, fewer than one batch of {batch_size}")
+            raise ConfigError(f"dataset has {dataset_len} images, fewer than one batch of solver.batch_size "
+                              f"{batch_size}")
         self.batch_size, self.seed, self.dist = batch_size, seed, dist_info
         self.dataset_len = dataset_len
         self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
@@ -221,11 +223,28 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the lines of metrics.jsonl up to `step` (a resumed run rewrites the steps after its checkpoint)."""
+    """Keep the lines of metrics.jsonl up to `step` (a resumed run rewrites the steps after its checkpoint). A
+    last line cut short (the run was killed while appending it) is dropped with a note; an unreadable line before
+    it is an error naming file and line."""
+    from workbench.data.problems import DataError, Problem
+
     if not path.is_file():
         return
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not line.endswith("\n"):
+                print(f"[workbench] {path}:{number}: dropped a line cut short by the killed run", flush=True)
+                continue
+            raise DataError([Problem("bad_log_line", f"{path}:{number}", f"not a JSON record ({err.msg}); the run's "
+                                     "log is damaged: fix or delete that line to resume")]) from err
+        if record.get("step", 0) <= step:
+            kept.append(line)
     if len(kept) != len(lines):
         from workbench.data.io import write_bytes_atomic
 
@@ -367,7 +386,8 @@ def absolute_data_paths(cfg: RunConfig) -> RunConfig:
 
 
 def check_data(cfg: RunConfig, dataset) -> None:
-    """Before any work: the model's heads must fit the training (and validation) data's schema."""
+    """Before any work (nothing written yet): the model's heads must fit the training (and validation) data's
+    schema, and the training data must fill one batch."""
     from workbench.data.schema import schema_of_coco
     from workbench.engine.preflight import check_model_matches_data
 
@@ -375,6 +395,10 @@ def check_data(cfg: RunConfig, dataset) -> None:
         check_model_matches_data(cfg.model, dataset.schema, getattr(dataset, "where", "(training dataset)"))
     if cfg.data.val and Path(cfg.data.val).is_file():
         check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
+    if len(dataset) < cfg.solver.batch_size:
+        raise ConfigError(f"{cfg.data.train or '(training dataset)'}: {len(dataset)} training images, fewer than "
+                          f"one batch of solver.batch_size {cfg.solver.batch_size}: lower solver.batch_size or add "
+                          f"images")
 
 
 def build_train_dataset(cfg: RunConfig):
@@ -382,7 +406,7 @@ def build_train_dataset(cfg: RunConfig):
     from workbench.data.transforms import build_augmentation
 
     if not cfg.data.train:
-        raise ValueError("data.train is empty: set the COCO-with-attributes training file in the config")
+        raise ConfigError("data.train is empty: set the COCO-with-attributes training file in the config")
     dataset = CocoAttributeDataset(cfg.data.train, cfg.data.image_root or None,
                                    augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed,
                                    keep_empty=cfg.data.keep_empty, cache_images=cfg.data.cache_images)

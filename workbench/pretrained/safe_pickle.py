@@ -10,6 +10,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import WorkbenchError
+
 # (module, name) pairs a pickle of numpy arrays in dicts/lists may reference; nothing else is importable.
 ALLOWED_GLOBALS = frozenset({
     ("numpy", "ndarray"),
@@ -32,8 +34,8 @@ ALLOWED_GLOBALS = frozenset({
 })
 
 
-class RefusedPickleError(pickle.UnpicklingError):
-    pass
+class RefusedPickleError(WorkbenchError, pickle.UnpicklingError):
+    """A .pkl that holds more than numpy arrays and plain containers, or is not a pickle: names the file."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

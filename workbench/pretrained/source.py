@@ -21,9 +21,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from workbench.errors import WorkbenchError
+
 KINDS = ("upstream_pkl", "detectron2_pth", "transformers_dir", "safetensors")
 UPSTREAM_PREFIXES = ("backbone.", "sem_seg_head.")
 TRANSFORMERS_PREFIXES = ("model.pixel_level_module.", "model.transformer_module.")
+
+
+class CheckpointFormatError(WorkbenchError, ValueError):
+    """A published checkpoint this reader cannot use (damaged, another format, other names); names the file."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,9 @@ def naming_of(keys, path) -> str:
     if any(k.startswith("sem_seg_head.") for k in keys):
         return "upstream"
     sample = ", ".join(keys[:5])
-    raise ValueError(f"{path}: tensor names follow neither upstream Mask2Former (sem_seg_head.*, backbone.*) nor "
-                     f"transformers (model.pixel_level_module.*, model.transformer_module.*); first names: {sample}")
+    raise CheckpointFormatError(f"{path}: tensor names follow neither upstream Mask2Former (sem_seg_head.*, "
+                                f"backbone.*) nor transformers (model.pixel_level_module.*, "
+                                f"model.transformer_module.*); first names: {sample}")
 
 
 def _as_tensors(state: Mapping[str, Any], path) -> dict[str, torch.Tensor]:
@@ -63,7 +70,7 @@ def _as_tensors(state: Mapping[str, Any], path) -> dict[str, torch.Tensor]:
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not torch.is_tensor(value):
-            raise ValueError(f"{path}: model entry {name!r} is a {type(value).__name__}, not an array")
+            raise CheckpointFormatError(f"{path}: model entry {name!r} is a {type(value).__name__}, not an array")
         out[name] = value
     return out
 
@@ -75,29 +82,49 @@ def _model_dict(obj: Any, path) -> Mapping[str, Any]:
             all(isinstance(v, (np.ndarray, torch.Tensor)) for v in obj.values()):
         return obj  # a bare state dict
     keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-    raise ValueError(f"{path}: expected {{'model': {{name: array}}, ...}} (detectron2's format); found {keys}")
+    raise CheckpointFormatError(f"{path}: expected {{'model': {{name: array}}, ...}} (detectron2's format); "
+                                f"found {keys}")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointFormatError(f"{path}: not a readable .safetensors file ({err}); damaged, cut short or "
+                                    f"another format") from err
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CheckpointFormatError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from err
+    except UnicodeDecodeError as err:
+        raise CheckpointFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def _read_transformers_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{path}: a transformers checkpoint folder needs config.json (not found)")
-    config = json.loads(config_path.read_text())
+    config = _read_json(config_path)
+    if not isinstance(config, Mapping):
+        raise CheckpointFormatError(f"{config_path}: expected a JSON object (transformers' config), got "
+                                    f"{type(config).__name__}")
     if config.get("model_type") != "mask2former":
-        raise ValueError(f"{config_path}: model_type is {config.get('model_type')!r}, expected 'mask2former'")
+        raise CheckpointFormatError(f"{config_path}: model_type is {config.get('model_type')!r}, expected "
+                                    f"'mask2former'")
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.is_file():
         return _read_safetensors(single), config
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        index_doc = _read_json(index)
+        weight_map = index_doc.get("weight_map") if isinstance(index_doc, Mapping) else None
         if not isinstance(weight_map, Mapping):
-            raise ValueError(f"{index}: no 'weight_map' {{tensor name: shard file}}")
+            raise CheckpointFormatError(f"{index}: no 'weight_map' {{tensor name: shard file}}")
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(weight_map.values())):
             shard_path = path / shard
@@ -106,7 +133,7 @@ def _read_transformers_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             tensors.update(_read_safetensors(shard_path))
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
-            raise ValueError(f"{index}: tensors listed but absent from their shards: {missing[:5]}")
+            raise CheckpointFormatError(f"{index}: tensors listed but absent from their shards: {missing[:5]}")
         return tensors, config
     raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json (pytorch_model.bin is "
                             f"not read: convert it with transformers' save_pretrained(safe_serialization=True))")
@@ -135,9 +162,9 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     if suffix == ".safetensors":
         tensors = _read_safetensors(path)
         config_path = path.parent / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else None
-        if config is not None and config.get("model_type") != "mask2former":
+        config = _read_json(config_path) if config_path.is_file() else None
+        if not isinstance(config, Mapping) or config.get("model_type") != "mask2former":
             config = None
         return Checkpoint(str(path), "safetensors", naming_of(tensors, path), tensors, config)
-    raise ValueError(f"{path}: unknown checkpoint kind {suffix!r}; expected .pkl (upstream model zoo), .pth "
-                     f"(detectron2), .safetensors, or a transformers folder")
+    raise CheckpointFormatError(f"{path}: unknown checkpoint kind {suffix!r}; expected .pkl (upstream model zoo), "
+                                f".pth (detectron2), .safetensors, or a transformers folder")
