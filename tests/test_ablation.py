@@ -325,6 +325,9 @@ def test_cli_dry_run_lists_cells_and_errors_name_the_path(tmp_path, capsys):
     assert err.startswith("error: ") and "model.num_querys" in err and "Traceback" not in err
     with pytest.raises(GridError, match="model.num_querys"):  # --debug: the traceback
         main(["ablate", str(path), "--out", str(tmp_path / "out"), "--dry-run", "--debug"])
+    path.write_text(yaml.safe_dump({"base": BASE, "axes": {"model.num_queries": [5]}}))
+    assert main(["ablate", str(path), "--out", str(tmp_path / "never_run"), "--tables-only"]) == 2
+    assert "never_run is not a folder" in capsys.readouterr().err
 
 
 def test_example_grid_file_is_valid():

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workbench.errors import UsageError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("ablate", help="run a grid of configs x seeds; write mean ± std tables and plots",
@@ -40,6 +42,8 @@ def run_ablate(args) -> int:
         print(f"{len(cells)} cells ({len(cells) // len(grid.seeds)} configurations x {len(grid.seeds)} seeds)")
         return 0
     failed = 0
+    if args.tables_only and not out.is_dir():
+        raise UsageError(f"--tables-only: {out} is not a folder; give the --out of an earlier `workbench ablate` run")
     if not args.tables_only:
         outcomes = run_grid(grid, out, device=args.device)
         failed = sum(o.status == "failed" for o in outcomes)
