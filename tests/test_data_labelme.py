@@ -61,6 +61,40 @@ def test_rasteriser_draws_known_pixels():
     assert np.array_equal(np.argwhere(mask), np.argwhere(region) + [10, 40])
 
 
+def test_mask_shapes_are_placed_as_labelme_places_them():
+    """labelme (examples/utils.py shapes_to_label) rounds the corners; integer corners crop a larger stored image
+    to the inclusive box, fractional ones (written by released labelme versions) keep the image's own size."""
+    region = np.zeros((4, 6), bool)
+    region[1:3, 2:5] = True
+    at = np.argwhere(region)
+    fractional = shape_to_mask(shape("cat", [[39.6, 10.2], [45.4, 13.3]], "mask", mask=b64_png(region)), H, W)
+    assert np.array_equal(np.argwhere(fractional), at + [10, 40])  # top-left rounds to (40, 10), not 39
+    drifted = shape_to_mask(shape("cat", [[39.6, 10.2], [46.5, 13.3]], "mask", mask=b64_png(region)), H, W)
+    assert np.array_equal(drifted, fractional)  # a box a pixel wider than the image: the image's size wins
+    bigger = np.zeros((5, 8), bool)
+    bigger[:4, :6] = region
+    bigger[4, 7] = True  # outside the box: cropped away
+    cropped = shape_to_mask(shape("cat", [[40, 10], [45, 13]], "mask", mask=b64_png(bigger)), H, W)
+    assert np.array_equal(cropped, fractional)
+    with pytest.raises(ValueError, match="'mask' image is 6x4"):
+        shape_to_mask(shape("cat", [[40, 10], [47, 13]], "mask", mask=b64_png(region)), H, W)
+
+
+def test_oriented_rectangle_is_its_filled_polygon():
+    corners = [[10, 5], [30, 15], [25, 25], [5, 15]]
+    oriented = shape_to_mask(shape("cat", corners, "oriented_rectangle"), H, W)
+    assert oriented.sum() > 200 and np.array_equal(oriented, shape_to_mask(shape("cat", corners), H, W))
+
+
+def test_image_path_naming_the_json_itself_says_so(tmp_path):
+    """labelme's own tutorial file has imagePath "apc2016_obj3.json" (its imageData holds the picture)."""
+    write_labelme(tmp_path, "a", [shape("cat", TRIANGLE)], image_path="a.json", imageData="aGVsbG8=")
+    with pytest.raises(DataError, match=r"'a\.json' is this labelme JSON itself, not an image; the JSON embeds "
+                                        r"imageData"):
+        convert_labelme(tmp_path, schema(), out=tmp_path / "coco.json")
+    assert not (tmp_path / "coco.json").exists()
+
+
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside pycocotools
 def test_round_trip_pycocotools_loads_and_ann_to_mask_equals_our_rasterisation(tmp_path):
     region = np.ones((5, 7), bool)

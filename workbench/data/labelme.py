@@ -36,7 +36,7 @@ from workbench.data.schema import Schema, save_coco
 
 __all__ = ["convert_labelme", "labelme_files", "read_labelme_file", "shape_to_mask"]
 
-SHAPE_TYPES = ("polygon", "rectangle", "circle", "mask")
+SHAPE_TYPES = ("polygon", "rectangle", "circle", "mask", "oriented_rectangle")
 _OUTSIDE_TOLERANCE = 1.0  # px: labelme clamps points to the image, so anything further out means a wrong size
 
 
@@ -50,8 +50,9 @@ def labelme_files(root: str | os.PathLike, exclude: str | os.PathLike | None = N
 def shape_to_mask(shape: dict, height: int, width: int) -> np.ndarray:
     """One labelme shape -> (H, W) bool, drawn the way labelme draws it.
 
-    Polygons and rectangles include their outline; a circle is `points[0]` = centre, `points[1]` on the rim;
-    a "mask" shape is a base64 PNG covering the inclusive box `points[0]`..`points[1]`.
+    Polygons and rectangles include their outline; an oriented rectangle is a 4-point polygon; a circle is
+    `points[0]` = centre, `points[1]` on the rim; a "mask" shape is a base64 PNG placed at the box
+    `points[0]`..`points[1]` (see `_mask_shape` for fractional corners).
     Raises ValueError (with a message for the user) on malformed shapes.
     """
     kind = shape.get("shape_type") or "polygon"
@@ -78,6 +79,12 @@ def shape_to_mask(shape: dict, height: int, width: int) -> np.ndarray:
         if x0 == x1 or y0 == y1:
             raise _Degenerate("rectangle has zero width or height")
         draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=1, outline=1)
+    elif kind == "oriented_rectangle":
+        if len(xy) != 4:
+            raise ValueError(f"oriented_rectangle needs 4 points (its corners in order), got {len(xy)}")
+        if _polygon_area(xy) == 0:
+            raise _Degenerate("oriented_rectangle has zero area")
+        draw.polygon(xy, fill=1, outline=1)
     elif kind == "circle":
         if len(xy) != 2:
             raise ValueError(f"circle needs 2 points (centre, a point on the rim), got {len(xy)}")
@@ -119,12 +126,20 @@ def _mask_shape(shape: dict, xy, height: int, width: int) -> np.ndarray:
         region = np.asarray(region.convert("L")) > 0
     except Exception as e:  # binascii.Error, PIL.UnidentifiedImageError, ...: all mean "not a PNG in base64"
         raise ValueError(f"'mask' is not a base64-encoded image ({type(e).__name__}: {e})") from None
-    (x0, y0), (x1, y1) = [(int(x), int(y)) for x, y in xy]
+    # As labelme places it (examples/utils.py): corners rounded (numpy's half-to-even); with integer corners the
+    # box is the inclusive corners and a larger stored image is cropped to it; with fractional ones (released
+    # labelme versions write them) the stored image keeps its own size from the rounded top-left corner.
+    corners = np.asarray(xy, dtype=float)
+    (x0, y0), (x1, y1) = np.round(corners).astype(int).tolist()
     x0, x1 = sorted((x0, x1))
     y0, y1 = sorted((y0, y1))
-    if region.shape != (y1 - y0 + 1, x1 - x0 + 1):
-        raise ValueError(f"'mask' image is {region.shape[1]}x{region.shape[0]} (w x h) but its box "
-                         f"{x0},{y0}..{x1},{y1} is {x1 - x0 + 1}x{y1 - y0 + 1}")
+    if np.array_equal(corners, np.trunc(corners)):
+        box_h, box_w = y1 - y0 + 1, x1 - x0 + 1
+        if region.shape[0] < box_h or region.shape[1] < box_w:
+            raise ValueError(f"'mask' image is {region.shape[1]}x{region.shape[0]} (w x h) but its box "
+                             f"{x0},{y0}..{x1},{y1} is {box_w}x{box_h}")
+        region = region[:box_h, :box_w]
+    x1, y1 = x0 + region.shape[1] - 1, y0 + region.shape[0] - 1
     full = np.zeros((height, width), dtype=bool)
     # the part of the box inside the image
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1 + 1, width), min(y1 + 1, height)
@@ -256,9 +271,13 @@ def _safe_image_path(image_path: Any, json_path: Path, root: Path, where: str, p
         problems.append(Problem("unsafe_image_path", f"{where}: imagePath",
                                 f"{image_path!r} points outside the dataset folder {root}"))
         return None
+    hint = "; the JSON embeds imageData: save that image as a file and point imagePath at it" if embedded else ""
     if not os.path.isfile(joined):
-        hint = "; the JSON embeds imageData: save that image at this path" if embedded else ""
         problems.append(Problem("missing_image", f"{where}: imagePath", f"image file {joined} not found{hint}"))
+        return None
+    if os.path.normpath(json_path.absolute()) == joined:
+        problems.append(Problem("missing_image", f"{where}: imagePath", f"{image_path!r} is this labelme JSON "
+                                f"itself, not an image{hint}"))
         return None
     return PurePosixPath(Path(os.path.relpath(joined, root_abs))).as_posix()
 
@@ -285,7 +304,7 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
     file_name = _safe_image_path(doc.get("imagePath"), path, root, where, problems, embedded=bool(doc.get("imageData")))
     if len(problems) > start:
         return None
-    _check_image_size(root / file_name, width, height, where, problems)
+    _check_image_size(root / file_name, width, height, where, problems, embedded=bool(doc.get("imageData")))
     if len(problems) > start:
         return None
 
@@ -363,7 +382,8 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
     return image, annotations
 
 
-def _check_image_size(path: Path, width: int, height: int, where: str, problems: list[Problem]) -> None:
+def _check_image_size(path: Path, width: int, height: int, where: str, problems: list[Problem],
+                      embedded: bool = False) -> None:
     """The header's imageWidth/imageHeight must be the image's size (as labelme shows it: EXIF-rotated);
     otherwise every mask would be drawn on the wrong canvas and training would fail much later."""
     try:
@@ -372,7 +392,9 @@ def _check_image_size(path: Path, width: int, height: int, where: str, problems:
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
                 w, h = h, w
     except Exception as e:  # PIL raises several unrelated types for unreadable files
-        problems.append(Problem("unreadable_image", f"{where}: imagePath", f"cannot read {path}: {type(e).__name__}: {e}"))
+        hint = "; the JSON embeds imageData: save that image as a file and point imagePath at it" if embedded else ""
+        problems.append(Problem("unreadable_image", f"{where}: imagePath",
+                                f"cannot read {path}: {type(e).__name__}: {e}{hint}"))
         return
     if (w, h) != (width, height):
         problems.append(Problem("image_size_mismatch", f"{where}: imageWidth/imageHeight",
