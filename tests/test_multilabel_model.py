@@ -189,3 +189,33 @@ def test_matcher_uses_multilabel_cost_and_weight_zero_switches_it_off():
     assert torch.allclose(c_on - c_off, expected, atol=1e-5)
     targets[0]["attribute_labeled"]["pattern"][:] = False
     assert torch.allclose(on.cost_matrix(outputs, targets, 0, coords), c_off)
+
+
+def test_an_image_without_instances_trains_with_a_multilabel_group():
+    """Empty images are first-class (data.keep_empty): with a multi-label group their (0, K) multi-hot rows must
+    not break the losses (reshape(0, -1) raised: 'cannot reshape tensor of 0 elements')."""
+    import dataclasses
+
+    import numpy as np
+
+    from workbench.data.dataset import multi_hot
+
+    cfg = wb.ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g", "b"]}, loss=wb.LossConfig(num_points=64))
+    cfg = dataclasses.replace(cfg, attributes=cfg.attributes + (MULTI,))
+    torch.manual_seed(0)
+    model = wb.build_model(cfg).train()
+    items = synthetic.synthetic_batch(3, {"color": 3}, batch=2, size=64, seed=3)
+    rows, labeled = multi_hot([[0, 2], [1], []], 3)
+    items[0]["instances"]["attributes"]["pattern"] = torch.as_tensor(rows)
+    items[0]["instances"]["attribute_labeled"] = {"pattern": torch.as_tensor(labeled)}
+    empty_rows, empty_labeled = multi_hot([], 3)
+    assert empty_rows.shape == (0, 3) and empty_labeled.shape == (0,)
+    items[1]["instances"] = {"labels": torch.zeros(0, dtype=torch.long),
+                             "masks": torch.zeros(0, 64, 64, dtype=torch.bool),
+                             "attributes": {"color": torch.zeros(0, dtype=torch.long),
+                                            "pattern": torch.as_tensor(empty_rows)},
+                             "attribute_labeled": {"pattern": torch.as_tensor(empty_labeled)}}
+    losses = model(items, generator=gen())
+    assert all(torch.isfinite(v) for v in losses.values()) and "loss_attr_pattern" in losses
+    sum(losses.values()).backward()
+    assert np.isfinite(model.decoder.attribute_heads["pattern"].weight.grad.numpy()).all()

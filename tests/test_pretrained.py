@@ -7,6 +7,7 @@ module and saved as transformers saves them; the upstream files are the same ten
 (`as_upstream`; Swin's backbone names from model/swin.py's key map).
 """
 import json
+import os
 import pickle
 import re
 import shutil
@@ -363,6 +364,28 @@ def test_export_round_trip_through_transformers(ours, hf_dir, tmp_path):
     assert torch.equal(heads["color.weight"], model.decoder.attribute_heads.color.weight)
     with pytest.raises(FileExistsError, match="not empty"):
         export_transformers(model, out, ["cat", "dog"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700: an export is shared
+
+
+def test_exported_attribute_heads_say_which_are_multi_label(ours, tmp_path):
+    """A reader of attribute_heads.safetensors must know softmax over K+1 from K sigmoids and their threshold."""
+    import json
+
+    from safetensors import safe_open
+
+    from workbench.config import AttributeSpec
+    from workbench.pretrained import export_transformers
+
+    cfg = ours[0].cfg.replace(num_classes=2, attributes={"color": ["r", "g", "b"]})
+    cfg = cfg.replace(attributes=cfg.attributes + (AttributeSpec("pattern", ("stripes", "dots"), kind="multi"),))
+    out = export_transformers(wb.build_model(cfg).eval(), tmp_path / "export", ["cat", "dog"])
+    with safe_open(str(out / "attribute_heads.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["attributes"])
+        assert f.get_slice("pattern.weight").get_shape()[0] == 2 and f.get_slice("color.weight").get_shape()[0] == 4
+    assert meta["color"] == {"values": ["r", "g", "b"], "kind": "single"}
+    assert meta["pattern"]["kind"] == "multi" and meta["pattern"]["threshold"] == cfg.attributes[1].threshold
 
 
 # ---- the upstream implementation itself, when importable ----

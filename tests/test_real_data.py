@@ -436,3 +436,32 @@ def test_an_image_with_only_an_ignore_region_is_an_empty_image_with_an_ignore_ma
     model = wb.build_model(tiny_run_cfg(folder / "coco.json").model).train()
     losses = model([ds[0], ds[1]], generator=torch.Generator().manual_seed(0))
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_a_run_names_its_classes_after_the_training_data_moved(trained_run, tmp_path):
+    """The run keeps its category names (categories.json): export-weights wrote id2label class0..classN-1 and
+    predict drew class0.. in silence once data.train had moved."""
+    from workbench.engine.inference import load_run
+    from workbench.engine.pipeline import _schema_names
+    from workbench.engine.run_categories import run_category_names
+
+    run, folder = trained_run
+    names = load_schema(folder / "schema.yaml").category_names
+    assert json.loads((run / "categories.json").read_text())["categories"] == names
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    cfg_text = (moved / "config.yaml").read_text()
+    (moved / "config.yaml").write_text(cfg_text.replace(str(folder / "coco.json"), str(tmp_path / "gone.json")))
+    loaded = load_run(moved)
+    assert run_category_names(moved, loaded.cfg) == (names, str(moved / "categories.json"))
+    assert _schema_names(loaded)[0] == names
+    (moved / "categories.json").unlink()
+    assert run_category_names(moved, loaded.cfg) is None
+    assert _schema_names(loaded)[0] == [f"class{i}" for i in range(len(names))]
+
+
+def test_export_to_transformers_of_a_backbone_it_lacks_is_a_usage_error(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    assert cli(["export-weights", str(run), "--format", "transformers", str(tmp_path / "hub")]) == 2
+    assert "backbone 'tiny' has no transformers equivalent" in capsys.readouterr().err
+    assert not (tmp_path / "hub").exists()

@@ -96,10 +96,17 @@ def load_train_config(path: str, weights: str | None = None):
 def run_export_weights(args) -> int:
     from workbench.engine.inference import load_run
     from workbench.pretrained.export import export_transformers
-    from workbench.pretrained.training import category_names
+    from workbench.engine.run_categories import run_category_names
 
     run = load_run(args.run)
-    names = category_names(run.cfg) or [f"class{i}" for i in range(run.cfg.model.num_classes)]
+    known = run_category_names(args.run, run.cfg)
+    if known is None:
+        names = [f"class{i}" for i in range(run.cfg.model.num_classes)]
+        print(f"[export-weights] NOTE: the run's category names are unknown (no {args.run}/categories.json, and "
+              f"its data.train {run.cfg.data.train or '(none)'} is not there): id2label gets {names[0]}.."
+              f"{names[-1]}; edit config.json to name them", file=sys.stderr, flush=True)
+    else:
+        names = known[0]
     out = export_transformers(run.model, args.out, names)
     print(f"wrote {out} (config.json, model.safetensors"
           + (", attribute_heads.safetensors)" if run.cfg.model.attributes else ")"))

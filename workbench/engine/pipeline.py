@@ -46,12 +46,10 @@ def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str |
 
 
 def _schema_names(run: LoadedRun) -> tuple[list[str], dict[str, list[str]]]:
-    categories = [f"class{i}" for i in range(run.cfg.model.num_classes)]
-    if run.cfg.data.train and Path(run.cfg.data.train).is_file():
-        from workbench.data.schema import schema_of_coco
+    from workbench.engine.run_categories import run_category_names
 
-        schema = schema_of_coco(run.cfg.data.train)
-        categories = [c.name for c in schema.categories]
+    known = run_category_names(run.run_dir, run.cfg)
+    categories = known[0] if known else [f"class{i}" for i in range(run.cfg.model.num_classes)]
     return categories, {a.name: list(a.values) for a in run.cfg.model.attributes}
 
 

@@ -283,6 +283,10 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
         prepare_run_dir(run_dir, resume, overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if getattr(dataset, "schema", None) is not None:  # export and predict name the classes from it
+            from workbench.engine.run_categories import save_category_names
+
+            save_category_names(run_dir, dataset.schema.category_names, str(getattr(dataset, "where", cfg.data.train)))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
     if cfg.model.weights and not resume:  # a resumed run restores last.pt: never reload the weights over it

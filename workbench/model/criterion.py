@@ -244,7 +244,9 @@ class SetCriterion(nn.Module):
         multi_hot, labeled = [], []
         for t, (_, j) in zip(targets, indices):
             n = len(t["labels"])
-            multi_hot.append(torch.as_tensor(t["attributes"][a.name], device=device).float().reshape(n, -1)[j])
+            # (n, K) also for an image without instances, where reshape(0, -1) cannot infer K
+            multi_hot.append(torch.as_tensor(t["attributes"][a.name], device=device).float().reshape(
+                n, a.num_values)[j])
             labeled.append(labeled_mask(t, a.name, n, device)[j])
         keep = torch.cat(labeled) if labeled else torch.zeros(0, dtype=torch.bool, device=device)
         matched = logits[batch.to(device), src.to(device)].float()[keep]

@@ -85,11 +85,17 @@ def export_transformers(model, out_dir: str | os.PathLike, class_names: Sequence
             written.unlink()
         save_file(transformers_state(model, reference), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if heads:
-            spec = {a.name: list(a.values) for a in cfg.attributes}
+            spec = {a.name: {"values": list(a.values), "kind": a.kind,
+                             **({"threshold": a.threshold} if a.multi else {})} for a in cfg.attributes}
             save_file(heads, str(tmp / ATTRIBUTE_FILE), metadata={
                 "attributes": json.dumps(spec),
-                "about": "workbench attribute heads: Linear(hidden, K+1) on the decoder's normalised query "
-                         "output (the input of transformers' class_predictor); row K = no object"})
+                "about": "workbench attribute heads on the decoder's normalised query output (the input of "
+                         "transformers' class_predictor): a single-label group (kind single) is Linear(hidden, "
+                         "K+1) with softmax, row K = no object; a multi-label group (kind multi) is "
+                         "Linear(hidden, K), one sigmoid per value, a value predicted at >= threshold"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: the export is meant to be shared
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from workbench.errors import UsageError
 from workbench.model.backbone import SWIN_NAMES
 from workbench.pretrained.keymap import KeyMap, Slot, sub_rules
 from workbench.pretrained.swin_keys import UPSTREAM_DROP_PATH, swin_fields, swin_fields_from_shapes, swin_keys
@@ -176,13 +177,13 @@ def to_config_dict(cfg, class_names) -> dict[str, Any]:
                                num_heads=list(v.num_heads), window_size=cfg.backbone_window_size,
                                drop_path_rate=cfg.backbone_drop_path_rate, out_features=stages)
     else:
-        raise ValueError(f"export to transformers: backbone {cfg.backbone!r} has no transformers equivalent here "
+        raise UsageError(f"export to transformers: backbone {cfg.backbone!r} has no transformers equivalent here "
                          f"(supported: {sorted(backbones)} and {list(SWIN_NAMES)})")
     if cfg.enc_n_points != 4:
-        raise ValueError("export to transformers: transformers' pixel decoder uses 4 sampling points "
+        raise UsageError("export to transformers: transformers' pixel decoder uses 4 sampling points "
                          f"(enc_n_points), this model has {cfg.enc_n_points}")
     if cfg.hidden_dim % 32:
-        raise ValueError(f"export to transformers: its GroupNorm has 32 groups; hidden_dim {cfg.hidden_dim} "
+        raise UsageError(f"export to transformers: its GroupNorm has 32 groups; hidden_dim {cfg.hidden_dim} "
                          f"is not a multiple of 32")
     id2label = {i: name for i, name in enumerate(class_names)}
     return dict(
