@@ -292,6 +292,8 @@ def test_usage_errors_print_one_message_and_exit_2(argv, says, capsys):
     ("model: {preset: tiny}\ndata: [a, b]\n", "data: expected a mapping"),
     ("model: {preset: tiny, loss: 5}\n", "model.loss: expected a mapping"),
     ("model: {preset: tiny}\nsolver: 5\n", "solver: expected a mapping"),
+    ("model: []\n", "model: expected a mapping"),
+    ("model: {preset: tiny, loss: []}\n", "model.loss: expected a mapping"),
 ])
 def test_config_sections_of_the_wrong_type_are_config_errors(tmp_path, capsys, text, says):
     from workbench.cli import main
@@ -382,3 +384,18 @@ def test_paths_of_the_wrong_kind_are_named_not_traced(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path / "afile"), "--images", "1"]) == 1  # an OSError naming the path
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "afile" in err and "Traceback" not in err
+
+
+def test_overwrite_removes_the_runs_category_names(tmp_path):
+    """categories.json is a run file: --overwrite deletes it (a new run on data without a schema must not inherit
+    the old names), and it does not make a folder count as holding a run."""
+    from workbench.engine.trainer import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "categories.json").write_text('{"categories": ["old"]}')
+    (run / "notes.txt").write_text("mine")
+    prepare_run_dir(run, resume=False, overwrite=False)  # not a run: no error
+    (run / "config.yaml").write_text("model: {}")
+    prepare_run_dir(run, resume=False, overwrite=True)
+    assert not (run / "categories.json").exists() and (run / "notes.txt").exists()

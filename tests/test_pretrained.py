@@ -629,6 +629,9 @@ def test_damaged_or_foreign_checkpoint_files_are_named_errors_the_cli_reports(tm
             read_checkpoint(tmp_path / name)
     with pytest.raises(CheckpointError, match="corrupt"):
         read_checkpoint(tmp_path / "noise.pth")
+    torch.save({"model": {"w": torch.ones(2)}}, tmp_path / "protocol4.pth", pickle_protocol=4)  # intact
+    with pytest.raises(CheckpointError, match=r"protocol4\.pth: written with a pickle protocol.*pickle_protocol=2"):
+        read_checkpoint(tmp_path / "protocol4.pth")
     folder = tmp_path / "hub"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "mask2former",\n "id2label": {0: "cat"}}')

@@ -81,7 +81,8 @@ def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapp
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"{path}.preset: expected one of {MODEL_PRESETS}, got {preset!r}")
     base = dataclasses.asdict(getattr(C.ModelConfig, preset)(num_classes=data.get("num_classes", 1)))
-    loss = data.pop("loss", None) or {}
+    loss = data.pop("loss", None)
+    loss = {} if loss is None else loss
     _require_mapping(loss, f"{path}.loss")
     loss = {**base.pop("loss"), **loss}
     return from_dict(C.ModelConfig, {**base, **data, "loss": loss}, path)
@@ -98,7 +99,8 @@ def run_config_from_dict(data: Mapping[str, Any], model_defaults: Mapping[str, A
     data = dict(data)
     if "model" not in data:
         raise ConfigError("config has no 'model' section")
-    model = model_from_dict(data.pop("model") or {}, "model", model_defaults)
+    model = data.pop("model")
+    model = model_from_dict({} if model is None else model, "model", model_defaults)
     hints = typing.get_type_hints(C.RunConfig, vars(C))
     unknown = [k for k in data if k not in hints]
     if unknown:

@@ -1,8 +1,6 @@
 """`workbench data synth | convert | validate`: the dataset tools from the command line."""
 from __future__ import annotations
 
-import sys
-
 from workbench.errors import UsageError
 
 

@@ -88,8 +88,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err) or "Unsupported operand" in str(err):
-            raise _corrupt(path, size, err) from err  # a damaged pickle stream (an invalid opcode), not an object
+        if "Weights only load failed" not in str(err):
+            raise _corrupt(path, size, err) from err
+        operand = re.search(r"Unsupported operand (\d+)", str(err))
+        if operand:
+            opcode = _pickle_opcode(int(operand.group(1)))
+            if opcode is None:  # not an opcode at all: a damaged stream, not an object
+                raise _corrupt(path, size, err) from err
+            raise CheckpointError(f"{path}: written with a pickle protocol whose opcode {opcode} torch's weights-only "
+                                  f"reader does not read (pickle_protocol 4 or 5); re-save it with "
+                                  f"torch.save(obj, path, pickle_protocol=2) where you trust it") from err
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain containers"
@@ -100,6 +108,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if "zip archive" in str(err) or "PytorchStreamReader" in str(err):
             raise _corrupt(path, size, err) from err
         raise
+
+
+def _pickle_opcode(byte: int) -> str | None:
+    """The name of pickle opcode `byte`, or None when no protocol has it."""
+    import pickletools
+
+    return next((op.name for op in pickletools.opcodes if ord(op.code) == byte), None)
 
 
 def _corrupt(path: Path, size: int, err: BaseException) -> CheckpointError:

@@ -74,7 +74,7 @@ def load_train_config(path: str, weights: str | None = None):
     doc = read_yaml(path)
     defaults = {}
     for section in ("data", "model"):
-        if not isinstance(doc.get(section) or {}, dict):
+        if doc.get(section) is not None and not isinstance(doc[section], dict):
             raise ConfigError(f"{path}: {section}: expected a mapping (a section of `key: value` lines), got "
                               f"{type(doc[section]).__name__} {doc[section]!r}")
     train_json = (doc.get("data") or {}).get("train")
@@ -102,9 +102,9 @@ def run_export_weights(args) -> int:
     known = run_category_names(args.run, run.cfg)
     if known is None:
         names = [f"class{i}" for i in range(run.cfg.model.num_classes)]
-        print(f"[export-weights] NOTE: the run's category names are unknown (no {args.run}/categories.json, and "
-              f"its data.train {run.cfg.data.train or '(none)'} is not there): id2label gets {names[0]}.."
-              f"{names[-1]}; edit config.json to name them", file=sys.stderr, flush=True)
+        print(f"[export-weights] NOTE: the run's category names are unknown (no usable {args.run}/categories.json "
+              f"and no data.train {run.cfg.data.train or '(none)'} with {len(names)} classes): id2label gets "
+              f"{names[0]}..{names[-1]}; edit config.json to name them", file=sys.stderr, flush=True)
     else:
         names = known[0]
     out = export_transformers(run.model, args.out, names)

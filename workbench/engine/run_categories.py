@@ -21,7 +21,8 @@ def run_category_names(run_dir: str | os.PathLike, cfg) -> tuple[list[str], str]
     are not the run's and are skipped."""
     path = Path(run_dir) / CATEGORIES_FILE
     if path.is_file():
-        names = read_json(path).get("categories")
+        doc = read_json(path)
+        names = doc.get("categories") if isinstance(doc, dict) else None
         if isinstance(names, list) and len(names) == cfg.model.num_classes:
             return [str(n) for n in names], str(path)
     if cfg.data.train and Path(cfg.data.train).is_file():

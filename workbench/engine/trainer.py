@@ -201,7 +201,7 @@ class RunDirectoryError(WorkbenchError, FileExistsError):
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_final.pt", "metrics.json",
              "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json", "pretrained_report.json",
-             "events.out.tfevents.*")
+             "events.out.tfevents.*", "categories.json")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -283,10 +283,6 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
         prepare_run_dir(run_dir, resume, overwrite)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if getattr(dataset, "schema", None) is not None:  # export and predict name the classes from it
-            from workbench.engine.run_categories import save_category_names
-
-            save_category_names(run_dir, dataset.schema.category_names, str(getattr(dataset, "where", cfg.data.train)))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
     if cfg.model.weights and not resume:  # a resumed run restores last.pt: never reload the weights over it
@@ -320,6 +316,10 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         dump_yaml(cfg, run_dir / "config.yaml")
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     if info.is_main:
+        if getattr(dataset, "schema", None) is not None:  # export and predict name the classes from it
+            from workbench.engine.run_categories import save_category_names
+
+            save_category_names(run_dir, dataset.schema.category_names, str(getattr(dataset, "where", cfg.data.train)))
         print(f"[workbench] device {dev}, {info.world_size} process(es); {lr.message}", flush=True)
     tensorboard = (open_tensorboard(run_dir, cfg.log, purge_step=start + 1 if resume else None)
                    if info.is_main else None)
@@ -400,7 +400,8 @@ def check_data(cfg: RunConfig, dataset) -> None:
     if cfg.data.val and Path(cfg.data.val).is_file():
         check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
     if len(dataset) < cfg.solver.batch_size:
-        raise ConfigError(f"{cfg.data.train or '(training dataset)'}: {len(dataset)} training images, fewer than "
+        raise ConfigError(f"{getattr(dataset, 'where', None) or cfg.data.train or '(training dataset)'}: "
+                          f"{len(dataset)} training images, fewer than "
                           f"one batch of solver.batch_size {cfg.solver.batch_size}: lower solver.batch_size or add "
                           f"images")
 
