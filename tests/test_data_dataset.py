@@ -222,3 +222,26 @@ def test_cached_images_give_the_same_items_and_stay_unchanged(coco_path, tmp_pat
     broken.write_text(json.dumps(data))
     with pytest.raises(DataError, match="missing.png"):
         CocoAttributeDataset(broken, image_root=coco_path.parent, cache_images=True)
+
+
+def test_high_bit_depth_grayscale_is_scaled_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16/32-bit grayscale to 255 (and floats to 0): a blank image, trained on and
+    drawn in silence. 16-bit keeps its high byte, float [0, 1] is scaled by 255, other ranges are named."""
+    from PIL import Image
+
+    from workbench.data.dataset import read_image
+    from workbench.data.problems import DataError
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "gray16.png")  # mode I;16
+    Image.fromarray(ramp.astype(np.int32), mode="I").save(tmp_path / "gray32.tif")
+    Image.fromarray((ramp / 65535.0).astype(np.float32), mode="F").save(tmp_path / "float.tif")
+    want = (ramp >> 8).astype(np.uint8)
+    for name in ("gray16.png", "gray32.tif"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+        assert np.array_equal(image[..., 0], want) and np.array_equal(image[..., 2], want), name
+    assert np.abs(read_image(tmp_path / "float.tif")[..., 1].astype(int) - want).max() <= 1
+    Image.fromarray((ramp.astype(np.int32) * 4), mode="I").save(tmp_path / "wide.tif")
+    with pytest.raises(DataError, match=r"wide\.tif.*32-bit integer image with values outside 0\.\.65535"):
+        read_image(tmp_path / "wide.tif")

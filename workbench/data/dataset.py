@@ -41,15 +41,36 @@ def read_image(path: str | os.PathLike, referenced_by: str | None = None) -> np.
     """(H, W, 3) uint8 RGB, EXIF orientation applied (as labelme shows the image while annotating).
 
     A missing, truncated or undecodable file raises `DataError` naming it (and the annotation file that
-    references it, when given); PIL's own messages name neither.
+    references it, when given); PIL's own messages name neither. 16- and 32-bit grayscale is scaled to 8 bits
+    (the high byte of 16-bit values, as OpenCV and torchvision do) and float grayscale in [0, 1] by 255: PIL's
+    convert("RGB") clips those to 255 or 0, a blank image trained on in silence.
     """
+    ref = f" (referenced by {referenced_by})" if referenced_by else ""
     try:
         with Image.open(path) as im:
-            return np.array(ImageOps.exif_transpose(im).convert("RGB"))  # a writable copy (torch wants one)
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+                return np.repeat(_gray_to_uint8(np.asarray(im), im.mode, path, ref)[..., None], 3, axis=2)
+            return np.array(im.convert("RGB"))  # a writable copy (torch wants one)
+    except DataError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
-        ref = f" (referenced by {referenced_by})" if referenced_by else ""
         raise DataError([Problem("unreadable_image", str(path),
                                  f"cannot read the image{ref}: {type(e).__name__}: {e}")]) from None
+
+
+def _gray_to_uint8(values: np.ndarray, mode: str, path, ref: str) -> np.ndarray:
+    """A high-bit-depth grayscale image -> (H, W) uint8."""
+    if mode == "F":
+        if values.size and (np.nanmin(values) < 0 or np.nanmax(values) > 1):
+            raise DataError([Problem("unsupported_image", str(path), f"a float image{ref} with values outside "
+                                     f"[0, 1] ({np.nanmin(values):g}..{np.nanmax(values):g}): save it as 8-bit")])
+        return np.round(np.nan_to_num(values) * 255).astype(np.uint8)
+    wide = values.astype(np.int64)
+    if wide.size and (wide.min() < 0 or wide.max() > 65535):
+        raise DataError([Problem("unsupported_image", str(path), f"a 32-bit integer image{ref} with values "
+                                 f"outside 0..65535: save it as 8- or 16-bit")])
+    return (wide >> 8).astype(np.uint8)
 
 
 def _load(coco: str | os.PathLike | dict, image_root, schema: Schema | None):
