@@ -46,39 +46,15 @@ ATTRIBUTES = {"color": ["red", "green", "blue"], "size": ["small", "medium", "la
 
 def time_train_step(cfg: wb.ModelConfig, size: int, batch: int, steps: int,
                     ops_backend: str = "auto", bf16: bool = False) -> tuple[float, float]:
-    from workbench.ops import MSDeformAttn
-
-    torch.manual_seed(0)
-    model = wb.build_model(cfg).train()
-    for module in model.modules():
-        if isinstance(module, MSDeformAttn):
-            module.backend = ops_backend
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as our trainer builds it
+    """Median train step and inference with post-processing of our model on a synthetic batch."""
     items = synthetic_batch(cfg.num_classes, {a.name: a.num_values for a in cfg.attributes}, batch=batch, size=size)
-    times = []
-    for step in range(steps + 1):  # first step is warm-up
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the trainer's solver.amp
-            losses = model(items, generator=torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        sum(losses.values()).backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    model.eval()
-    with torch.no_grad():
-        infer = _median_time(lambda: model(items), steps)
-    return statistics.median(times[1:]), infer
+    train, _, infer = our_step_functions(cfg, items, ops_backend=ops_backend, bf16=bf16)
+    return _median_time(train, steps), _median_time(infer, steps)
 
 
 def time_raw_forward(cfg: wb.ModelConfig, items: list[dict], steps: int) -> float:
     """Median of our eval-mode `forward_raw` alone (no post-processing): what transformers' inference times."""
-    from workbench.model.meta_arch import pad_images
-
-    torch.manual_seed(0)
-    model = wb.build_model(cfg).eval()
-    images = pad_images([it["image"] for it in items], cfg.size_divisibility, cfg.pixel_mean)
-    with torch.no_grad():
-        return _median_time(lambda: model.forward_raw(images), steps)
+    return _median_time(our_step_functions(cfg, items)[1], steps)
 
 
 def _median_time(fn, steps: int) -> float:
@@ -117,26 +93,9 @@ def transformers_config(preset: str, cfg: wb.ModelConfig):
 
 
 def time_transformers(hf_cfg, items: list[dict], steps: int, bf16: bool = False) -> tuple[float, float]:
-    """Median train step and one inference of transformers' model on the batch `items` (normalised as ours)."""
-    from transformers import Mask2FormerForUniversalSegmentation
-
-    torch.manual_seed(0)
-    model = Mask2FormerForUniversalSegmentation(hf_cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    pixels, masks, labels = _transformers_inputs(items)
-    times = []
-    for _ in range(steps + 1):  # first step is warm-up
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - start)
-    model.eval()
-    with torch.no_grad():
-        infer = _median_time(lambda: model(pixel_values=pixels), steps)
-    return statistics.median(times[1:]), infer
+    """Median train step and inference of transformers' model on the batch `items` (normalised as ours)."""
+    train, infer = transformers_step_functions(hf_cfg, items, bf16=bf16)
+    return _median_time(train, steps), _median_time(infer, steps)
 
 
 def _transformers_inputs(items: list[dict]):
@@ -220,32 +179,45 @@ def kernel_split(fn) -> tuple[float, float]:
     return kernels / 1e6, wall
 
 
-def our_step_functions(cfg: wb.ModelConfig, items: list[dict]):
-    """(train step, raw forward) of our model on `items`, as `time_train_step` and `time_raw_forward` run them."""
+def our_step_functions(cfg: wb.ModelConfig, items: list[dict], ops_backend: str = "auto", bf16: bool = False):
+    """(train step, raw forward, inference with post-processing) of our model on `items`. A train step is forward
+    with losses (under CPU bf16 autocast with `bf16`, as the trainer's solver.amp), backward and AdamW, fused
+    as our trainer builds it; each call draws its points from the next seed."""
     from workbench.model.meta_arch import pad_images
+    from workbench.ops import MSDeformAttn
 
     torch.manual_seed(0)
     model = wb.build_model(cfg)
+    for module in model.modules():
+        if isinstance(module, MSDeformAttn):
+            module.backend = ops_backend
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     images = pad_images([it["image"] for it in items], cfg.size_divisibility, cfg.pixel_mean)
+    seeds = itertools.count()
 
     def train() -> None:
         model.train()
-        losses = model(items, generator=torch.Generator().manual_seed(0))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            losses = model(items, generator=torch.Generator().manual_seed(next(seeds)))
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
 
-    def infer() -> None:
+    def raw() -> None:
         model.eval()
         with torch.no_grad():
             model.forward_raw(images)
 
-    return train, infer
+    def infer() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(items)
+
+    return train, raw, infer
 
 
-def transformers_step_functions(hf_cfg, items: list[dict]):
-    """(train step, forward) of transformers' model on `items`, as `time_transformers` runs them."""
+def transformers_step_functions(hf_cfg, items: list[dict], bf16: bool = False):
+    """(train step, forward) of transformers' model on `items`: AdamW at torch's default (not fused)."""
     from transformers import Mask2FormerForUniversalSegmentation
 
     torch.manual_seed(0)
@@ -255,7 +227,8 @@ def transformers_step_functions(hf_cfg, items: list[dict]):
 
     def train() -> None:
         model.train()
-        loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -67,7 +67,7 @@ def from_dict(cls, data: Mapping[str, Any], path: str = ""):
 
 
 def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapping[str, Any] | None = None):
-    _require_mapping(data, path)
+    require_mapping(data, path)
     data = dict(data)
     preset = data.pop("preset", None)
     for key, value in (defaults or {}).items():
@@ -83,12 +83,13 @@ def model_from_dict(data: Mapping[str, Any], path: str = "model", defaults: Mapp
     base = dataclasses.asdict(getattr(C.ModelConfig, preset)(num_classes=data.get("num_classes", 1)))
     loss = data.pop("loss", None)
     loss = {} if loss is None else loss
-    _require_mapping(loss, f"{path}.loss")
+    require_mapping(loss, f"{path}.loss")
     loss = {**base.pop("loss"), **loss}
     return from_dict(C.ModelConfig, {**base, **data, "loss": loss}, path)
 
 
-def _require_mapping(value, path: str) -> None:
+def require_mapping(value, path: str) -> None:
+    """A config section must be a mapping: a ConfigError naming `path` otherwise."""
     if not isinstance(value, Mapping):
         raise ConfigError(f"{path}: expected a mapping (a section of `key: value` lines), got "
                           f"{type(value).__name__} {value!r}")

@@ -37,6 +37,7 @@ from workbench.data.schema import Schema, save_coco
 __all__ = ["convert_labelme", "labelme_files", "read_labelme_file", "shape_to_mask"]
 
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "mask", "oriented_rectangle")
+_EMBEDDED_HINT = "; the JSON embeds imageData: save that image as a file and point imagePath at it"
 _OUTSIDE_TOLERANCE = 1.0  # px: labelme clamps points to the image, so anything further out means a wrong size
 
 
@@ -271,7 +272,7 @@ def _safe_image_path(image_path: Any, json_path: Path, root: Path, where: str, p
         problems.append(Problem("unsafe_image_path", f"{where}: imagePath",
                                 f"{image_path!r} points outside the dataset folder {root}"))
         return None
-    hint = "; the JSON embeds imageData: save that image as a file and point imagePath at it" if embedded else ""
+    hint = _EMBEDDED_HINT if embedded else ""
     if not os.path.isfile(joined):
         problems.append(Problem("missing_image", f"{where}: imagePath", f"image file {joined} not found{hint}"))
         return None
@@ -392,7 +393,7 @@ def _check_image_size(path: Path, width: int, height: int, where: str, problems:
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
                 w, h = h, w
     except Exception as e:  # PIL raises several unrelated types for unreadable files
-        hint = "; the JSON embeds imageData: save that image as a file and point imagePath at it" if embedded else ""
+        hint = _EMBEDDED_HINT if embedded else ""
         problems.append(Problem("unreadable_image", f"{where}: imagePath",
                                 f"cannot read {path}: {type(e).__name__}: {e}{hint}"))
         return

@@ -68,15 +68,14 @@ def load_train_config(path: str, weights: str | None = None):
     """YAML -> RunConfig; num_classes/attributes default to the training data's schema. With `model.weights`
     (or `weights`, which overrides it) the architecture fields the YAML leaves out come from the checkpoint
     (wb.pretrained_config): YAML > checkpoint > preset."""
-    from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
+    from workbench.config_file import read_yaml, require_mapping, run_config_from_dict
     from workbench.data.schema import schema_of_coco
 
     doc = read_yaml(path)
     defaults = {}
-    for section in ("data", "model"):
-        if doc.get(section) is not None and not isinstance(doc[section], dict):
-            raise ConfigError(f"{path}: {section}: expected a mapping (a section of `key: value` lines), got "
-                              f"{type(doc[section]).__name__} {doc[section]!r}")
+    for section in ("data", "model"):  # read below, before run_config_from_dict checks the rest
+        if doc.get(section) is not None:
+            require_mapping(doc[section], f"{path}: {section}")
     train_json = (doc.get("data") or {}).get("train")
     model = dict(doc.get("model") or {})
     if weights is not None:

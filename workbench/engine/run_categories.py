@@ -25,10 +25,9 @@ def run_category_names(run_dir: str | os.PathLike, cfg) -> tuple[list[str], str]
         names = doc.get("categories") if isinstance(doc, dict) else None
         if isinstance(names, list) and len(names) == cfg.model.num_classes:
             return [str(n) for n in names], str(path)
-    if cfg.data.train and Path(cfg.data.train).is_file():
-        from workbench.data.schema import schema_of_coco
+    from workbench.pretrained.training import category_names
 
-        names = schema_of_coco(cfg.data.train).category_names
-        if len(names) == cfg.model.num_classes:
-            return list(names), str(cfg.data.train)
+    names = category_names(cfg)
+    if names is not None and len(names) == cfg.model.num_classes:
+        return list(names), str(cfg.data.train)
     return None

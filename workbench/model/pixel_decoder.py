@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.model.chunks import chunk_slices
 from workbench.model.outputs import PixelDecoderOutput
 from workbench.model.position_encoding import SinePositionEncoding
 from workbench.ops import MSDeformAttn
@@ -68,13 +69,9 @@ class DeformableEncoderLayer(nn.Module):
         out = torch.empty_like(flat)
         if rows is None:
             rows = max(1, CPU_FFN_CHUNK_BYTES // (flat.element_size() * linear1.out_features * 64)) * 64
-        n = flat.shape[0]
-        starts = list(range(0, n, rows))
-        if len(starts) > 1 and n - starts[-1] < rows:
-            starts.pop()
-        for start, stop in zip(starts, starts[1:] + [n]):
-            x = flat[start:stop]
-            out[start:stop] = self.norm2(x + linear2(torch.relu(linear1(x))))
+        for chunk in chunk_slices(flat.shape[0], rows):
+            x = flat[chunk]
+            out[chunk] = self.norm2(x + linear2(torch.relu(linear1(x))))
         return out.view_as(src)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from workbench.model.chunks import chunk_slices
+
 
 def resize_mask_logits(mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
                        output_size: tuple[int, int]) -> torch.Tensor:
@@ -35,11 +37,7 @@ def _mask_chunks(n: int, pixels: int, device: torch.device) -> list[slice]:
     at a chunk's end with its scalar path). On a GPU: one chunk."""
     if device.type != "cpu":
         return [slice(0, n)]
-    step = max(torch.get_num_threads(), CPU_CHUNK_BYTES // (4 * max(pixels, 1)))
-    starts = list(range(0, n, step))
-    if len(starts) > 1 and n - starts[-1] < step:
-        starts.pop()
-    return [slice(a, b) for a, b in zip(starts, starts[1:] + [n])]
+    return chunk_slices(n, max(torch.get_num_threads(), CPU_CHUNK_BYTES // (4 * max(pixels, 1))))
 
 
 def _masks_and_scores(mask_logits: torch.Tensor, query_index: torch.Tensor, padded_size: tuple[int, int],
