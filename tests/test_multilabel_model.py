@@ -12,10 +12,9 @@ from workbench.model.matcher import HungarianMatcher, batch_multilabel_cost
 from workbench.model.meta_arch import build_criterion, build_matcher
 
 # Recorded from the code before multi-label groups existed (commit c0ccfd3), on the inputs built below:
-# single-label configurations must give exactly these numbers (bit-identical float32 values), except where issue
-# 14 reordered float arithmetic on purpose: the cost matrix (its BCE term is softplus(x) - t x, one product) and
-# the whole model's mask losses (its uncertain points come from an unsorted top-k: the same points, summed in
-# another order). Those agree to 1e-6 relative; the matches stay exact.
+# single-label configurations must give these numbers to float rounding (1e-6 relative: the CPU's vector width
+# and thread count change the order of the losses' sums; scalar kernels on 3 threads move them by up to 2.3e-7,
+# tried with .ci/numerics_variants.py), and exactly these matches.
 RECORDED_CRITERION = {"loss_ce": 0.5235028266906738, "loss_attr_color": 1.3051633834838867,
                       "loss_attr_size": 0.7593011260032654, "loss_mask": 0.4971331059932709,
                       "loss_dice": 0.7906904220581055}
@@ -36,12 +35,12 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def test_single_label_losses_and_matches_are_bit_identical_to_recorded():
+def test_single_label_losses_and_matches_equal_recorded():
     cfg = wb.ModelConfig.tiny(num_classes=3, attributes=DEFAULT_ATTRIBUTES)
     p = synthetic.planted_problem(num_classes=3, confidence=0.5, seed=3)
     p.targets[0]["attributes"]["color"][1] = -1
     losses = build_criterion(cfg)(p.outputs, p.targets, generator=gen())
-    assert {k: v.item() for k, v in losses.items()} == RECORDED_CRITERION
+    assert {k: v.item() for k, v in losses.items()} == pytest.approx(RECORDED_CRITERION, rel=1e-6)
     matcher = build_matcher(cfg)
     indices = matcher(p.outputs, p.targets, generator=gen())
     assert [(a.tolist(), b.tolist()) for a, b in indices] == RECORDED_INDICES

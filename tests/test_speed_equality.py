@@ -29,7 +29,22 @@ CASES = {
     "tiny": dict(preset="tiny", size=64),
     "coco_r50": dict(preset="coco_r50", size=64),
 }
-RTOL, ATOL = 1e-4, 1e-5  # float reassociation (threads, vector widths) moves results by ~1e-6 relative
+# Tolerances, from the worst differences measured between thread counts 1/2/3, ATEN_CPU_CAPABILITY=default/avx2/
+# avx512 and the recorded values (AMD EPYC AVX2 and Intel Xeon AVX-512 machines; `.ci/numerics_variants.py`):
+# - logits, scores, losses: element-wise, rtol 1e-4 (measured <= 3e-5: the losses' uncertain points come from a
+#   top-k over float values, and a point on the edge may swap with its neighbour);
+# - fingerprints (`summary`) of large tensors: by norms, never a signed sum against itself. The L1 and L2 norms
+#   within NORM_TOL relative, the signed sum within SUM_TOL of the L1 norm (it cancels to ~1e-3 of it), the 64
+#   picks within PICK_TOL in relative L2 distance. The random-init ResNet-50's gradient is ill-conditioned (ReLU
+#   gates flip under rounding and ~50 layers amplify it): its picks move by up to 0.9 % between thread counts and
+#   instruction sets, its norms by 0.2 %; the decoders' by 0.2 % and 0.02 %.
+RTOL, ATOL = 1e-4, 1e-5
+SUMMARY_TOL = {  # key prefix: (NORM_TOL, SUM_TOL, PICK_TOL)
+    "grad/backbone": (1e-2, 1e-3, 5e-2),
+    "grad/pixel_decoder": (2e-3, 1e-5, 1e-2),
+    "grad/decoder": (2e-3, 1e-5, 1e-2),
+    "raw/mask_logits": (1e-4, 1e-5, 1e-4),
+}
 
 
 def seeded_init(model: torch.nn.Module, seed: int = 0) -> None:
@@ -130,10 +145,28 @@ def compare(case: str, got: dict, want: dict) -> list[str]:
         elif a.dtype == torch.long:
             if not torch.equal(a, b):
                 problems.append(f"{case} {key}: {a.tolist()} != recorded {b.tolist()}")
+        elif key in SUMMARY_TOL:
+            problems += [f"{case} {key}: {p}" for p in summary_problems(a, b, *SUMMARY_TOL[key])]
         elif not torch.allclose(a, b, rtol=RTOL, atol=ATOL):
             err = ((a - b).abs() / (b.abs() + ATOL)).max().item()
             problems.append(f"{case} {key}: max relative difference {err:.2e} > {RTOL}")
     return problems
+
+
+def summary_problems(got: torch.Tensor, want: torch.Tensor, norm_tol: float, sum_tol: float,
+                     pick_tol: float) -> list[str]:
+    """Two `summary` fingerprints compared with tolerances scaled to the tensor's magnitude: a signed sum may
+    cancel to nothing, so it is held to a fraction of the L1 norm, never to a fraction of itself."""
+    l1, l1_want = got[1], want[1]
+    l2, l2_want = got[2].sqrt(), want[2].sqrt()
+    picks, picks_want = got[3:], want[3:]
+    checks = {
+        "L1 norm": ((l1 - l1_want).abs() / l1_want, norm_tol),
+        "L2 norm": ((l2 - l2_want).abs() / l2_want, norm_tol),
+        "sum (relative to the L1 norm)": ((got[0] - want[0]).abs() / l1_want, sum_tol),
+        "64 picks (relative L2 distance)": ((picks - picks_want).norm() / picks_want.norm(), pick_tol),
+    }
+    return [f"{name} moved by {err.item():.2e} > {tol:g}" for name, (err, tol) in checks.items() if not err <= tol]
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +191,10 @@ def test_reference_kernel_reproduces_recorded(case, reference):
 
 
 def test_mask_scores_equal_the_plain_formula():
-    """Post-processing resizes each distinct query once and sums on float copies: bit-identical to resizing
-    every kept query and thresholding, whatever the duplicates, crops and output sizes."""
+    """Post-processing resizes each distinct query once and sums on float copies: the same masks as resizing
+    every kept query and thresholding, whatever the duplicates, crops and output sizes, and the same scores to
+    the last bit where vectorised kernels run (AVX2/AVX-512); scalar kernels (ATEN_CPU_CAPABILITY=default) sum
+    the two shapes in another order, one unit in the last place apart."""
     from workbench.model.postprocess import _masks_and_scores, resize_mask_logits
 
     g = torch.Generator().manual_seed(1)
@@ -175,7 +210,9 @@ def test_mask_scores_equal_the_plain_formula():
         want_masks = resized > 0
         want_scores = (resized.sigmoid() * want_masks).flatten(1).sum(1) / (want_masks.flatten(1).sum(1) + 1e-6)
         masks, scores = _masks_and_scores(logits, query_index, (4 * h, 4 * w), image, output)
-        assert torch.equal(masks, want_masks) and torch.equal(scores, want_scores), trial
+        assert torch.equal(masks, want_masks), trial
+        ulp = torch.finfo(torch.float32).eps * want_scores.abs()
+        assert bool(((scores - want_scores).abs() <= ulp).all()), (trial, (scores - want_scores).abs().max())
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -321,17 +358,17 @@ def test_solver_compile_compiles_backbone_and_decoder_in_place(tmp_path, monkeyp
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_encoder_ffn_by_rows_equals_one_pass(monkeypatch, threads):
     """CPU inference runs each deformable encoder layer's FFN (+ residual, norm2) a cache-sized chunk of tokens
-    at a time (`DeformableEncoderLayer.ffn_by_rows`): every row must be the one-pass value, bit for bit where
-    MKL is the BLAS (as measured there), at `coco_r50`'s widths and at tails of 1, 5 and 63 rows past a whole
-    chunk. A chunk of a few rows rounds differently (tried: a 1- or 5-row tail, or 4-row chunks at 2 threads,
-    fail), hence chunks of a multiple of 64 rows with a short tail joined to the chunk before it."""
+    at a time (`DeformableEncoderLayer.ffn_by_rows`): every row must equal the one-pass value to float rounding,
+    at `coco_r50`'s widths and at tails of 1, 5 and 63 rows past a whole chunk. Not bit for bit: the BLAS picks
+    its kernel and thread split by the number of rows, and that choice differs between CPUs (bit-identical on
+    an AMD EPYC with AVX-512, not on an Intel Xeon with AMX); the outputs are LayerNorm'd (unit scale), and the
+    worst difference measured across thread counts and instruction sets is ~1e-6. Chunks are a multiple of 64
+    rows with a short tail joined to the chunk before it, which keeps rows on the large-M kernels."""
     from workbench.model import pixel_decoder
     from workbench.model.pixel_decoder import DeformableEncoderLayer
 
     def same(got, want):
-        if torch.backends.mkl.is_available():
-            return torch.equal(got, want)
-        return torch.allclose(got, want, rtol=1e-6, atol=1e-6)  # another BLAS: its own small-M kernels
+        return torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -349,6 +386,35 @@ def test_encoder_ffn_by_rows_equals_one_pass(monkeypatch, threads):
             assert same(layer.ffn_by_rows(src), layer.norm2(src + layer.ffn(src)))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n, step, want", [
+    (1024 + 1, 512, [512, 513]), (1024 + 63, 512, [512, 575]), (1024, 512, [512, 512]), (5, 512, [5]),
+    (2 * 1344, 64, [64] * 42), (2 * 1344 + 5, 64, [64] * 41 + [69]), (0, 64, []),
+])
+def test_chunks_have_no_short_tail(n, step, want):
+    """The chunk rule itself (bit-identity cannot hold it across CPUs): whole steps, the tail joined to the chunk
+    before it, so no chunk but a lone one is shorter than a step."""
+    from workbench.model.chunks import chunk_slices
+
+    chunks = chunk_slices(n, step)
+    assert [c.stop - c.start for c in chunks] == want
+    assert [c.start for c in chunks[1:]] == [c.stop for c in chunks[:-1]] and (not chunks or chunks[-1].stop == n)
+
+
+def test_encoder_ffn_by_rows_uses_whole_64_row_chunks(monkeypatch):
+    """The default chunk is a multiple of 64 rows (the BLAS's large-matrix kernels), at least 64."""
+    from workbench.model import pixel_decoder
+    from workbench.model.pixel_decoder import DeformableEncoderLayer
+
+    seen = []
+    monkeypatch.setattr(pixel_decoder, "chunk_slices", lambda n, step: seen.append(step) or [slice(0, n)])
+    layer = DeformableEncoderLayer(32, 64, 1, 4, 2, dropout=0.0).eval()
+    for chunk_bytes in (1, 4 * 64 * 64 + 1, 4 * 64 * 64 * 5 + 7):
+        monkeypatch.setattr(pixel_decoder, "CPU_FFN_CHUNK_BYTES", chunk_bytes)
+        with torch.no_grad():
+            layer.ffn_by_rows(torch.randn(1, 300, 32))
+    assert seen == [64, 64, 320]
 
 
 def test_encoder_ffn_by_rows_only_in_cpu_inference(monkeypatch):

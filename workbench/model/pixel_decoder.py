@@ -61,9 +61,9 @@ class DeformableEncoderLayer(nn.Module):
         of 64 rows nearest below a CPU_FFN_CHUNK_BYTES hidden; a shorter tail joins the chunk before it). Why:
         on a CPU the one-pass FFN's hidden (B, S, d_ffn) is tens of MiB of fresh memory per layer (44 MiB at
         512^2), paid in page faults by the bias copy, the ReLU and the residual more than in arithmetic; chunks
-        stay in cache. The products, ReLU and LayerNorm are per row, and with chunks of 64 rows or more each
-        row equals the one-pass value bit for bit (MKL, 1-4 threads, measured). A chunk of a few rows would run
-        the BLAS's small-matrix kernels, which round differently: hence no short tail (a test holds this)."""
+        stay in cache. The products, ReLU and LayerNorm are per row, so each row equals the one-pass value to
+        float rounding (~1e-6; bit for bit on some CPUs, not all: the BLAS picks kernels by the number of rows).
+        Chunks of 64 rows or more, with no short tail, keep the rows on the large-matrix kernels."""
         linear1, linear2 = self.ffn[0], self.ffn[3]
         flat = src.reshape(-1, src.shape[-1])
         out = torch.empty_like(flat)
