@@ -66,6 +66,21 @@ def test_random_images_equal_pq_compute(tmp_path, pq_compute, seed):
     assert ours.images == 3
 
 
+def test_empty_images_equal_pq_compute(tmp_path, pq_compute):
+    """An all-VOID GT (every prediction on it is ignored) and an image predicted empty (every GT missed)."""
+    gt, pred = random_dataset(seed=7, images=2)
+    rng = np.random.default_rng(0)
+    gt[3] = (np.zeros((24, 32), np.int64), [])
+    pred[3] = random_prediction(rng, *random_gt(rng))
+    gt[4] = random_gt(rng)
+    pred[4] = (np.zeros((24, 32), np.int64), [])
+    gt_json, pred_json = write_panoptic(tmp_path, "gt", gt), write_panoptic(tmp_path, "pred", pred)
+    ours = evaluate_panoptic_files(gt_json, pred_json)
+    assert_equals_panopticapi(ours, pq_compute(gt_json, pred_json))
+    alone = evaluate_panoptic(contiguous({3: pred[3]}), contiguous({3: gt[3]}), contiguous_categories())
+    assert alone.counts == {"tp": 0, "fp": 0, "fn": 0} and alone.all.PQ is None
+
+
 def test_in_memory_form_equals_the_files(tmp_path):
     """Contiguous class indices, torch or numpy maps, areas omitted (counted): the same result as the files."""
     gt, pred = random_dataset(seed=100, images=4)

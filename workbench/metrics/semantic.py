@@ -33,6 +33,8 @@ def predicted_labels(prediction: Any, num_classes: int, where: str = "prediction
         if "sem_seg" not in prediction:
             raise input_error("bad_semantic_item", where, f"needs 'sem_seg' (has {sorted(prediction)})")
         prediction = prediction["sem_seg"]
+    if hasattr(prediction, "detach") and prediction.ndim == 3 and prediction.shape[0] == num_classes:
+        prediction = prediction.argmax(0)  # on the tensor's device, as detectron2 does; only labels move
     x = as_numpy(prediction)
     if x.ndim == 3:
         if x.shape[0] != num_classes:
