@@ -68,7 +68,8 @@ class CategoryTable:
         for label, values in (("id", ids), ("name", names)):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
-                raise input_error("duplicate_category", where, f"category {label}s must be unique; repeated: {repeated}")
+                raise input_error("duplicate_category", where,
+                                  f"category {label}s must be unique; repeated: {repeated}")
         return cls(ids, names, tuple(int(r.get("isthing", 1)) == 1 for r in records))
 
 
@@ -102,7 +103,8 @@ def _segment_ids(segments: Sequence[Mapping[str, Any]], where: str) -> np.ndarra
     ids = np.array([int(s["id"]) for s in segments], dtype=np.int64)
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise input_error("duplicate_segment_id", where, f"segment ids must be unique; repeated: {unique[counts > 1].tolist()}")
+        raise input_error("duplicate_segment_id", where,
+                          f"segment ids must be unique; repeated: {unique[counts > 1].tolist()}")
     return ids
 
 
@@ -112,7 +114,7 @@ def _category_positions(segments, position: Mapping[int, int], where: str) -> np
         c = int(s["category_id"])
         if c not in position:
             raise input_error("unknown_category", f"{where}[{i}].category_id",
-                         f"{c} is not an evaluated category id (known: {sorted(position)})")
+                              f"{c} is not an evaluated category id (known: {sorted(position)})")
         out[i] = position[c]
     return out
 
@@ -120,7 +122,8 @@ def _category_positions(segments, position: Mapping[int, int], where: str) -> np
 def _id_map(x: Any, where: str) -> np.ndarray:
     x = as_numpy(x)
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
-        raise input_error("bad_panoptic_map", where, f"expected an integer (H, W) segment-id map, got {x.dtype} {x.shape}")
+        raise input_error("bad_panoptic_map", where,
+                          f"expected an integer (H, W) segment-id map, got {x.dtype} {x.shape}")
     return x.astype(np.int64, copy=False)
 
 
@@ -130,8 +133,8 @@ def match_segments(gt_map: Any, gt_segments: Sequence[Mapping[str, Any]], pred_m
     """Overlaps and matches of one image (module docstring). gt_map / pred_map: int (H, W) segment ids, 0 = VOID."""
     gt_map, pred_map = _id_map(gt_map, f"{where} ground truth"), _id_map(pred_map, f"{where} prediction")
     if gt_map.shape != pred_map.shape:
-        raise input_error("size_mismatch", where, f"prediction {pred_map.shape} and ground truth {gt_map.shape} differ in "
-                     "size; predict at the ground truth's size")
+        raise input_error("size_mismatch", where, f"prediction {pred_map.shape} and ground truth {gt_map.shape} "
+                          "differ in size; predict at the ground truth's size")
     position = categories.position
     gt_ids = _segment_ids(gt_segments, f"{where} ground truth segments_info")
     pred_ids = _segment_ids(pred_segments, f"{where} prediction segments_info")
@@ -147,11 +150,11 @@ def match_segments(gt_map: Any, gt_segments: Sequence[Mapping[str, Any]], pred_m
     unlisted = np.setdiff1d(pr_u[pr_u != VOID], pred_ids)
     if unlisted.size:
         raise input_error("segment_not_listed", f"{where} prediction",
-                     f"segment ids {unlisted.tolist()} are in the map and not in segments_info")
+                          f"segment ids {unlisted.tolist()} are in the map and not in segments_info")
     absent = np.setdiff1d(pred_ids, pr_u)
     if absent.size:
         raise input_error("segment_not_in_map", f"{where} prediction",
-                     f"segment ids {absent.tolist()} are in segments_info and have no pixel in the map")
+                          f"segment ids {absent.tolist()} are in segments_info and have no pixel in the map")
     pred_col = np.searchsorted(pr_u, pred_ids)
     pred_area = inter.sum(0)[pred_col]
     gt_row = np.minimum(np.searchsorted(gt_u, gt_ids), len(gt_u) - 1)

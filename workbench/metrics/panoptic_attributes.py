@@ -122,7 +122,8 @@ def _value_set(value: Any, k: int, where: str) -> np.ndarray:
 def _single(value: Any, k: int, where: str, allow_none: bool) -> int:
     low = UNLABELED if allow_none else 0
     if not isinstance(value, (int, np.integer)) or not low <= value < k:
-        raise input_error("bad_attribute", where, f"a single-label group takes a value index {low}..{k - 1}, got {value!r}")
+        raise input_error("bad_attribute", where,
+                          f"a single-label group takes a value index {low}..{k - 1}, got {value!r}")
     return int(value)
 
 
@@ -183,7 +184,8 @@ class PanopticAttributeEvaluator:
         attributes, multi_label = {}, {}
         for g in self.groups:
             if g.multi:
-                multi_label[g.name] = _f1_result(g, self.set_counts[g.name], self.labeled[g.name], self.unlabeled[g.name])
+                multi_label[g.name] = _f1_result(g, self.set_counts[g.name], self.labeled[g.name],
+                                                 self.unlabeled[g.name])
                 continue
             confusion = self.confusion[g.name]
             correct, count = int(np.trace(confusion[:, : len(g.values)])), int(confusion.sum())
@@ -205,15 +207,17 @@ def _f1_result(group: _Group, counts: np.ndarray, count: int, unlabeled: int) ->
              "f1": ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())}
     occurs = (tp + fp + fn) > 0
     macro = {}
-    for key, (num, den) in {"precision": (tp, tp + fp), "recall": (tp, tp + fn), "f1": (2 * tp, 2 * tp + fp + fn)}.items():
+    fractions = {"precision": (tp, tp + fp), "recall": (tp, tp + fn), "f1": (2 * tp, 2 * tp + fp + fn)}
+    for key, (num, den) in fractions.items():
         per = [num[i] / den[i] for i in range(len(tp)) if occurs[i] and den[i] > 0]
         macro[key] = float(np.mean(per)) if per else None
-    per_value = {v: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]), "f1": ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])}
-                 for i, v in enumerate(group.values)}
+    per_value = {v: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
+                     "f1": ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])} for i, v in enumerate(group.values)}
     return SegmentAttributeF1(group.name, list(group.values), count, unlabeled, micro, macro, per_value)
 
 
-def evaluate_panoptic_attributes(predictions: Mapping[Any, Mapping[str, Any]], ground_truth: Mapping[Any, Mapping[str, Any]],
+def evaluate_panoptic_attributes(predictions: Mapping[Any, Mapping[str, Any]],
+                                 ground_truth: Mapping[Any, Mapping[str, Any]],
                                  categories: Sequence[Mapping[str, Any]] | CategoryTable,
                                  attributes: Iterable[Any]) -> PanopticAttributeResult:
     """PQ, joint PQ and attribute scores of in-memory predictions (the forms of `metrics.panoptic.evaluate_panoptic`,
@@ -224,7 +228,8 @@ def evaluate_panoptic_attributes(predictions: Mapping[Any, Mapping[str, Any]], g
     return evaluator.result()
 
 
-def evaluate_panoptic_attribute_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike, attributes: Iterable[Any],
+def evaluate_panoptic_attribute_files(gt_json: str | os.PathLike, pred_json: str | os.PathLike,
+                                      attributes: Iterable[Any],
                                       gt_folder: str | os.PathLike | None = None,
                                       pred_folder: str | os.PathLike | None = None,
                                       progress: bool = False) -> PanopticAttributeResult:

@@ -43,9 +43,10 @@ def predicted_labels(prediction: Any, num_classes: int, where: str = "prediction
     if x.ndim == 2 and np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() >= num_classes):
             raise input_error("bad_sem_seg", where, f"label map values must be 0..{num_classes - 1}, got "
-                         f"{x.min()}..{x.max()} (a prediction has no ignore label)")
+                              f"{x.min()}..{x.max()} (a prediction has no ignore label)")
         return x.astype(np.int64)
-    raise input_error("bad_sem_seg", where, f"expected (C, H, W) scores or an int (H, W) label map, got {x.dtype} {x.shape}")
+    raise input_error("bad_sem_seg", where,
+                      f"expected (C, H, W) scores or an int (H, W) label map, got {x.dtype} {x.shape}")
 
 
 def confusion_matrix(pred: np.ndarray, gt: Any, num_classes: int, ignore_label: int = IGNORE_LABEL,
@@ -54,12 +55,12 @@ def confusion_matrix(pred: np.ndarray, gt: Any, num_classes: int, ignore_label: 
     gt = as_numpy(gt)
     if gt.shape != pred.shape or not np.issubdtype(gt.dtype, np.integer):
         raise input_error("bad_label_map", f"{where} ground truth", f"expected an int label map of the prediction's "
-                     f"size {pred.shape}, got {gt.dtype} {gt.shape}")
+                          f"size {pred.shape}, got {gt.dtype} {gt.shape}")
     gt = gt.astype(np.int64)
     bad = (gt != ignore_label) & ((gt < 0) | (gt >= num_classes))
     if bad.any():
-        raise input_error("bad_label", f"{where} ground truth", f"labels must be 0..{num_classes - 1} or {ignore_label} "
-                     f"(ignore); found {np.unique(gt[bad])[:10].tolist()}")
+        raise input_error("bad_label", f"{where} ground truth", f"labels must be 0..{num_classes - 1} or "
+                          f"{ignore_label} (ignore); found {np.unique(gt[bad])[:10].tolist()}")
     gt = np.where(gt == ignore_label, num_classes, gt)
     n = num_classes + 1
     return np.bincount(n * pred.ravel() + gt.ravel(), minlength=n * n).reshape(n, n)
