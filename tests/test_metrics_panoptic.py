@@ -66,6 +66,19 @@ def test_random_images_equal_pq_compute(tmp_path, pq_compute, seed):
     assert ours.images == 3
 
 
+def test_ground_truth_areas_come_from_the_json(tmp_path, pq_compute):
+    """panopticapi takes a GT segment's area from its JSON "area", not from the PNG; so do we (where given)."""
+    gt, pred = random_dataset(seed=11)
+    for _, segments in gt.values():
+        for s in segments:
+            s["area"] += 3  # e.g. an area measured before a crop
+    gt_json, pred_json = write_panoptic(tmp_path, "gt", gt), write_panoptic(tmp_path, "pred", pred)
+    ours = evaluate_panoptic_files(gt_json, pred_json)
+    assert_equals_panopticapi(ours, pq_compute(gt_json, pred_json))
+    assert ours != evaluate_panoptic_files(write_panoptic(tmp_path, "gt_counted", {
+        k: (ids, [dict(s, area=None) for s in segments]) for k, (ids, segments) in gt.items()}), pred_json)
+
+
 def test_empty_images_equal_pq_compute(tmp_path, pq_compute):
     """An all-VOID GT (every prediction on it is ignored) and an image predicted empty (every GT missed)."""
     gt, pred = random_dataset(seed=7, images=2)
