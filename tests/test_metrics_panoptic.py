@@ -12,7 +12,7 @@ import torch
 from panoptic_cases import (CATEGORIES, contiguous, contiguous_categories, random_gt, random_prediction,
                             write_panoptic)
 from workbench.data.problems import DataError
-from workbench.metrics.panoptic import evaluate_panoptic
+from workbench.metrics.panoptic import categories_from_schema, evaluate_panoptic
 from workbench.metrics.panoptic_files import evaluate_panoptic_files
 
 evaluation = pytest.importorskip("panopticapi.evaluation", reason="pip install --no-deps panopticapi-lite==0.2.0")
@@ -220,3 +220,16 @@ def test_files_need_a_prediction_for_every_ground_truth_image(tmp_path):
     del pred[2]
     with pytest.raises(DataError, match="no prediction for image ids \\[2\\]"):
         evaluate_panoptic_files(write_panoptic(tmp_path, "gt", gt), write_panoptic(tmp_path, "pred", pred))
+
+
+def test_categories_from_schema_use_class_indices_and_isthing():
+    """Today's schema has no `isthing` (all things); a category that has it (issue 25's data schema) is honoured."""
+    from types import SimpleNamespace
+
+    from workbench.data.schema import Category, Schema
+
+    schema = Schema((Category(5, "person"), Category(9, "car")), ())
+    assert categories_from_schema(schema) == [{"id": 0, "name": "person", "isthing": 1},
+                                              {"id": 1, "name": "car", "isthing": 1}]
+    stuffy = SimpleNamespace(categories=[SimpleNamespace(name="sky", isthing=False)])
+    assert categories_from_schema(stuffy) == [{"id": 0, "name": "sky", "isthing": 0}]
