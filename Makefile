@@ -16,6 +16,7 @@ $(VENV)/.installed: Makefile pyproject.toml setup.py $(wildcard ops/*.py ops/csr
 	$(PY) -m pip install -q setuptools wheel
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q --no-build-isolation -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps panopticapi-lite==0.2.0
 	touch $@
 
 test: setup

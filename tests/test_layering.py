@@ -84,6 +84,18 @@ def test_engine_does_not_import_inspect():
     assert not bad, f"workbench.engine must not import workbench.inspect (move shared code to workbench.drawing): {bad}"
 
 
+def test_metrics_sit_below_the_engine():
+    """`workbench.metrics` (PQ, semantic scores, ...) is imported by the engine, the ablation runner and the
+    inspector alike, so it imports only the package root and itself, `workbench.data` (io, problems), `errors` and
+    `config`: never the model, the engine or anything above them."""
+    allowed = ("workbench.metrics", "workbench.data", "workbench.errors", "workbench.config")
+    graph = import_graph()
+    assert any(m.startswith("workbench.metrics.") for m in graph)
+    bad = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.startswith("workbench.metrics")
+                 for t in targets if t != "workbench" and not t.startswith(allowed))
+    assert not bad, f"workbench.metrics imports a higher layer: {bad}"
+
+
 # Known cycles, each with why it is tolerated for now; anything else fails.
 KNOWN_CYCLES = {
     # backbone.build_backbone imports swin lazily; swin subclasses backbone.Backbone. Breaking it means moving

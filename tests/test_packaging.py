@@ -36,6 +36,26 @@ def test_environment_yml_matches_pyproject_dependencies():
         assert step in " ".join((ROOT / name).read_text().split()), name  # wrapped lines joined
 
 
+def test_no_deps_packages_agree_everywhere():
+    """A package installed without its declared dependencies (panopticapi-lite: its numpy<2 pin would break
+    pandas) is installed so by the Makefile's setup and named with the same pin and --no-deps in pyproject.toml,
+    environment.yml and the README, and is in no dependency list (pip or conda would install its pins)."""
+    makefile = (ROOT / "Makefile").read_text()
+    setup = makefile.split("$(VENV)/.installed:", 1)[1].split("\n\n", 1)[0]
+    specs = re.findall(r"pip install (?:-q )?--no-deps (\S+)", setup)
+    assert "panopticapi-lite==0.2.0" in specs
+    editable = setup.index("-e \"")
+    for spec in specs:
+        assert setup.index(spec) > editable, f"{spec}: install it after the package (the editable install resolves deps)"
+        command = f"pip install --no-deps {spec}"
+        for name in ("pyproject.toml", "environment.yml", "README.md"):
+            assert command in " ".join((ROOT / name).read_text().split()), f"{name} does not say `{command}`"
+        env_pip = next(d["pip"] for d in environment()["dependencies"] if isinstance(d, dict) and "pip" in d)
+        listed = [*pyproject()["project"]["dependencies"], *env_pip,
+                  *(s for extra in pyproject()["project"]["optional-dependencies"].values() for s in extra)]
+        assert _name(spec) not in {_name(s) for s in listed}, f"{spec} must not be in a dependency list"
+
+
 def test_python_version_agrees():
     env = environment()["dependencies"]
     python = next(d for d in env if isinstance(d, str) and d.startswith("python"))
