@@ -82,16 +82,23 @@ def architecture(ckpt: Checkpoint) -> dict[str, Any]:
     return dict(**backbone_of(ckpt), num_classes=num_classes, **fields)
 
 
+def upstream_class_names(num_classes: int) -> tuple[str, ...] | None:
+    """The names of an upstream checkpoint's class rows, known by their count: COCO instance (80), COCO
+    panoptic (133: the 80 things, then 53 stuff), ADE20K semantic (150)."""
+    from workbench.pretrained.ade20k import ADE20K_CLASSES
+    from workbench.pretrained.coco import COCO_INSTANCE_CLASSES, COCO_PANOPTIC_CLASSES
+
+    return {80: COCO_INSTANCE_CLASSES, 133: COCO_PANOPTIC_CLASSES, 150: ADE20K_CLASSES}.get(num_classes)
+
+
 def class_names(ckpt: Checkpoint, num_classes: int) -> tuple[str, ...] | None:
-    """The checkpoint's category names in class-head order: transformers' id2label; COCO's 80 for an upstream
-    checkpoint with 80 classes; None when unknown."""
+    """The checkpoint's category names in class-head order: transformers' id2label; for an upstream checkpoint
+    COCO's 80 or 133 (panoptic) or ADE20K's 150 by the class count; None when unknown."""
     names = ckpt.class_names
     if names is not None:
         return names if len(names) == num_classes else None
-    if ckpt.naming == "upstream" and num_classes == 80:
-        from workbench.pretrained.coco import COCO_INSTANCE_CLASSES
-
-        return COCO_INSTANCE_CLASSES
+    if ckpt.naming == "upstream":
+        return upstream_class_names(num_classes)
     return None
 
 

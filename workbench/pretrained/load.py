@@ -67,6 +67,8 @@ def _class_rows(ckpt: Checkpoint, theirs: int, ours: int, categories: Sequence[s
     if names is None:
         return {}, ClassRows({}, tuple(categories), (), "name (the checkpoint has no category names)")
     index = {n: i for i, n in enumerate(names)}
+    for i, n in enumerate(names):  # ADE20K's synonym lists ("road, route") also answer to their first name
+        index.setdefault(n.split(",")[0].strip(), i)
     pairs = {o: index[n] for o, n in enumerate(categories) if n in index}
     used = set(pairs.values())
     return pairs, ClassRows({categories[o]: names[t] for o, t in pairs.items()},
