@@ -17,12 +17,18 @@ def add_parser(sub) -> None:
                    help="add the multi-label group `pattern` (stripes / dots / outline, any subset)")
     s.set_defaults(func=run_synth)
 
-    c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON (written atomically)")
+    c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON, COCO panoptic or semantic "
+                                            "PNGs (written atomically)")
     c.add_argument("labelme_dir", help="folder with labelme *.json (searched recursively) and their images")
     c.add_argument("--schema", help="YAML schema: categories, attributes, attribute_sources, ignore_labels")
     c.add_argument("--labels", help="labelme's labels.txt as the category list (__ignore__ = ignore regions, "
                                     "_background_ skipped); with --schema its categories must agree")
-    c.add_argument("--out", required=True, help="output COCO JSON; file_names are relative to LABELME_DIR")
+    c.add_argument("--out", required=True, help="output COCO JSON (instance) or folder (panoptic: panoptic.json + "
+                                                "panoptic/*.png; semantic: labels/*.png + classes.yaml); image "
+                                                "file_names are relative to LABELME_DIR")
+    c.add_argument("--task", choices=("instance", "panoptic", "semantic"), default="instance",
+                   help="instance: COCO-with-attributes (default); panoptic: COCO panoptic with attributes "
+                        "(stuff = the schema's isthing: false categories); semantic: class-index PNGs, 255 = ignore")
     c.set_defaults(func=run_convert)
 
     f = data_sub.add_parser("import-fashionpedia", help="Fashionpedia JSON -> COCO-with-attributes (written atomically)")
@@ -61,6 +67,8 @@ def run_convert(args) -> int:
         schema = load_schema(args.schema) if args.schema else None
         if args.labels:
             schema = load_labels_txt(args.labels, schema)
+        if args.task != "instance":
+            return _convert_maps(args, schema)
         coco = convert_labelme(args.labelme_dir, schema, out=args.out)
     except DataError as e:
         e.add_note("nothing written.")
@@ -69,6 +77,22 @@ def run_convert(args) -> int:
     empty = len(coco["images"]) - len({a["image_id"] for a in coco["annotations"] if not a["iscrowd"]})
     print(f"wrote {args.out}: {len(coco['images'])} images ({empty} without instances), "
           f"{len(coco['annotations']) - crowd} instances, {crowd} ignore-region annotations")
+    return 0
+
+
+def _convert_maps(args, schema) -> int:
+    from workbench.data.labelme_maps import convert_labelme_panoptic, convert_labelme_semantic
+
+    if args.task == "panoptic":
+        data = convert_labelme_panoptic(args.labelme_dir, schema, out=args.out)
+        segments = [s for a in data["annotations"] for s in a["segments_info"]]
+        stuff = {c["id"] for c in data["categories"] if not c["isthing"]}
+        n_stuff = sum(1 for s in segments if s["category_id"] in stuff)
+        print(f"wrote {args.out}: panoptic.json + panoptic/ ({len(data['images'])} PNGs), "
+              f"{len(segments) - n_stuff} thing and {n_stuff} stuff segments")
+    else:
+        maps = convert_labelme_semantic(args.labelme_dir, schema, out=args.out)
+        print(f"wrote {args.out}: labels/ ({len(maps)} PNGs, 255 = ignore) + classes.yaml ({schema.num_classes} classes)")
     return 0
 
 

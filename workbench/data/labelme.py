@@ -41,10 +41,20 @@ _OUTSIDE_TOLERANCE = 1.0  # px: labelme clamps points to the image, so anything 
 
 
 def labelme_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """Every `*.json` under `root` (recursively, sorted), except `exclude` (e.g. the output file)."""
+    """Every `*.json` under `root` (recursively, sorted), except `exclude` (the output file, or the output
+    folder with everything in it and the temporary folders it is written through)."""
     root = Path(root)
     excluded = Path(exclude).resolve() if exclude is not None else None
-    return [p for p in sorted(root.rglob("*.json")) if excluded is None or p.resolve() != excluded]
+
+    def kept(p: Path) -> bool:
+        if excluded is None:
+            return True
+        r = p.resolve()
+        if r == excluded or excluded in r.parents:
+            return False
+        return not any(q.parent == excluded.parent and q.name.startswith(f".{excluded.name}.") for q in r.parents)
+
+    return [p for p in sorted(root.rglob("*.json")) if kept(p)]
 
 
 # --- attributes ------------------------------------------------------------------------------------------------
