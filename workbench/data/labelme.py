@@ -42,11 +42,14 @@ _OUTSIDE_TOLERANCE = 1.0  # px: labelme clamps points to the image, so anything 
 
 def labelme_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
     """Every `*.json` under `root` (recursively, sorted), except `exclude` (the output file, or the output
-    folder with everything in it and the temporary folders it is written through)."""
+    folder with everything in it and the temporary folders it is written through) and earlier panoptic
+    outputs (panoptic.json beside its panoptic/ PNG folder)."""
     root = Path(root)
     excluded = Path(exclude).resolve() if exclude is not None else None
 
     def kept(p: Path) -> bool:
+        if p.name == "panoptic.json" and (p.parent / "panoptic").is_dir():  # a panoptic conversion's output
+            return False
         if excluded is None:
             return True
         r = p.resolve()
