@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--patterns", action="store_true",
                    help="add the multi-label group `pattern` (stripes / dots / outline, any subset)")
+    s.add_argument("--task", choices=("instance", "panoptic", "semantic"), default="instance",
+                   help="panoptic / semantic: add the stuff categories sky and ground (attribute tone) behind the "
+                        "shapes; convert with `workbench data convert ... --task panoptic|semantic`")
     s.set_defaults(func=run_synth)
 
     c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON, COCO panoptic or semantic "
@@ -50,8 +53,8 @@ def run_synth(args) -> int:
     from workbench.data.synthetic import SynthConfig, synthesize
 
     # A DataError goes to workbench.cli, which prints it (its traceback with --debug) and exits 1.
-    paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size,
-                                                                              patterns=args.patterns))
+    paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(
+        image_size=args.size, patterns=args.patterns, stuff=args.task != "instance"))
     print(f"wrote {len(paths)} labelme files + images and schema.yaml to {args.out}")
     return 0
 

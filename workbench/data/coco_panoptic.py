@@ -70,7 +70,7 @@ def read_panoptic_png(path: str | os.PathLike, segments: list[dict], height: int
     unknown = sorted(set(np.unique(ids).tolist()) - known - {0})
     if unknown:
         v = unknown[0]
-        raise DataError([Problem("unknown_segment", str(path), f"pixel value id {v} (RGB {tuple(id_to_rgb(np.array(v)))}) "
+        raise DataError([Problem("unknown_segment", str(path), f"pixel value id {v} (RGB {tuple(id_to_rgb(np.array(v)).tolist())}) "
                                  f"is no segment of its segments_info{ref}; known ids: {sorted(known)}"
                                  + (f" ({len(unknown)} unknown ids in all)" if len(unknown) > 1 else ""))])
     missing = sorted(known - set(np.unique(ids).tolist()))
