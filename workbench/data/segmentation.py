@@ -8,10 +8,10 @@ Which targets (targets.py): panoptic = one per non-crowd segment, stuff included
 present; instance = things only. Ignore pixels (excluded from the mask losses):
   panoptic / instance  crowd segments and marked ignore regions (`ignore_segmentation`, labelme `__ignore__`);
                        void pixels (id 0) are background for every mask, as upstream's panoptic mapper has them
-  semantic             label 255, i.e. void and ignore regions, and the padding a crop adds (upstream's
-                       semantic mapper pads the label map with 255)
-Segments, ignore and a "valid" (not padding) mask go through the augmentation together with the image, as one
-(S + 2, H, W) stack, so they cannot drift apart; resizing them is nearest-neighbour. Randomness as in dataset.py:
+  semantic             label 255, i.e. void and ignore regions, and so also the padding a crop adds (no
+                       segment covers it; upstream's semantic mapper pads the label map with 255)
+Segments and ignore go through the augmentation together with the image, as one (S + 1, H, W) stack, so they
+cannot drift apart; resizing them is nearest-neighbour. Randomness as in dataset.py:
 item i in epoch e uses `numpy.random.default_rng([seed, e, i])`.
 """
 from __future__ import annotations
@@ -99,13 +99,12 @@ class SegmentationDataset(Dataset):
             raise DataError([Problem("image_size_mismatch", r["file_name"],
                                      f"image is {image.shape[1]}x{image.shape[0]} but {self.where} says {w}x{h}")])
         masks, segs, marked = self.segments(index)
-        stack = np.concatenate([masks, marked[None], np.ones((1, h, w), bool)])  # + ignore, + valid (not padding)
+        stack = np.concatenate([masks, marked[None]])
         if self.augmentation is not None:
             image, stack = self.augmentation(image, stack, np.random.default_rng([self.seed, self.epoch, index]))
-        masks, marked, valid = stack[:-2], stack[-2], stack[-1]
-        ignore = marked
-        if self.task == "semantic":  # void and padding are label 255 in upstream's semantic maps
-            ignore = marked | ~valid | ~masks.any(axis=0)
+        masks, ignore = stack[:-1], stack[-1]
+        if self.task == "semantic":  # void (padding included) is label 255 in upstream's semantic maps
+            ignore = ignore | ~masks.any(axis=0)
         instances = segment_targets(masks, segs, ignore, self.schema, self.task)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
