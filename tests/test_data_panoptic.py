@@ -173,3 +173,22 @@ def test_semantic_pixel_value_outside_the_classes_is_named(tmp_path):
     (tmp_path / "bad.yaml").write_text("{road: 1}")
     with pytest.raises(DataError, match="bad.yaml"):
         load_class_list(tmp_path / "bad.yaml")
+
+
+def test_cli_validate_checks_a_panoptic_file_and_its_pngs(tmp_path, capsys):
+    from workbench.cli import main
+
+    path = write_panoptic(tmp_path, id_map(), SEGMENTS)
+    args = ["data", "validate", str(path), "--pngs", str(tmp_path / "pan"), "--images", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 images" in out and "2 instances, 1 ignore regions" in out and "road" in out
+    ids = id_map()
+    ids[0, 0] = 4242
+    Image.fromarray(id_to_rgb(ids)).save(tmp_path / "pan" / "a.png")
+    assert main(args) == 1
+    assert "pixel value id 4242" in capsys.readouterr().out
+    Image.fromarray(id_to_rgb(id_map())).save(tmp_path / "pan" / "a.png")
+    (tmp_path / "a.jpg").unlink()
+    assert main(args) == 1
+    assert "a.jpg not found" in capsys.readouterr().out

@@ -42,10 +42,11 @@ def add_parser(sub) -> None:
                         "holds several values)")
     f.set_defaults(func=run_import_fashionpedia)
 
-    v = data_sub.add_parser("validate", help="check a COCO-with-attributes file; exit 1 on errors")
-    v.add_argument("coco", help="COCO-with-attributes JSON")
+    v = data_sub.add_parser("validate", help="check a COCO-with-attributes or COCO panoptic file; exit 1 on errors")
+    v.add_argument("coco", help="COCO-with-attributes JSON, or COCO panoptic JSON (its PNGs are checked too)")
     v.add_argument("--images", help="image folder the file_names are relative to (checks the files too)")
     v.add_argument("--schema", help="YAML schema the file must agree with")
+    v.add_argument("--pngs", help="COCO panoptic: the PNG folder (default: beside the JSON, named as its stem)")
     v.set_defaults(func=run_validate)
 
 
@@ -114,10 +115,19 @@ def run_import_fashionpedia(args) -> int:
 
 
 def run_validate(args) -> int:
+    from workbench.data.io import read_json
+    from workbench.data.problems import DataError
     from workbench.data.schema import load_schema
-    from workbench.data.validate import validate_coco
+    from workbench.data.validate import is_coco_panoptic, validate_coco, validate_coco_panoptic
 
     schema = load_schema(args.schema) if args.schema else None  # a DataError: workbench.cli prints it, exit 1
-    report = validate_coco(args.coco, images=args.images, schema=schema)
+    try:
+        panoptic = is_coco_panoptic(read_json(args.coco))
+    except DataError:
+        panoptic = False  # validate_coco reports it
+    if panoptic:
+        report = validate_coco_panoptic(args.coco, args.pngs, images=args.images, schema=schema)
+    else:
+        report = validate_coco(args.coco, images=args.images, schema=schema)
     print(report)
     return 0 if report.ok else 1

@@ -22,7 +22,8 @@ from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_coco_header
 
-__all__ = ["ValidationReport", "stuff_region_problems", "summary_table", "validate_coco"]
+__all__ = ["ValidationReport", "is_coco_panoptic", "stuff_region_problems", "summary_table", "validate_coco",
+           "validate_coco_panoptic"]
 
 _TOLERANCE = 1.0  # px beyond the image border still accepted for polygon points and boxes
 
@@ -269,4 +270,50 @@ def validate_coco(
             if isinstance(im, dict) and im.get("id") in usable_images and isinstance(im.get("file_name"), str):
                 report.problems += _image_file_problems(im, root, f"{coco}: images[{i}] (id {im['id']})")
     report.summary = summary_table(data, file_schema)
+    return report
+
+
+def is_coco_panoptic(data) -> bool:
+    """A COCO panoptic dict (annotations hold `segments_info`) rather than COCO-with-attributes."""
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    return isinstance(anns, list) and any(isinstance(a, dict) and "segments_info" in a for a in anns)
+
+
+def validate_coco_panoptic(
+    path: str | os.PathLike,
+    png_root: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    schema: Schema | None = None,
+    progress: bool = True,
+) -> ValidationReport:
+    """Check a COCO panoptic file and every PNG (ids against segments_info, sizes); with `images`, the image
+    files too. Never raises on bad data: everything found is in the report."""
+    from workbench.data.coco_panoptic import load_coco_panoptic, read_panoptic_png
+
+    report = ValidationReport(str(path))
+    try:
+        records, file_schema = load_coco_panoptic(path, png_root, images, None)
+    except DataError as e:
+        report.problems += e.problems
+        return report
+    if schema is not None:
+        report.problems += _schema_problems(file_schema, schema, str(path))
+    report.num_images = len(records)
+    for r in tqdm(records, desc="panoptic PNGs", unit="image", disable=not progress):
+        try:
+            read_panoptic_png(r["pan_seg_file_name"], r["segments_info"], r["height"], r["width"], str(path))
+        except DataError as e:
+            report.problems += e.problems
+        things = [s for s in r["segments_info"] if not s["iscrowd"]]
+        report.num_annotations += len(things)
+        report.num_ignore_regions += len(r["segments_info"]) - len(things)
+        if not things:
+            report.num_empty_images += 1
+        if images is not None:
+            report.problems += _image_file_problems({"id": r["image_id"], "file_name": r["file_name"], "height":
+                                                     r["height"], "width": r["width"]}, Path("."),
+                                                    f"{path}: images (id {r['image_id']})")
+    flat = {"annotations": [dict(s, category_id=file_schema.categories[s["category_id"]].id, attributes={
+        k: v for k, v in s["attributes"].items() if v != UNLABELED}) for r in records for s in r["segments_info"]]}
+    report.summary = summary_table(flat, file_schema)
     return report
