@@ -214,3 +214,19 @@ def test_cli_synth_task_panoptic_writes_a_stuff_schema(tmp_path):
     assert yaml.safe_load((tmp_path / "d" / "schema.yaml").read_text())["categories"][3]["isthing"] is False
     assert main(["data", "convert", str(tmp_path / "d"), "--schema", str(tmp_path / "d" / "schema.yaml"),
                  "--out", str(tmp_path / "d" / "pan"), "--task", "panoptic"]) == 0
+
+
+def test_open_dataset_picks_the_reader_by_format(tmp_path):
+    from workbench.data.dataset import CocoAttributeDataset
+    from workbench.data.segmentation import open_dataset
+
+    pan_train, _ = synthetic_splits(tmp_path / "p", 2, 1, image_size=48, progress=False, task="panoptic")
+    sem_train, _ = synthetic_splits(tmp_path / "s", 2, 1, image_size=48, progress=False, task="semantic")
+    coco_train, _ = synthetic_splits(tmp_path / "i", 2, 1, image_size=48, progress=False)
+    pan = open_dataset(pan_train, "panoptic", image_root=pan_train.parent.parent)
+    assert isinstance(pan, SegmentationDataset) and pan.task == "panoptic" and len(pan[0]["instances"]["labels"]) >= 3
+    sem = open_dataset(sem_train, "semantic")
+    assert sem[0]["sem_seg"].shape == (48, 48)
+    assert isinstance(open_dataset(coco_train, "instance"), CocoAttributeDataset)
+    with pytest.raises(UsageError, match="trains task 'instance'"):
+        open_dataset(coco_train, "panoptic")

@@ -17,6 +17,7 @@ item i in epoch e uses `numpy.random.default_rng([seed, e, i])`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -24,14 +25,15 @@ import torch
 from torch.utils.data import Dataset
 
 from workbench.data.coco_panoptic import ignore_mask, load_coco_panoptic, read_panoptic_png, segment_masks
-from workbench.data.dataset import read_image
+from workbench.data.dataset import CocoAttributeDataset, read_image
+from workbench.data.io import read_json
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import Schema
 from workbench.data.semantic_png import IGNORE_VALUE, load_semantic, read_label_png
 from workbench.data.targets import TASKS, segment_targets
 from workbench.errors import UsageError
 
-__all__ = ["SegmentationDataset"]
+__all__ = ["SegmentationDataset", "open_dataset"]
 
 
 class SegmentationDataset(Dataset):
@@ -121,3 +123,31 @@ class SegmentationDataset(Dataset):
             sem[instances["ignore"].numpy()] = IGNORE_VALUE
             item["sem_seg"] = torch.from_numpy(sem)
         return item
+
+
+def open_dataset(source: str | os.PathLike, task: str = "instance", image_root: str | os.PathLike | None = None,
+                 **kwargs) -> Dataset:
+    """The dataset of `source` for `task`, whatever its format: a COCO-with-attributes JSON (instance), a COCO
+    panoptic JSON (any task) or a semantic folder holding `labels/` and `classes.yaml` (semantic; images in
+    `image_root`, by default the folder above it, as `data convert --task semantic` lays them out). `kwargs`
+    go to the dataset (augmentation, seed, keep_empty, schema...); `cache_images` only to the COCO one."""
+    source = Path(source)
+    if task not in TASKS:
+        raise UsageError(f"task must be one of {list(TASKS)}, got {task!r}")
+    if source.is_dir():
+        if not (source / "labels").is_dir() or not (source / "classes.yaml").is_file():
+            raise DataError([Problem("missing_file", str(source), "a semantic data folder holds labels/ and "
+                                     "classes.yaml (workbench data convert ... --task semantic writes them)")])
+        kwargs.pop("schema", None)  # the class list is the schema
+        kwargs.pop("cache_images", None)
+        return SegmentationDataset.from_semantic(source / "labels", image_root or source.parent,
+                                                 source / "classes.yaml", task=task, **kwargs)
+    data = read_json(source)
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    if isinstance(anns, list) and any(isinstance(a, dict) and "segments_info" in a for a in anns):
+        kwargs.pop("cache_images", None)
+        return SegmentationDataset.from_coco_panoptic(source, image_root=image_root, task=task, **kwargs)
+    if task != "instance":
+        raise UsageError(f"{source} is COCO-with-attributes (instances): it trains task 'instance'; for {task!r} "
+                         "convert the labelme folder with `workbench data convert ... --task " + task + "`")
+    return CocoAttributeDataset(source, image_root, **kwargs)
