@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 from workbench.data.problems import Problem
 
-__all__ = ["ATTRIBUTE_SOURCES", "AttributeVocab", "Category", "UNLABELED", "attribute_header", "attribute_value_problems",
-           "category_header", "category_of", "check_isthing", "check_vocabularies",
+__all__ = ["ATTRIBUTE_SOURCES", "AttributeVocab", "Category", "UNLABELED", "attribute_header",
+           "attribute_value_problems", "category_header", "category_of", "check_isthing", "check_vocabularies",
            "is_int", "vocab_of"]
 
 

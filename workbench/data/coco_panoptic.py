@@ -27,12 +27,13 @@ import numpy as np
 from PIL import Image
 
 from workbench.data.categories import UNLABELED, attribute_value_problems, is_int
+from workbench.data.io import read_json
 from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import Schema, check_coco_header, check_schema_matches
-from workbench.data.io import read_json
 
-__all__ = ["id_to_rgb", "load_coco_panoptic", "read_panoptic_png", "rgb_to_id", "segment_masks"]
+__all__ = ["check_coco_panoptic", "id_to_rgb", "ignore_mask", "load_coco_panoptic", "read_panoptic_png", "rgb_to_id",
+           "segment_masks"]
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
@@ -70,7 +71,8 @@ def read_panoptic_png(path: str | os.PathLike, segments: list[dict], height: int
     unknown = sorted(set(np.unique(ids).tolist()) - known - {0})
     if unknown:
         v = unknown[0]
-        raise DataError([Problem("unknown_segment", str(path), f"pixel value id {v} (RGB {tuple(id_to_rgb(np.array(v)).tolist())}) "
+        rgb = tuple(id_to_rgb(np.array(v)).tolist())
+        raise DataError([Problem("unknown_segment", str(path), f"pixel value id {v} (RGB {rgb}) "
                                  f"is no segment of its segments_info{ref}; known ids: {sorted(known)}"
                                  + (f" ({len(unknown)} unknown ids in all)" if len(unknown) > 1 else ""))])
     missing = sorted(known - set(np.unique(ids).tolist()))
@@ -87,7 +89,7 @@ def segment_masks(ids: np.ndarray, segments: list[dict]) -> np.ndarray:
     return np.stack([ids == s["id"] for s in segments])
 
 
-def _segment_problems(seg: Any, label_of: dict, stuff: set, vocab: dict, multi: set, where: str) -> list[Problem]:
+def _segment_problems(seg: Any, label_of: dict, vocab: dict, multi: set, where: str) -> list[Problem]:
     if not isinstance(seg, dict) or not is_int(seg.get("id")) or seg["id"] <= 0:
         return [Problem("bad_format", where, "needs an integer 'id' > 0 (0 is void)")]
     w = f"{where} (id {seg['id']})"
@@ -149,7 +151,7 @@ def check_coco_panoptic(data: Any, where: str) -> list[Problem]:
         w = f"{w} (image {ann['image_id']}, {ann['file_name']})"
         ids, stuff_seen = set(), {}
         for k, seg in enumerate(ann["segments_info"]):
-            found = _segment_problems(seg, label_of, stuff, vocab, multi, f"{w}.segments_info[{k}]")
+            found = _segment_problems(seg, label_of, vocab, multi, f"{w}.segments_info[{k}]")
             problems += found
             if found:
                 continue

@@ -33,7 +33,8 @@ Ignore regions (labelme's `__ignore__`, e.g. a crowd nobody outlined one by one)
 `iscrowd: 1` annotations, one per category with the same mask, so COCOeval ignores a detection of any
 category there; they are neither instances nor false positives, and training samples no mask-loss point on
 them. Stuff categories (`isthing: false`, COCO panoptic's flag; see categories.py) have one region per
-image; `Schema.stuff_classes` gives their model labels (`ModelConfig.stuff_classes`). `load_labels_txt` reads labelme's plain `labels.txt` (`__ignore__`, `_background_`, then categories).
+image; `Schema.stuff_classes` gives their model labels (`ModelConfig.stuff_classes`). `load_labels_txt` reads
+labelme's plain `labels.txt` (`__ignore__`, `_background_`, then categories).
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Format and reference checks come from `schema.check_coco`; this adds geometry (degenerate polygons, empty or
 out-of-image masks, masks whose size disagrees with the image), image files (missing, unreadable, size
 differs from the JSON), agreement with a YAML schema, stuff categories with more than one region in an image,
-and images without instances (a warning: fine for negatives, usually a forgotten annotation). `workbench data validate` prints the report and exits non-zero on
-errors.
+and images without instances (a warning: fine for negatives, usually a forgotten annotation). COCO panoptic files
+get the same report from `validate_coco_panoptic` (format, every PNG, image files). `workbench data validate`
+prints the report and exits non-zero on errors.
 """
 from __future__ import annotations
 
