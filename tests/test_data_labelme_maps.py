@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from workbench.cli import main
 from workbench.data.categories import Category
 from workbench.data.coco_panoptic import load_coco_panoptic, read_panoptic_png
-from workbench.data.labelme import read_labelme_shapes
+from workbench.data.labelme import convert_labelme, read_labelme_shapes
 from workbench.data.labelme_maps import convert_labelme_panoptic, convert_labelme_semantic, paint_shapes
 from workbench.data.problems import DataError
 from workbench.data.schema import Schema, schema_from_dict
@@ -145,6 +145,8 @@ def test_stuff_merges_per_class_and_things_by_group(tmp_path):
     cls, ins = labelme2voc_reference(docs["a"], VOC)
     assert person[0]["area"] == int((cls == VOC.index("person") - 1).sum())
     assert [c["isthing"] for c in data["categories"]] == [0, 1, 0, 1, 1, 1]
+    coco = convert_labelme(tmp_path, schema, progress=False)  # the COCO converter merges stuff the same way
+    assert sum(a["category_id"] == schema.category_by_name("person").id for a in coco["annotations"]) == 1
 
 
 def test_without_background_class_unannotated_pixels_are_void_and_attributes_ride_along(tmp_path):
@@ -186,6 +188,8 @@ def test_cli_convert_panoptic_and_semantic_replace_only_their_own_output(tmp_pat
     assert main(base + ["--out", str(tmp_path / "pan"), "--task", "panoptic"]) == 0  # re-run replaces it
     assert main(base + ["--out", str(tmp_path / "sem"), "--task", "semantic"]) == 0
     assert (tmp_path / "sem" / "classes.yaml").is_file() and (tmp_path / "sem" / "labels" / "a.png").is_file()
+    assert main(base + ["--out", str(tmp_path / "pan.json"), "--task", "panoptic"]) == 2  # a folder, not a file
+    assert "writes a folder" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     assert main(base + ["--out", str(tmp_path / "mine"), "--task", "semantic"]) == 1

@@ -85,8 +85,12 @@ def run_convert(args) -> int:
 
 
 def _convert_maps(args, schema) -> int:
+    from pathlib import Path
+
     from workbench.data.labelme_maps import convert_labelme_panoptic, convert_labelme_semantic
 
+    if Path(args.out).suffix.lower() == ".json":
+        raise UsageError(f"--out {args.out}: --task {args.task} writes a folder (e.g. --out DIR/{args.task})")
     if args.task == "panoptic":
         data = convert_labelme_panoptic(args.labelme_dir, schema, out=args.out)
         segments = [s for a in data["annotations"] for s in a["segments_info"]]

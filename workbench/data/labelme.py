@@ -1,7 +1,8 @@
 """labelme JSON -> COCO-with-attributes.
 
 One labelme file per image. Each shape becomes (part of) an instance: shapes sharing a `group_id` and a
-category are parts of one object and are merged into one mask. Masks are rasterised here exactly as labelme
+category are parts of one object and are merged into one mask; all shapes of a stuff category (`isthing: false`)
+in a file are its one region. Masks are rasterised here exactly as labelme
 draws them and stored as RLE, so `pycocotools.COCO.annToMask` returns the pixels we drew.
 
 Attributes can be written three ways; the schema's `attribute_sources` says which are allowed:
@@ -296,6 +297,8 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
             ignore |= shape.mask
             continue
         key = (shape.category.id, shape.group_id) if shape.group_id is not None else ("shape", shape.index)
+        if not shape.category.isthing:  # a stuff category has one region per image
+            key = ("stuff", shape.category.id)
         if key in instances:
             prev_mask, prev_attrs, _ = instances[key]
             prev_attrs.merge(shape.attributes)
