@@ -146,7 +146,8 @@ def test_stuff_merges_per_class_and_things_by_group(tmp_path):
     assert person[0]["area"] == int((cls == VOC.index("person") - 1).sum())
     assert [c["isthing"] for c in data["categories"]] == [0, 1, 0, 1, 1, 1]
     coco = convert_labelme(tmp_path, schema, progress=False)  # the COCO converter merges stuff the same way
-    assert sum(a["category_id"] == schema.category_by_name("person").id for a in coco["annotations"]) == 1
+    person_id = schema.category_by_name("person").id
+    assert sum(a["category_id"] == person_id and not a["iscrowd"] for a in coco["annotations"]) == 1
 
 
 def test_without_background_class_unannotated_pixels_are_void_and_attributes_ride_along(tmp_path):
