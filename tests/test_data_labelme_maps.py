@@ -193,6 +193,7 @@ def test_cli_convert_panoptic_and_semantic_replace_only_their_own_output(tmp_pat
     assert "writes a folder" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
+    (tmp_path / "mine" / "classes.yaml").write_text("[a]")  # a class list alone does not make it ours
     assert main(base + ["--out", str(tmp_path / "mine"), "--task", "semantic"]) == 1
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     assert "not an earlier output" in capsys.readouterr().err

@@ -89,16 +89,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = No
     write_bytes_atomic(path, data)
 
 
-def write_folder_atomic(path: str | os.PathLike, fill: Callable[[Path], None], marker: str) -> None:
+def write_folder_atomic(path: str | os.PathLike, fill: Callable[[Path], None], markers: tuple[str, ...]) -> None:
     """Build a whole output folder in a temporary sibling (`fill(tmp)`), then rename it to `path`: on any error
     nothing is left behind and an earlier output stays as it was. An existing `path` is replaced only when it
-    is empty or an earlier output (it holds `marker`), so a user's other folder is never deleted."""
+    is empty or an earlier output (it holds every one of `markers`), so a user's other folder is never deleted."""
     from workbench.data.problems import DataError, Problem
 
     path = Path(path)
-    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / marker).exists())):
-        raise DataError([Problem("output_exists", str(path), f"exists and is not an earlier output (no {marker}); "
-                                 "choose a new folder or remove it")])
+    ours = path.is_dir() and (not any(path.iterdir()) or all((path / m).exists() for m in markers))
+    if path.exists() and not ours:
+        raise DataError([Problem("output_exists", str(path), f"exists and is not an earlier output (no "
+                                 f"{' + '.join(markers)}); choose a new folder or remove it")])
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)

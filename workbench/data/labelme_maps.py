@@ -160,7 +160,7 @@ def convert_labelme_panoptic(labelme_dir: str | os.PathLike, schema: Schema, out
                 write_bytes_atomic(folder / "panoptic" / name, buf.getvalue())
             write_json_atomic(folder / PANOPTIC_JSON, data)
 
-        write_folder_atomic(out, fill, marker=PANOPTIC_JSON)
+        write_folder_atomic(out, fill, markers=(PANOPTIC_JSON, "panoptic"))
     return data
 
 
@@ -179,5 +179,5 @@ def convert_labelme_semantic(labelme_dir: str | os.PathLike, schema: Schema, out
                 write_label_png(folder / "labels" / _png_name(name), labels)
             write_bytes_atomic(folder / CLASSES_FILE, class_list_yaml(schema).encode("utf-8"))
 
-        write_folder_atomic(out, fill, marker=CLASSES_FILE)
+        write_folder_atomic(out, fill, markers=(CLASSES_FILE, "labels"))
     return maps
