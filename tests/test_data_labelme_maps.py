@@ -237,3 +237,24 @@ def test_labelme_example_folders(example):
         ids = paint_shapes(shapes, image["height"], image["width"], schema).ids
         assert same_partition(np.where(cls <= 0, 0, ids), ins), f"object map of {path}"
         assert {s["id"] for s in annotation["segments_info"]} == set(np.unique(ids[cls >= 0]).tolist())
+
+
+def test_a_failed_final_rename_puts_the_earlier_output_back(tmp_path, monkeypatch):
+    import workbench.data.io as io_module
+
+    out = tmp_path / "out"
+    io_module.write_folder_atomic(out, lambda d: (d / "labels").mkdir() or (d / "classes.yaml").write_text("1"),
+                                  markers=("classes.yaml", "labels"))
+    real_replace = io_module.os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(".tmp") and Path(dst) == out:  # the new folder's rename fails
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_module.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"):
+        io_module.write_folder_atomic(out, lambda d: (d / "labels").mkdir() or (d / "classes.yaml").write_text("2"),
+                                      markers=("classes.yaml", "labels"))
+    assert (out / "classes.yaml").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left

@@ -192,3 +192,10 @@ def test_cli_validate_checks_a_panoptic_file_and_its_pngs(tmp_path, capsys):
     (tmp_path / "a.jpg").unlink()
     assert main(args) == 1
     assert "a.jpg not found" in capsys.readouterr().out
+
+
+def test_a_segment_without_pixels_is_named(tmp_path):
+    path = write_panoptic(tmp_path, id_map(), SEGMENTS + [{"id": 9, "category_id": 1, "iscrowd": 0}])
+    (r,), _ = load_coco_panoptic(path)
+    with pytest.raises(DataError, match=r"a\.png: error: segments_info lists id 9 but no pixel has it"):
+        read_panoptic_png(r["pan_seg_file_name"], r["segments_info"], H, W)
