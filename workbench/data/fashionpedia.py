@@ -26,9 +26,10 @@ import os
 import re
 from typing import Any
 
+from workbench.data.categories import is_int
 from workbench.data.io import read_json
 from workbench.data.problems import DataError, Problem
-from workbench.data.schema import _is_int, save_coco
+from workbench.data.schema import save_coco
 
 __all__ = ["check_fashionpedia", "fashionpedia_to_coco", "import_fashionpedia"]
 
@@ -56,7 +57,7 @@ def check_fashionpedia(data: Any, where: str) -> list[Problem]:
     attribute_ids = set()
     for i, a in enumerate(data["attributes"]):
         w = f"{where}: attributes[{i}]"
-        if not isinstance(a, dict) or not _is_int(a.get("id")):
+        if not isinstance(a, dict) or not is_int(a.get("id")):
             problems.append(Problem("bad_format", f"{w}.id", "needs an integer 'id'"))
             continue
         for key in ("name", "supercategory"):
@@ -71,7 +72,7 @@ def check_fashionpedia(data: Any, where: str) -> list[Problem]:
             problems.append(Problem("bad_format", w, "must be an object"))
             continue
         ids = ann.get("attribute_ids", [])
-        if not isinstance(ids, list) or not all(_is_int(v) for v in ids):
+        if not isinstance(ids, list) or not all(is_int(v) for v in ids):
             problems.append(Problem("bad_format", f"{w}.attribute_ids", f"must be a list of integers, got {ids!r}"))
             continue
         for k, v in enumerate(ids):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from workbench.data.problems import DataError, Problem
 
-__all__ = ["data_record", "read_json", "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["data_record", "read_json", "write_bytes_atomic", "write_folder_atomic", "write_json_atomic"]
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -86,3 +87,42 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = No
     """Serialise first (so an unserialisable object never touches the disk), then write atomically."""
     data = json.dumps(obj, indent=indent, ensure_ascii=False).encode("utf-8")
     write_bytes_atomic(path, data)
+
+
+def write_folder_atomic(path: str | os.PathLike, fill: Callable[[Path], None], markers: tuple[str, ...]) -> None:
+    """Build a whole output folder in a temporary sibling (`fill(tmp)`), then rename it to `path`: on any error
+    nothing is left behind and an earlier output stays as it was. An existing `path` is replaced only when it
+    is empty or an earlier output (it holds every one of `markers`), so a user's other folder is never deleted."""
+    from workbench.data.problems import DataError, Problem
+
+    path = Path(path)
+    ours = path.is_dir() and (not any(path.iterdir()) or all((path / m).exists() for m in markers))
+    if path.exists() and not ours:
+        raise DataError([Problem("output_exists", str(path), f"exists and is not an earlier output (no "
+                                 f"{' + '.join(markers)}); choose a new folder or remove it")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like any other folder
+        fill(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old.tmp", dir=path.parent))
+            os.replace(path, old / "previous")
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and (old / "previous").exists() and not path.exists():
+            os.replace(old / "previous", path)  # put the earlier output back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

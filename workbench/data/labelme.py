@@ -1,7 +1,8 @@
 """labelme JSON -> COCO-with-attributes.
 
 One labelme file per image. Each shape becomes (part of) an instance: shapes sharing a `group_id` and a
-category are parts of one object and are merged into one mask. Masks are rasterised here exactly as labelme
+category are parts of one object and are merged into one mask; all shapes of a stuff category (`isthing: false`)
+in a file are its one region. Masks are rasterised here exactly as labelme
 draws them and stored as RLE, so `pycocotools.COCO.annToMask` returns the pixels we drew.
 
 Attributes can be written three ways; the schema's `attribute_sources` says which are allowed:
@@ -17,136 +18,47 @@ any, `DataError` lists them all and nothing is written.
 """
 from __future__ import annotations
 
-import base64
-import io
-import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from workbench.data.io import read_json, remove_stale_temps
+from workbench.data.labelme_shapes import Degenerate, Unsupported, shape_to_mask
 from workbench.data.masks import mask_to_rle, rle_area, rle_bbox
 from workbench.data.problems import DataError, Problem
-from workbench.data.schema import Schema, save_coco
+from workbench.data.schema import Category, Schema, save_coco
 
-__all__ = ["convert_labelme", "labelme_files", "read_labelme_file", "shape_to_mask"]
+__all__ = ["LabelmeShape", "convert_labelme", "labelme_files", "read_labelme_file", "read_labelme_shapes",
+           "shape_to_mask"]
 
-SHAPE_TYPES = ("polygon", "rectangle", "circle", "mask", "oriented_rectangle")
 _EMBEDDED_HINT = "; the JSON embeds imageData: save that image as a file and point imagePath at it"
 _OUTSIDE_TOLERANCE = 1.0  # px: labelme clamps points to the image, so anything further out means a wrong size
 
 
 def labelme_files(root: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
-    """Every `*.json` under `root` (recursively, sorted), except `exclude` (e.g. the output file)."""
+    """Every `*.json` under `root` (recursively, sorted), except `exclude` (the output file, or the output
+    folder with everything in it and the temporary folders it is written through) and earlier panoptic
+    outputs (panoptic.json beside its panoptic/ PNG folder)."""
     root = Path(root)
     excluded = Path(exclude).resolve() if exclude is not None else None
-    return [p for p in sorted(root.rglob("*.json")) if excluded is None or p.resolve() != excluded]
 
+    def kept(p: Path) -> bool:
+        if p.name == "panoptic.json" and (p.parent / "panoptic").is_dir():  # a panoptic conversion's output
+            return False
+        if excluded is None:
+            return True
+        r = p.resolve()
+        if r == excluded or excluded in r.parents:
+            return False
+        return not any(q.parent == excluded.parent and q.name.startswith(f".{excluded.name}.") for q in r.parents)
 
-def shape_to_mask(shape: dict, height: int, width: int) -> np.ndarray:
-    """One labelme shape -> (H, W) bool, drawn the way labelme draws it.
-
-    Polygons and rectangles include their outline; an oriented rectangle is a 4-point polygon; a circle is
-    `points[0]` = centre, `points[1]` on the rim; a "mask" shape is a base64 PNG placed at the box
-    `points[0]`..`points[1]` (see `_mask_shape` for fractional corners).
-    Raises ValueError (with a message for the user) on malformed shapes.
-    """
-    kind = shape.get("shape_type") or "polygon"
-    points = shape.get("points")
-    if not isinstance(points, list) or not all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_number(v) for v in p) for p in points
-    ):
-        raise ValueError("'points' must be a list of [x, y] numbers")
-    xy = [(float(x), float(y)) for x, y in points]
-    if kind == "mask":
-        return _mask_shape(shape, xy, height, width)
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    if kind == "polygon":
-        if len(xy) < 3:
-            raise _Degenerate(f"polygon has {len(xy)} point(s); needs at least 3")
-        if _polygon_area(xy) == 0:
-            raise _Degenerate("polygon has zero area (all points on a line)")
-        draw.polygon(xy, fill=1, outline=1)
-    elif kind == "rectangle":
-        if len(xy) != 2:
-            raise ValueError(f"rectangle needs 2 points (opposite corners), got {len(xy)}")
-        (x0, y0), (x1, y1) = xy
-        if x0 == x1 or y0 == y1:
-            raise _Degenerate("rectangle has zero width or height")
-        draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=1, outline=1)
-    elif kind == "oriented_rectangle":
-        if len(xy) != 4:
-            raise ValueError(f"oriented_rectangle needs 4 points (its corners in order), got {len(xy)}")
-        if _polygon_area(xy) == 0:
-            raise _Degenerate("oriented_rectangle has zero area")
-        draw.polygon(xy, fill=1, outline=1)
-    elif kind == "circle":
-        if len(xy) != 2:
-            raise ValueError(f"circle needs 2 points (centre, a point on the rim), got {len(xy)}")
-        (cx, cy), (px, py) = xy
-        r = math.hypot(px - cx, py - cy)
-        if r == 0:
-            raise _Degenerate("circle has zero radius")
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1, outline=1)
-    else:
-        raise _Unsupported(f"shape_type {kind!r} is not an instance shape; supported: {list(SHAPE_TYPES)}")
-    return np.asarray(canvas, dtype=bool)
-
-
-class _Degenerate(ValueError):
-    """A shape that encloses no area."""
-
-
-class _Unsupported(ValueError):
-    """A labelme shape that is not a region (line, linestrip, point, ...)."""
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _polygon_area(xy: list[tuple[float, float]]) -> float:
-    x = np.array([p[0] for p in xy])
-    y = np.array([p[1] for p in xy])
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
-def _mask_shape(shape: dict, xy, height: int, width: int) -> np.ndarray:
-    if len(xy) != 2:
-        raise ValueError(f"mask shape needs 2 points (box corners), got {len(xy)}")
-    if not isinstance(shape.get("mask"), str):
-        raise ValueError("mask shape needs 'mask': a base64-encoded PNG")
-    try:
-        region = Image.open(io.BytesIO(base64.b64decode(shape["mask"], validate=True)))
-        region = np.asarray(region.convert("L")) > 0
-    except Exception as e:  # binascii.Error, PIL.UnidentifiedImageError, ...: all mean "not a PNG in base64"
-        raise ValueError(f"'mask' is not a base64-encoded image ({type(e).__name__}: {e})") from None
-    # As labelme places it (examples/utils.py): corners rounded (numpy's half-to-even); with integer corners the
-    # box is the inclusive corners and a larger stored image is cropped to it; with fractional ones (released
-    # labelme versions write them) the stored image keeps its own size from the rounded top-left corner.
-    corners = np.asarray(xy, dtype=float)
-    (x0, y0), (x1, y1) = np.round(corners).astype(int).tolist()
-    x0, x1 = sorted((x0, x1))
-    y0, y1 = sorted((y0, y1))
-    if np.array_equal(corners, np.trunc(corners)):
-        box_h, box_w = y1 - y0 + 1, x1 - x0 + 1
-        if region.shape[0] < box_h or region.shape[1] < box_w:
-            raise ValueError(f"'mask' image is {region.shape[1]}x{region.shape[0]} (w x h) but its box "
-                             f"{x0},{y0}..{x1},{y1} is {box_w}x{box_h}")
-        region = region[:box_h, :box_w]
-    x1, y1 = x0 + region.shape[1] - 1, y0 + region.shape[0] - 1
-    full = np.zeros((height, width), dtype=bool)
-    # the part of the box inside the image
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1 + 1, width), min(y1 + 1, height)
-    if sx0 < sx1 and sy0 < sy1:
-        full[sy0:sy1, sx0:sx1] = region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
-    return full
+    return [p for p in sorted(root.rglob("*.json")) if kept(p)]
 
 
 # --- attributes ------------------------------------------------------------------------------------------------
@@ -283,11 +195,21 @@ def _safe_image_path(image_path: Any, json_path: Path, root: Path, where: str, p
     return PurePosixPath(Path(os.path.relpath(joined, root_abs))).as_posix()
 
 
-def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Problem]) -> tuple[dict, list[dict]] | None:
-    """One labelme JSON -> (COCO image record without id, [COCO annotations without ids]); None if unusable.
+@dataclass
+class LabelmeShape:
+    """One region shape of a labelme file, rasterised: `category` None = an ignore label (`__ignore__`)."""
 
-    Problems are appended to `problems` (all of them, not just the first).
-    """
+    index: int
+    mask: np.ndarray  # (H, W) bool
+    category: Category | None
+    attributes: _Attributes | None
+    group_id: int | None
+
+
+def read_labelme_shapes(path: Path, root: Path, schema: Schema,
+                        problems: list[Problem]) -> tuple[dict, list[LabelmeShape]] | None:
+    """One labelme JSON -> (image record {file_name, height, width}, its region shapes in file order, i.e.
+    labelme's painting order); None if the file has any problem (all appended to `problems`)."""
     try:
         doc = read_json(path)
     except DataError as e:
@@ -308,9 +230,7 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
     _check_image_size(root / file_name, width, height, where, problems, embedded=bool(doc.get("imageData")))
     if len(problems) > start:
         return None
-
-    instances: dict[tuple, tuple[np.ndarray, _Attributes, int]] = {}  # key -> (mask, attributes, category id)
-    ignore = np.zeros((height, width), dtype=bool)
+    shapes = []
     for i, shape in enumerate(doc["shapes"]):
         w = f"{where}: shapes[{i}]"
         if not isinstance(shape, dict):
@@ -319,7 +239,7 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
         w = f"{where}: shapes[{i}] ({shape.get('label')!r}, {shape.get('shape_type') or 'polygon'})"
         if isinstance(shape.get("label"), str) and shape["label"].strip() in schema.ignore_labels:
             try:
-                ignore |= shape_to_mask(shape, height, width)
+                shapes.append(LabelmeShape(i, shape_to_mask(shape, height, width), None, None, None))
             except ValueError as e:  # degenerate or unsupported: reported like any shape
                 problems.append(Problem("bad_shape", w, str(e)))
             continue
@@ -330,10 +250,10 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
                                     f"{schema.category_names}"))
         try:
             mask = shape_to_mask(shape, height, width)
-        except _Degenerate as e:
+        except Degenerate as e:
             problems.append(Problem("degenerate_shape", w, str(e)))
             continue
-        except _Unsupported as e:
+        except Unsupported as e:
             problems.append(Problem("unsupported_shape", w, str(e)))
             continue
         except ValueError as e:
@@ -354,16 +274,39 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
         if group is not None and (not isinstance(group, int) or isinstance(group, bool)):
             problems.append(Problem("bad_shape", w, f"'group_id' must be an integer or null, got {group!r}"))
             continue
-        key = (category.id, group) if group is not None else ("shape", i)
-        if key in instances:
-            prev_mask, prev_attrs, _ = instances[key]
-            prev_attrs.merge(attrs)
-            instances[key] = (prev_mask | mask, prev_attrs, category.id)
-        else:
-            instances[key] = (mask, attrs, category.id)
+        shapes.append(LabelmeShape(i, mask, category, attrs, group))
     if len(problems) > start:
         return None
-    image = {"file_name": file_name, "height": height, "width": width}
+    return {"file_name": file_name, "height": height, "width": width}, shapes
+
+
+def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Problem]) -> tuple[dict, list[dict]] | None:
+    """One labelme JSON -> (COCO image record without id, [COCO annotations without ids]); None if unusable.
+
+    Problems are appended to `problems` (all of them, not just the first).
+    """
+    start = len(problems)
+    result = read_labelme_shapes(path, root, schema, problems)
+    if result is None:
+        return None
+    image, shapes = result
+    instances: dict[tuple, tuple[np.ndarray, _Attributes, int]] = {}  # key -> (mask, attributes, category id)
+    ignore = np.zeros((image["height"], image["width"]), dtype=bool)
+    for shape in shapes:
+        if shape.category is None:
+            ignore |= shape.mask
+            continue
+        key = (shape.category.id, shape.group_id) if shape.group_id is not None else ("shape", shape.index)
+        if not shape.category.isthing:  # a stuff category has one region per image
+            key = ("stuff", shape.category.id)
+        if key in instances:
+            prev_mask, prev_attrs, _ = instances[key]
+            prev_attrs.merge(shape.attributes)
+            instances[key] = (prev_mask | shape.mask, prev_attrs, shape.category.id)
+        else:
+            instances[key] = (shape.mask, shape.attributes, shape.category.id)
+    if len(problems) > start:
+        return None
     annotations = []
     for mask, attrs, category_id in instances.values():
         rle = mask_to_rle(mask)

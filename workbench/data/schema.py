@@ -23,6 +23,7 @@ The YAML schema file (see data/schema.yaml) names the vocabularies and which lab
 attributes:
 
     categories: [circle, square, triangle]        # ids 1..C in this order, or [{id: 7, name: circle}, ...]
+                                                  # stuff: {name: sky, isthing: false} (id optional: its position)
     attributes: {color: [red, green, blue], size: [small, medium, large],
                  pattern: {values: [stripes, dots, outline], kind: multi}}
     attribute_sources: [flags, label, description]
@@ -31,7 +32,9 @@ attributes:
 Ignore regions (labelme's `__ignore__`, e.g. a crowd nobody outlined one by one) are stored as COCO
 `iscrowd: 1` annotations, one per category with the same mask, so COCOeval ignores a detection of any
 category there; they are neither instances nor false positives, and training samples no mask-loss point on
-them. `load_labels_txt` reads labelme's plain `labels.txt` (`__ignore__`, `_background_`, then categories).
+them. Stuff categories (`isthing: false`, COCO panoptic's flag; see categories.py) have one region per
+image; `Schema.stuff_classes` gives their model labels (`ModelConfig.stuff_classes`). `load_labels_txt` reads
+labelme's plain `labels.txt` (`__ignore__`, `_background_`, then categories).
 """
 from __future__ import annotations
 
@@ -42,6 +45,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from workbench.data.categories import (ATTRIBUTE_SOURCES, UNLABELED, AttributeVocab, Category, attribute_header,
+                                       attribute_value_problems, category_header, category_of, check_isthing,
+                                       check_vocabularies, is_int, vocab_of)
 from workbench.data.io import read_json, write_json_atomic
 from workbench.data.problems import DataError, Problem
 
@@ -57,37 +63,8 @@ __all__ = [
     "save_coco",
 ]
 
-ATTRIBUTE_SOURCES = ("flags", "label", "description")
-UNLABELED = -1
 IGNORE_LABELS = ("__ignore__",)
 BACKGROUND_LABEL = "_background_"  # the second line of labelme's labels.txt: not a category
-
-
-@dataclass(frozen=True)
-class Category:
-    id: int
-    name: str
-
-
-@dataclass(frozen=True)
-class AttributeVocab:
-    """One attribute group and its values; the value with id k is `values[k]`.
-
-    kind: "single" (one value per instance) or "multi" (any subset); source_ids: the values' ids in the dataset
-    they were imported from (empty = none).
-    """
-
-    name: str
-    values: tuple[str, ...]
-    kind: str = "single"
-    source_ids: tuple[int, ...] = ()
-
-    @property
-    def multi(self) -> bool:
-        return self.kind == "multi"
-
-    def value_id(self, value: str) -> int:
-        return self.values.index(value)
 
 
 @dataclass(frozen=True)
@@ -100,7 +77,7 @@ class Schema:
     ignore_labels: tuple[str, ...] = IGNORE_LABELS
 
     def __post_init__(self) -> None:
-        problems = _check_vocabularies(self.categories, self.attributes, self.attribute_sources, "schema")
+        problems = check_vocabularies(self.categories, self.attributes, self.attribute_sources, "schema")
         problems += _check_ignore_labels(self.ignore_labels, self.categories, "schema")
         if problems:
             raise DataError(problems)
@@ -147,16 +124,29 @@ class Schema:
     def single_label_names(self) -> list[str]:
         return [a.name for a in self.attributes if not a.multi]
 
+    @property
+    def stuff_classes(self) -> tuple[int, ...]:
+        """Model labels (0..C-1) of the stuff categories: `ModelConfig.stuff_classes`."""
+        return tuple(i for i, c in enumerate(self.categories) if not c.isthing)
+
+    @property
+    def has_stuff(self) -> bool:
+        return any(not c.isthing for c in self.categories)
+
     def model_fields(self) -> dict[str, Any]:
-        """The `ModelConfig` fields the data decides: {"num_classes": C, "attributes": {name: [values]}}."""
-        return {"num_classes": len(self.categories), "attributes": self.model_attributes()}
+        """The `ModelConfig` fields the data decides: {"num_classes": C, "attributes": {name: [values]}} and,
+        when some category is stuff, "stuff_classes" (left out otherwise: an all-thing config stays as it was)."""
+        fields: dict[str, Any] = {"num_classes": len(self.categories), "attributes": self.model_attributes()}
+        if self.has_stuff:
+            fields["stuff_classes"] = self.stuff_classes
+        return fields
 
     # --- conversions ----------------------------------------------------------------------------------------
     def coco_header(self) -> dict[str, Any]:
         """The `categories` and `attributes` blocks of a COCO-with-attributes file."""
         return {
-            "categories": [{"id": c.id, "name": c.name, "supercategory": ""} for c in self.categories],
-            "attributes": [_attribute_header(a) for a in self.attributes],
+            "categories": [category_header(c, self.has_stuff) for c in self.categories],
+            "attributes": [attribute_header(a) for a in self.attributes],
         }
 
     @classmethod
@@ -165,35 +155,20 @@ class Schema:
         problems = check_coco_header(data, where)
         if problems:
             raise DataError(problems)
-        categories = tuple(Category(int(c["id"]), c["name"]) for c in data["categories"])
-        attributes = tuple(_vocab_of(a) for a in data.get("attributes", []))
+        categories = tuple(category_of(c) for c in data["categories"])
+        attributes = tuple(vocab_of(a) for a in data.get("attributes", []))
         return cls(categories, attributes)
 
     def to_yaml(self) -> str:
         doc = {
-            "categories": [{"id": c.id, "name": c.name} for c in self.categories],
+            "categories": [{"id": c.id, "name": c.name, **({} if c.isthing else {"isthing": False})}
+                           for c in self.categories],
             "attributes": self.model_attributes(),
             "attribute_sources": list(self.attribute_sources),
         }
         if self.ignore_labels != IGNORE_LABELS:
             doc["ignore_labels"] = list(self.ignore_labels)
         return yaml.safe_dump(doc, sort_keys=False)
-
-
-def _attribute_header(a: AttributeVocab) -> dict[str, Any]:
-    values = [{"id": k, "name": v} for k, v in enumerate(a.values)]
-    if a.source_ids:
-        values = [dict(v, source_id=s) for v, s in zip(values, a.source_ids)]
-    header = {"name": a.name, "values": values}
-    if a.multi:  # single groups are written exactly as before the kind existed
-        header = {"name": a.name, "kind": "multi", "values": values}
-    return header
-
-
-def _vocab_of(a: Mapping[str, Any]) -> AttributeVocab:
-    values = sorted(a["values"], key=lambda v: v["id"])
-    source_ids = tuple(v["source_id"] for v in values) if values and all("source_id" in v for v in values) else ()
-    return AttributeVocab(a["name"], tuple(v["name"] for v in values), a.get("kind", "single"), source_ids)
 
 
 # --- YAML schema file -----------------------------------------------------------------------------------------
@@ -233,7 +208,7 @@ def load_labels_txt(path: str | os.PathLike, schema: Schema | None = None) -> Sc
     if not names:
         raise DataError([Problem("bad_schema", str(path), "no category names (only __ignore__/_background_ lines)")])
     categories = tuple(Category(i + 1, name) for i, name in enumerate(names))
-    problems = _check_vocabularies(categories, (), (), str(path))
+    problems = check_vocabularies(categories, (), (), str(path))
     if schema is not None and schema.category_names != names:
         problems.append(Problem("schema_mismatch", str(path), f"categories {names} differ from the schema's "
                                 f"{schema.category_names}; give one list (drop --labels or the schema's categories)"))
@@ -261,11 +236,12 @@ def schema_from_dict(doc: Any, where: str = "schema") -> Schema:
     for i, c in enumerate(raw_cats):
         if isinstance(c, str):
             categories.append(Category(i + 1, c))
-        elif isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str):
-            categories.append(Category(c["id"], c["name"]))
+        elif (isinstance(c, dict) and is_int(c.get("id", i + 1)) and isinstance(c.get("name"), str)
+              and isinstance(c.get("isthing", True), bool) and not set(c) - {"id", "name", "isthing"}):
+            categories.append(Category(c.get("id", i + 1), c["name"], c.get("isthing", True)))
         else:
-            problems.append(Problem("bad_schema", f"{where}: categories[{i}]",
-                                    f"expected a name or {{id: int, name: str}}, got {c!r}"))
+            problems.append(Problem("bad_schema", f"{where}: categories[{i}]", "expected a name or {id: int, "
+                                    f"name: str, isthing: true | false}} (id and isthing optional), got {c!r}"))
     attributes: list[AttributeVocab] = []
     raw_attrs = doc.get("attributes", {}) or {}
     if not isinstance(raw_attrs, dict):
@@ -289,7 +265,7 @@ def schema_from_dict(doc: Any, where: str = "schema") -> Schema:
     if not isinstance(sources, list):
         problems.append(Problem("bad_schema", f"{where}: attribute_sources", f"expected a subset of {list(ATTRIBUTE_SOURCES)}"))
         sources = []
-    problems += _check_vocabularies(categories, attributes, sources, where)
+    problems += check_vocabularies(categories, attributes, sources, where)
     ignore = doc.get("ignore_labels", list(IGNORE_LABELS))
     if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
         problems.append(Problem("bad_schema", f"{where}: ignore_labels", "expected a list of labels, e.g. [__ignore__]"))
@@ -307,44 +283,6 @@ def _check_ignore_labels(ignore, categories, where: str) -> list[Problem]:
     return []
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_vocabularies(categories, attributes, sources, where: str) -> list[Problem]:
-    problems = []
-    ids = [c.id for c in categories]
-    names = [c.name for c in categories]
-    for dup in sorted({i for i in ids if ids.count(i) > 1}):
-        problems.append(Problem("duplicate_id", f"{where}: categories", f"category id {dup} appears twice"))
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(Problem("duplicate_name", f"{where}: categories", f"category name {dup!r} appears twice"))
-    for c in categories:
-        if not c.name or c.name != c.name.strip() or "=" in c.name:
-            problems.append(Problem("bad_name", f"{where}: categories",
-                                    f"category name {c.name!r} must be non-empty, without '=' or edge spaces"))
-    anames = [a.name for a in attributes]
-    for dup in sorted({n for n in anames if anames.count(n) > 1}):
-        problems.append(Problem("duplicate_name", f"{where}: attributes", f"attribute {dup!r} appears twice"))
-    for a in attributes:
-        if not a.name.isidentifier():
-            problems.append(Problem("bad_name", f"{where}: attributes.{a.name}",
-                                    "attribute names must be identifiers (they become head names)"))
-        if not a.values:
-            problems.append(Problem("bad_schema", f"{where}: attributes.{a.name}", "needs at least one value"))
-        for dup in sorted({v for v in a.values if a.values.count(v) > 1}):
-            problems.append(Problem("duplicate_name", f"{where}: attributes.{a.name}", f"value {dup!r} appears twice"))
-        for v in a.values:
-            if not v or any(ch.isspace() for ch in v) or "=" in v or "," in v:
-                problems.append(Problem("bad_name", f"{where}: attributes.{a.name}",
-                                        f"value {v!r} must be a non-empty word without spaces, '=' or ','"))
-    for s in sources:
-        if s not in ATTRIBUTE_SOURCES:
-            problems.append(Problem("bad_schema", f"{where}: attribute_sources",
-                                    f"unknown source {s!r}; allowed: {list(ATTRIBUTE_SOURCES)}"))
-    return problems
-
-
 # --- COCO-with-attributes files --------------------------------------------------------------------------------
 def check_coco_header(data: Any, where: str = "coco") -> list[Problem]:
     """Top-level structure, categories and attribute vocabularies (the part everything else depends on)."""
@@ -359,15 +297,16 @@ def check_coco_header(data: Any, where: str = "coco") -> list[Problem]:
     if problems:
         return problems
     for i, c in enumerate(data["categories"]):
-        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
+        if not (isinstance(c, dict) and is_int(c.get("id")) and isinstance(c.get("name"), str)):
             problems.append(Problem("bad_format", f"{where}: categories[{i}]", "needs integer 'id' and string 'name'"))
+    problems += check_isthing(data["categories"], where)
     for i, a in enumerate(data.get("attributes", [])):
         w = f"{where}: attributes[{i}]"
         if not (isinstance(a, dict) and isinstance(a.get("name"), str) and isinstance(a.get("values"), list)):
             problems.append(Problem("bad_format", w, "needs string 'name' and list 'values'"))
             continue
         w = f"{where}: attributes[{i}] ({a['name']})"
-        if not all(isinstance(v, dict) and _is_int(v.get("id")) and isinstance(v.get("name"), str) for v in a["values"]):
+        if not all(isinstance(v, dict) and is_int(v.get("id")) and isinstance(v.get("name"), str) for v in a["values"]):
             problems.append(Problem("bad_format", w, "every value needs integer 'id' and string 'name'"))
             continue
         if a.get("kind", "single") not in ("single", "multi"):
@@ -382,31 +321,7 @@ def check_coco_header(data: Any, where: str = "coco") -> list[Problem]:
         return problems
     cats = [Category(c["id"], c["name"]) for c in data["categories"]]
     attrs = [AttributeVocab(a["name"], tuple(v["name"] for v in a["values"])) for a in data.get("attributes", [])]
-    return _check_vocabularies(cats, attrs, ATTRIBUTE_SOURCES, where)
-
-
-def _attribute_value_problems(value: Any, k: int, multi: bool, where: str) -> list[Problem]:
-    """One annotation's value for one group: an id (single) or a list of distinct ids (multi); -1 = unlabeled."""
-    if multi:
-        if _is_int(value) and value == UNLABELED:
-            return []
-        if not isinstance(value, list) or not all(_is_int(v) for v in value):
-            return [Problem("bad_format", where, f"multi-label group: expected a list of value ids (or -1 = "
-                            f"unlabeled), got {value!r}")]
-        bad = [v for v in value if not 0 <= v < k]
-        if bad:
-            return [Problem("id_out_of_range", where, f"value ids {bad} outside 0..{k - 1}")]
-        if len(set(value)) != len(value):
-            return [Problem("duplicate_id", where, f"value ids {value} repeat an id")]
-        return []
-    if isinstance(value, list):
-        return [Problem("bad_format", where, f"got the list {value!r} but this group is single-label; give one "
-                        "value id, or mark the group '\"kind\": \"multi\"' in the file's 'attributes'")]
-    if not _is_int(value):
-        return [Problem("bad_format", where, f"value id must be an integer, got {value!r}")]
-    if not (value == UNLABELED or 0 <= value < k):
-        return [Problem("id_out_of_range", where, f"value id {value} outside 0..{k - 1} (or -1 = unlabeled)")]
-    return []
+    return check_vocabularies(cats, attrs, ATTRIBUTE_SOURCES, where)
 
 
 def check_coco(data: Any, where: str = "coco") -> list[Problem]:
@@ -421,7 +336,7 @@ def check_coco(data: Any, where: str = "coco") -> list[Problem]:
     image_ids: set[int] = set()
     for i, im in enumerate(data["images"]):
         w = f"{where}: images[{i}]"
-        if not isinstance(im, dict) or not _is_int(im.get("id")):
+        if not isinstance(im, dict) or not is_int(im.get("id")):
             problems.append(Problem("bad_format", w, "needs an integer 'id'"))
             continue
         w = f"{where}: images[{i}] (id {im['id']})"
@@ -431,7 +346,7 @@ def check_coco(data: Any, where: str = "coco") -> list[Problem]:
         if not isinstance(im.get("file_name"), str) or not im["file_name"]:
             problems.append(Problem("bad_format", w, "needs a string 'file_name'"))
         for key in ("height", "width"):
-            if not _is_int(im.get(key)) or im[key] <= 0:
+            if not is_int(im.get(key)) or im[key] <= 0:
                 problems.append(Problem("bad_format", f"{w}.{key}", f"must be a positive integer, got {im.get(key)!r}"))
     category_ids = {c["id"] for c in data["categories"]}
     vocab = {a["name"]: len(a["values"]) for a in data.get("attributes", [])}
@@ -439,16 +354,16 @@ def check_coco(data: Any, where: str = "coco") -> list[Problem]:
     ann_ids: set[int] = set()
     for i, ann in enumerate(data["annotations"]):
         w = f"{where}: annotations[{i}]"
-        if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+        if not isinstance(ann, dict) or not is_int(ann.get("id")):
             problems.append(Problem("bad_format", w, "needs an integer 'id'"))
             continue
         w = f"{where}: annotations[{i}] (id {ann['id']})"
         if ann["id"] in ann_ids:
             problems.append(Problem("duplicate_id", w, f"annotation id {ann['id']} appears twice"))
         ann_ids.add(ann["id"])
-        if not _is_int(ann.get("image_id")) or ann["image_id"] not in image_ids:
+        if not is_int(ann.get("image_id")) or ann["image_id"] not in image_ids:
             problems.append(Problem("unknown_image", f"{w}.image_id", f"no image with id {ann.get('image_id')!r}"))
-        if not _is_int(ann.get("category_id")) or ann["category_id"] not in category_ids:
+        if not is_int(ann.get("category_id")) or ann["category_id"] not in category_ids:
             problems.append(Problem("unknown_category", f"{w}.category_id",
                                     f"no category with id {ann.get('category_id')!r}; known: {sorted(category_ids)}"))
         if "segmentation" not in ann:
@@ -462,7 +377,7 @@ def check_coco(data: Any, where: str = "coco") -> list[Problem]:
                 problems.append(Problem("unknown_attribute", f"{w}.attributes.{name}",
                                         f"attribute {name!r} is not in the file's 'attributes'; known: {list(vocab)}"))
             else:
-                problems += _attribute_value_problems(value, vocab[name], name in multi, f"{w}.attributes.{name}")
+                problems += attribute_value_problems(value, vocab[name], name in multi, f"{w}.attributes.{name}")
     return problems
 
 
@@ -492,12 +407,15 @@ def check_schema_matches(data: dict, schema: Schema, where: str) -> None:
     """A given schema must describe the file's vocabularies, else labels/attribute ids would mean other things."""
     file_schema = Schema.from_coco(data, where)
     problems = []
-    if [(c.id, c.name) for c in file_schema.categories] != [(c.id, c.name) for c in schema.categories]:
+    if file_schema.categories != schema.categories:  # ids, names and isthing
         problems.append(Problem("schema_mismatch", f"{where}: categories",
-                                f"file has {[(c.id, c.name) for c in file_schema.categories]}, schema has "
-                                f"{[(c.id, c.name) for c in schema.categories]}"))
+                                f"file has {_id_names(file_schema)}, schema has {_id_names(schema)}"))
     if file_schema.model_attributes() != schema.model_attributes():
         problems.append(Problem("schema_mismatch", f"{where}: attributes",
                                 f"file has {file_schema.model_attributes()}, schema has {schema.model_attributes()}"))
     if problems:
         raise DataError(problems)
+
+
+def _id_names(schema: Schema) -> list[tuple]:
+    return [(c.id, c.name) if c.isthing else (c.id, c.name, "stuff") for c in schema.categories]

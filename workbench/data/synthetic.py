@@ -11,6 +11,12 @@ Everything follows from the seed (one `numpy.random.Generator` per image).
 Optional (`SynthConfig(patterns=True)`, off by default so the demo and data/sample stay as they are): a
 multi-label group `pattern` = any subset of {stripes, dots, outline}, drawn on the object and written as one
 flag per value (`pattern=stripes`); an object with no pattern carries no flag, i.e. the group is unlabeled.
+
+Optional (`SynthConfig(stuff=True)`, `workbench data synth --task panoptic|semantic`): two stuff categories
+behind the shapes, `sky` above a random horizon and `ground` below it (labelme rectangles, painted first so the
+shapes cover them), each with the attribute `tone` (light / dark, a visibly different grey); things leave
+`tone` unlabeled. Every pixel is then labelled, so the panoptic and semantic demos have no void. With
+`stuff=False` the generator draws exactly the same numbers as before (the instance demo's files are unchanged).
 """
 from __future__ import annotations
 
@@ -40,15 +46,21 @@ COLORS = {"red": (210, 40, 40), "green": (40, 170, 60), "blue": (45, 75, 215)}
 # equivalent radius sqrt(area / pi) as a fraction of the image side; bins far apart so size is unambiguous
 SIZES = {"small": (0.055, 0.07), "medium": (0.10, 0.12), "large": (0.16, 0.19)}
 PATTERNS = ("stripes", "dots", "outline")  # the optional multi-label group
+STUFF = ("sky", "ground")  # the optional stuff categories
+TONES = {("sky", "light"): 200.0, ("sky", "dark"): 110.0, ("ground", "light"): 160.0, ("ground", "dark"): 60.0}
 
 
-def synthetic_schema(patterns: bool = False) -> Schema:
+def synthetic_schema(patterns: bool = False, stuff: bool = False) -> Schema:
     """The schema of the synthetic shapes (data/schema.yaml holds the same, tests check they agree);
-    `patterns` adds the multi-label group `pattern`."""
+    `patterns` adds the multi-label group `pattern`, `stuff` the stuff categories sky / ground and `tone`."""
     attributes = (AttributeVocab("color", tuple(COLORS)), AttributeVocab("size", tuple(SIZES)))
     if patterns:
         attributes += (AttributeVocab("pattern", PATTERNS, kind="multi"),)
-    return Schema(categories=tuple(Category(i + 1, name) for i, name in enumerate(CATEGORIES)), attributes=attributes)
+    categories = tuple(Category(i + 1, name) for i, name in enumerate(CATEGORIES))
+    if stuff:
+        categories += tuple(Category(len(CATEGORIES) + i + 1, name, isthing=False) for i, name in enumerate(STUFF))
+        attributes += (AttributeVocab("tone", ("light", "dark")),)
+    return Schema(categories=categories, attributes=attributes)
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class SynthConfig:
     color_jitter: int = 15  # +- per channel around the base colour
     placement_tries: int = 50
     patterns: bool = False  # add the multi-label group `pattern` (stripes / dots / outline, any subset)
+    stuff: bool = False  # add the stuff categories sky / ground (attribute `tone`) behind the shapes
 
     def __post_init__(self) -> None:
         if self.image_size < 32:
@@ -84,6 +97,7 @@ class SyntheticImage:
     colors: list[str]
     sizes: list[str]
     patterns: list[tuple[str, ...]] | None = None  # per object, when SynthConfig.patterns
+    stuff: list[tuple[str, str]] | None = None  # (category, tone) per band, when SynthConfig.stuff
 
 
 def _outline(category: str, cx: float, cy: float, r_eq: float, angle: float) -> list[tuple[float, float]]:
@@ -131,6 +145,7 @@ def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Sy
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
     gradient = rng.uniform(-20, 20) * (xx - 0.5) + rng.uniform(-20, 20) * (yy - 0.5)
     background = base + gradient[..., None] + rng.normal(0, cfg.noise_std, (s, s, 3))
+    bands = _stuff_bands(rng, background, base, s) if cfg.stuff else []
 
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     full_masks: list[np.ndarray] = []
@@ -188,13 +203,28 @@ def make_image(rng: np.random.Generator, cfg: SynthConfig = SynthConfig()) -> Sy
         shapes.append(shape)
     return SyntheticImage(
         image=image,
-        shapes=shapes,
+        shapes=[shape for shape, _ in bands] + shapes,  # painted first: the shapes cover them
         masks=np.stack(visible) if visible else np.zeros((0, s, s), bool),
         categories=[o[0] for o in objects],
         colors=[o[1] for o in objects],
         sizes=[o[2] for o in objects],
         patterns=patterns if cfg.patterns else None,
+        stuff=[band for _, band in bands] if cfg.stuff else None,
     )
+
+
+def _stuff_bands(rng: np.random.Generator, background: np.ndarray, base: float, s: int) -> list[tuple[dict, tuple]]:
+    """Sky above a random horizon, ground below, each a tone of grey (in place on `background`), as labelme
+    rectangles -> [(shape, (category, tone))]. The pixels are the converter's rasterisation of the rectangles."""
+    horizon = int(rng.integers(int(0.35 * s), int(0.65 * s) + 1))
+    out = []
+    for name, (y0, y1) in zip(STUFF, ((0, horizon - 1), (horizon, s - 1))):
+        tone = ("light", "dark")[int(rng.integers(2))]
+        shape = {"label": f"{name} tone={tone}", "points": [[0.0, float(y0)], [float(s - 1), float(y1)]],
+                 "group_id": None, "description": "", "shape_type": "rectangle", "flags": {}}
+        background[shape_to_mask(shape, s, s)] += TONES[(name, tone)] - base
+        out.append((shape, (name, tone)))
+    return out
 
 
 def _draw_patterns(image: np.ndarray, mask: np.ndarray, chosen: tuple[str, ...], yy: np.ndarray, xx: np.ndarray,
@@ -241,7 +271,7 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
         raise DataError([Problem("stale_output", str(out), f"{len(stale)} file(s) from an earlier, bigger run "
                                  f"(e.g. {stale[0]}.json); remove them or use an empty folder")])
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "schema.yaml", synthetic_schema(cfg.patterns).to_yaml().encode("utf-8"))
+    write_bytes_atomic(out / "schema.yaml", synthetic_schema(cfg.patterns, cfg.stuff).to_yaml().encode("utf-8"))
     paths = []
     for i in tqdm(range(num_images), desc="synth", unit="image", disable=not progress):
         sample = make_image(np.random.default_rng([seed, i]), cfg)
@@ -256,19 +286,41 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
 
 
 def synthetic_splits(data_dir: str | os.PathLike, train_images: int, val_images: int, image_size: int = 128,
-                     progress: bool = True, patterns: bool = False) -> tuple[Path, Path]:
-    """The shapes recipe end to end, as a user would run it: labelme files -> COCO-with-attributes ->
-    validated, for a train and a held-out split (seeds 1 and 2) under `data_dir`/{train,val}. Returns the two
-    coco.json paths (images are next to them). Raises if validation finds an error."""
+                     progress: bool = True, patterns: bool = False, task: str = "instance") -> tuple[Path, Path]:
+    """The shapes recipe end to end, as a user would run it, for a train and a held-out split (seeds 1 and 2)
+    under `data_dir`/{train,val}; images are in those folders. Per task, what is written and returned:
+    instance: labelme -> COCO-with-attributes, validated -> the two coco.json paths; panoptic (with stuff):
+    labelme -> `panoptic/panoptic.json` + PNGs, read back -> the two JSON paths; semantic (with stuff): labelme ->
+    `semantic/labels/*.png` + `semantic/classes.yaml`, read back -> the two `semantic` folders.
+    Raises if validation finds an error."""
     from workbench.data.labelme import convert_labelme
     from workbench.data.validate import validate_coco
 
-    schema = synthetic_schema(patterns)
+    if task not in ("instance", "panoptic", "semantic"):
+        raise UsageError(f"task must be instance, panoptic or semantic, got {task!r}")
+    stuff = task != "instance"
+    schema = synthetic_schema(patterns, stuff)
     paths = []
     for split, n, seed in (("train", train_images, 1), ("val", val_images, 2)):
         folder = Path(data_dir) / split
-        synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size, patterns=patterns),
+        synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size, patterns=patterns, stuff=stuff),
                    progress=progress)
+        if task == "panoptic":
+            from workbench.data.coco_panoptic import load_coco_panoptic
+            from workbench.data.labelme_maps import convert_labelme_panoptic
+
+            convert_labelme_panoptic(folder, schema, folder / "panoptic", progress=progress)
+            load_coco_panoptic(folder / "panoptic" / "panoptic.json", image_root=folder, schema=schema)
+            paths.append(folder / "panoptic" / "panoptic.json")
+            continue
+        if task == "semantic":
+            from workbench.data.labelme_maps import convert_labelme_semantic
+            from workbench.data.semantic_png import load_semantic
+
+            convert_labelme_semantic(folder, schema, folder / "semantic", progress=progress)
+            load_semantic(folder / "semantic" / "labels", folder, folder / "semantic" / "classes.yaml")
+            paths.append(folder / "semantic")
+            continue
         convert_labelme(folder, schema, folder / "coco.json", progress=progress)
         report = validate_coco(folder / "coco.json", images=folder, schema=schema, progress=progress)
         if not report.ok:

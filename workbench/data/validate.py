@@ -2,9 +2,10 @@
 
 Format and reference checks come from `schema.check_coco`; this adds geometry (degenerate polygons, empty or
 out-of-image masks, masks whose size disagrees with the image), image files (missing, unreadable, size
-differs from the JSON), agreement with a YAML schema, and images without instances (a warning: fine for
-negatives, usually a forgotten annotation). `workbench data validate` prints the report and exits non-zero on
-errors.
+differs from the JSON), agreement with a YAML schema, stuff categories with more than one region in an image,
+and images without instances (a warning: fine for negatives, usually a forgotten annotation). COCO panoptic files
+get the same report from `validate_coco_panoptic` (format, every PNG, image files). `workbench data validate`
+prints the report and exits non-zero on errors.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_coco_header
 
-__all__ = ["ValidationReport", "summary_table", "validate_coco"]
+__all__ = ["ValidationReport", "is_coco_panoptic", "stuff_region_problems", "summary_table", "validate_coco",
+           "validate_coco_panoptic"]
 
 _TOLERANCE = 1.0  # px beyond the image border still accepted for polygon points and boxes
 
@@ -88,6 +90,28 @@ def summary_table(data: dict, schema: Schema) -> pd.DataFrame:
             counts.loc[row, (a.name, label)] += 1
     counts.loc["total"] = counts.sum(axis=0)
     return counts
+
+
+def stuff_region_problems(data: dict, schema: Schema, where: str) -> list[Problem]:
+    """A stuff category (isthing false) has one region per image: two of its (non-crowd) annotations in one image
+    would be two segments of one class, which panoptic quality and the semantic targets cannot tell apart."""
+    stuff = {c.id: c.name for c in schema.categories if not c.isthing}
+    images = {im.get("id"): im for im in data["images"] if isinstance(im, dict)}
+    seen: dict[tuple[int, int], int] = {}
+    problems = []
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or ann.get("iscrowd") or ann.get("category_id") not in stuff:
+            continue
+        key = (ann.get("image_id"), ann["category_id"])
+        if key in seen:
+            image = images.get(key[0], {})
+            problems.append(Problem("stuff_split", f"{where}: annotations[{i}] (id {ann.get('id')})",
+                                    f"image {key[0]} ({image.get('file_name')}) already has a region of the stuff "
+                                    f"category {stuff[key[1]]!r} (annotations[{seen[key]}]); a stuff category has "
+                                    "one region per image: merge them into one annotation"))
+        else:
+            seen[key] = i
+    return problems
 
 
 def _polygon_problems(segmentation, h: int, w: int, where: str) -> list[Problem]:
@@ -171,6 +195,9 @@ def _schema_problems(file_schema: Schema, schema: Schema, where: str) -> list[Pr
         elif schema.category_by_name(c.name).id != c.id:
             problems.append(Problem("id_mismatch", f"{where}: categories", f"category {c.name!r} has id {c.id}, the "
                                     f"schema says {schema.category_by_name(c.name).id}"))
+        elif schema.category_by_name(c.name).isthing != c.isthing:
+            problems.append(Problem("schema_mismatch", f"{where}: categories", f"category {c.name!r} is "
+                                    f"{'a thing' if c.isthing else 'stuff'} in the file, not in the schema (isthing)"))
     for a in file_schema.attributes:
         ref = schema.attribute(a.name)
         if ref is None:
@@ -223,6 +250,7 @@ def validate_coco(
             continue  # already reported by check_coco
         instances_per_image[ann["image_id"]] += 0 if ann.get("iscrowd") else 1
         report.problems += _annotation_problems(ann, usable_images[ann["image_id"]], f"{coco}: annotations[{i}] (id {ann.get('id')})")
+    report.problems += stuff_region_problems(data, file_schema, str(coco))
     first_with_file: dict[str, int] = {}
     for i, im in enumerate(data["images"]):
         name = im.get("file_name") if isinstance(im, dict) else None
@@ -243,4 +271,50 @@ def validate_coco(
             if isinstance(im, dict) and im.get("id") in usable_images and isinstance(im.get("file_name"), str):
                 report.problems += _image_file_problems(im, root, f"{coco}: images[{i}] (id {im['id']})")
     report.summary = summary_table(data, file_schema)
+    return report
+
+
+def is_coco_panoptic(data) -> bool:
+    """A COCO panoptic dict (annotations hold `segments_info`) rather than COCO-with-attributes."""
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    return isinstance(anns, list) and any(isinstance(a, dict) and "segments_info" in a for a in anns)
+
+
+def validate_coco_panoptic(
+    path: str | os.PathLike,
+    png_root: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    schema: Schema | None = None,
+    progress: bool = True,
+) -> ValidationReport:
+    """Check a COCO panoptic file and every PNG (ids against segments_info, sizes); with `images`, the image
+    files too. Never raises on bad data: everything found is in the report."""
+    from workbench.data.coco_panoptic import load_coco_panoptic, read_panoptic_png
+
+    report = ValidationReport(str(path))
+    try:
+        records, file_schema = load_coco_panoptic(path, png_root, images, None)
+    except DataError as e:
+        report.problems += e.problems
+        return report
+    if schema is not None:
+        report.problems += _schema_problems(file_schema, schema, str(path))
+    report.num_images = len(records)
+    for r in tqdm(records, desc="panoptic PNGs", unit="image", disable=not progress):
+        try:
+            read_panoptic_png(r["pan_seg_file_name"], r["segments_info"], r["height"], r["width"], str(path))
+        except DataError as e:
+            report.problems += e.problems
+        things = [s for s in r["segments_info"] if not s["iscrowd"]]
+        report.num_annotations += len(things)
+        report.num_ignore_regions += len(r["segments_info"]) - len(things)
+        if not things:
+            report.num_empty_images += 1
+        if images is not None:
+            report.problems += _image_file_problems({"id": r["image_id"], "file_name": r["file_name"], "height":
+                                                     r["height"], "width": r["width"]}, Path("."),
+                                                    f"{path}: images (id {r['image_id']})")
+    flat = {"annotations": [dict(s, category_id=file_schema.categories[s["category_id"]].id, attributes={
+        k: v for k, v in s["attributes"].items() if v != UNLABELED}) for r in records for s in r["segments_info"]]}
+    report.summary = summary_table(flat, file_schema)
     return report
