@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from workbench.cli import build_parser, main
 
@@ -96,12 +95,12 @@ def workspace(tmp_path_factory) -> Path:
 
 
 # ---- fixtures: each damages or adds what one kind of case needs, in the case's own copy ----
-def _yaml(name: str, edit) -> "callable":
-    """A copy of train.yaml with `edit(doc)` applied, as NAME."""
+def _yaml(name: str, edit):
+    """A copy of train.yaml with `edit(doc)` applied, as NAME (JSON is YAML)."""
     def make(wd: Path) -> None:
         doc = json.loads(json.dumps(TRAIN_YAML))
         edit(doc)
-        (wd / name).write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+        (wd / name).write_text(json.dumps(doc))
     return make
 
 
@@ -123,10 +122,7 @@ def _text(path: str, text: str):
 def _copy(src: str, dst: str):
     def make(wd: Path) -> None:
         (wd / dst).parent.mkdir(parents=True, exist_ok=True)
-        if (wd / src).is_dir():
-            shutil.copytree(wd / src, wd / dst)
-        else:
-            shutil.copy2(wd / src, wd / dst)
+        shutil.copy2(wd / src, wd / dst)
     return make
 
 
