@@ -27,6 +27,8 @@ def run_ablate(args) -> int:
     from workbench.ablation.runner import run_grid
     from workbench.ablation.tables import write_tables
 
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"workbench ablate: --threads {args.threads}: give at least 1 (torch CPU threads)")
     grid = load_grid(args.grid)
     if args.threads is not None:
         import torch

@@ -61,7 +61,7 @@ def add_parser(sub) -> None:
 def run_demo(args) -> int:
     from workbench.engine.demo import DEMO_MAX_ITER, run_demo as demo
 
-    return demo(args.out, args.data_dir, device=args.device, max_iter=args.max_iter or DEMO_MAX_ITER)
+    return demo(args.out, args.data_dir, device=args.device, max_iter=DEMO_MAX_ITER if args.max_iter is None else args.max_iter)
 
 
 def load_train_config(path: str, weights: str | None = None):

@@ -43,11 +43,28 @@ def prepare_data(data_dir: Path, train_images: int = DEMO_TRAIN_IMAGES, val_imag
     print(f"[demo] {train_images} train and {val_images} held-out images, converted and validated", flush=True)
 
 
+def check_demo_arguments(out, data_dir, device: str | None, max_iter: int) -> None:
+    """Refuse what cannot run before the component report, the data and the training start (minutes of work)."""
+    from workbench.device import resolve_device
+    from workbench.errors import UsageError
+
+    if max_iter < 1:
+        raise UsageError(f"workbench demo: --max-iter {max_iter}: give at least 1 training step")
+    for flag, path in (("--out", out), ("--data-dir", data_dir)):
+        if Path(path).exists() and not Path(path).is_dir():
+            raise UsageError(f"workbench demo: {flag} {path} is a file; give a folder")
+    try:
+        resolve_device(device or "auto")
+    except (ValueError, RuntimeError) as err:  # an unknown spec, or a GPU that is not there
+        raise UsageError(f"workbench demo: --device: {err}") from err
+
+
 def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", device: str | None = None,
              max_iter: int = DEMO_MAX_ITER, components: bool = True, train_images: int = DEMO_TRAIN_IMAGES,
              val_images: int = DEMO_VAL_IMAGES, progress: bool = True) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
+    check_demo_arguments(out, data_dir, device, max_iter)
     start = time.perf_counter()
     if components:
         from workbench.harness.runners import run_all

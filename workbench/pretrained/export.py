@@ -92,7 +92,8 @@ def export_transformers(model, out_dir: str | os.PathLike, class_names: Sequence
                 "about": "workbench attribute heads on the decoder's normalised query output (the input of "
                          "transformers' class_predictor): a single-label group (kind single) is Linear(hidden, "
                          "K+1) with softmax, row K = no object; a multi-label group (kind multi) is "
-                         "Linear(hidden, K), one sigmoid per value, a value predicted at >= threshold"})
+                         "Linear(hidden, K), one sigmoid per value, a value predicted where its sigmoid > threshold "
+                         "(strictly, as workbench inference does)"})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: the export is meant to be shared
