@@ -86,7 +86,30 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
 
     dataset = CocoAttributeDataset(coco_path, image_root, augmentation=build_augmentation(cfg.augment, train=False))
     check_model_matches_data(cfg.model, dataset.schema, str(coco_path))
+    check_eval_kinds(cfg, dataset.schema, str(coco_path))
     return dataset
+
+
+def check_eval_kinds(cfg: RunConfig, schema, where: str) -> None:
+    """The data scored must give each group the kind the run's training data gave it (preflight.py); when the
+    training data is gone, a multi-label head scored on single-label data is said out loud (it may be an
+    ablation of `kind`: evaluate.align_kinds scores it as its most probable value)."""
+    import sys
+
+    from workbench.data.schema import schema_of_coco
+    from workbench.engine.preflight import check_kinds_agree
+
+    if cfg.data.train and Path(cfg.data.train).is_file():
+        if Path(cfg.data.train).resolve() != Path(where).resolve():
+            check_kinds_agree(schema_of_coco(cfg.data.train), cfg.data.train, schema, where)
+        return
+    single = set(schema.single_label_names)
+    scored = [a.name for a in cfg.model.attributes if a.multi and a.name in single]
+    if scored:
+        print(f"[workbench] NOTE: {where} labels {scored} with one value per instance; the model's heads for "
+              f"them are multi-label (sigmoid): each is scored as its most probable value (the run's training "
+              f"data {cfg.data.train or '(none)'} is not there to say which kind it trained on)",
+              file=sys.stderr, flush=True)
 
 
 def evaluate_model(model: MultiTaskMask2Former, coco_path: str, dataset, eval_cfg: EvalConfig,

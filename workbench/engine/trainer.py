@@ -29,7 +29,8 @@ from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
 from workbench.device import cpu_has_native_bf16
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
-from workbench.engine.run_folder import RunDirectoryError, prepare_run_dir, truncate_jsonl, write_jsonl  # noqa: F401
+from workbench.engine.run_folder import (RunDirectoryError, check_run_dir, open_run_dir, prepare_run_dir,  # noqa: F401
+                                        releases_run_locks, truncate_jsonl, write_jsonl)
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
 from workbench.errors import WorkbenchError
@@ -195,6 +196,7 @@ class TrainResult:
     last_losses: dict[str, float]
 
 
+@releases_run_locks
 def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str | None = None,
           resume: bool = False, progress: bool = True, max_iter: int | None = None,
           overwrite: bool = False) -> TrainResult:
@@ -219,15 +221,21 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     if dataset is None:
         dataset = build_train_dataset(cfg)
     check_data(cfg, dataset)
-    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
-        prepare_run_dir(run_dir, resume, overwrite)
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        check_run_dir(run_dir, resume, overwrite)  # a refused reuse reads no weights
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
+    report = None
     if cfg.model.weights and not resume:  # a resumed run restores last.pt: never reload the weights over it
         from workbench.pretrained.training import start_from_weights
 
-        start_from_weights(model, cfg, run_dir if info.is_main else None)
+        report = start_from_weights(model, cfg)  # before the run folder: weights that do not fit delete nothing
+    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
+        open_run_dir(run_dir, resume, overwrite)  # created and locked (until train returns) only now
+        if report is not None:
+            from workbench.pretrained.training import REPORT_FILE
+
+            report.save(run_dir / REPORT_FILE)
     freeze_parameters(model, solver.freeze)
     if solver.compile:  # in place: state_dict keys and checkpoints stay as without (the pixel decoder's op is eager)
         model.backbone.compile()
@@ -332,12 +340,15 @@ def check_data(cfg: RunConfig, dataset) -> None:
     """Before any work (nothing written yet): the model's heads must fit the training (and validation) data's
     schema, and the training data must fill one batch."""
     from workbench.data.schema import schema_of_coco
-    from workbench.engine.preflight import check_model_matches_data
+    from workbench.engine.preflight import check_kinds_agree, check_model_matches_data
 
-    if getattr(dataset, "schema", None) is not None:
-        check_model_matches_data(cfg.model, dataset.schema, getattr(dataset, "where", "(training dataset)"))
+    train_schema, where = getattr(dataset, "schema", None), getattr(dataset, "where", "(training dataset)")
+    if train_schema is not None:
+        check_model_matches_data(cfg.model, train_schema, where)
     if cfg.data.val and Path(cfg.data.val).is_file():
         check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
+        if train_schema is not None:
+            check_kinds_agree(train_schema, str(where), schema_of_coco(cfg.data.val), cfg.data.val)
     if len(dataset) < cfg.solver.batch_size:
         raise ConfigError(f"{getattr(dataset, 'where', None) or cfg.data.train or '(training dataset)'}: "
                           f"{len(dataset)} training images, fewer than "
