@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import EvalConfig, RunConfig
 from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
-from workbench.engine.checkpoint import CheckpointError, load_checkpoint
+from workbench.engine.checkpoint import CheckpointError, load_checkpoint, load_latest, step_files
 from workbench.model import MultiTaskMask2Former, build_model
 
 
@@ -23,16 +23,18 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "model_final.pt") -> LoadedRun:
-    """A run directory's resolved config.yaml and weights (`model_final.pt`, else `last.pt`), in eval mode."""
+    """A run directory's resolved config.yaml and weights (`model_final.pt`, else the newest readable of
+    `last.pt` and `last_step<N>.pt`, saying on stderr what was skipped and why), in eval mode."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml (made by `workbench train`)")
     cfg = run_config_from_dict(read_yaml(cfg_path))
     path = run_dir / checkpoint
-    if not path.is_file() and checkpoint == "model_final.pt":
-        path = run_dir / "last.pt"
-    saved = load_checkpoint(path, map_location="cpu")
+    if checkpoint == "model_final.pt":
+        saved, path = _final_or_latest(run_dir)
+    else:
+        saved = load_checkpoint(path, map_location="cpu")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise CheckpointError(f"{path}: no 'model' state dict in it (a checkpoint written by `workbench train` has "
                               f"one)")
@@ -49,6 +51,23 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", che
                               f"was config.yaml edited after training?")
     model.load_state_dict(saved["model"])
     return LoadedRun(cfg, model.to(device).eval(), run_dir)
+
+
+def _final_or_latest(run_dir: Path) -> tuple[dict, Path]:
+    """model_final.pt; when it is missing or unreadable, checkpoint.load_latest's newest readable checkpoint."""
+    import sys
+
+    final = run_dir / "model_final.pt"
+    if final.is_file():
+        try:
+            return load_checkpoint(final, map_location="cpu"), final
+        except CheckpointError as err:
+            print(f"[workbench] WARNING: {err}; using the newest readable training checkpoint instead",
+                  file=sys.stderr, flush=True)
+    elif not (run_dir / "last.pt").is_file() and not step_files(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no model_final.pt, last.pt or last_step<N>.pt: the run has no weights "
+                                "yet (train it first)")
+    return load_latest(run_dir, map_location="cpu")
 
 
 @torch.no_grad()

@@ -52,13 +52,15 @@ def releases_run_locks(fn):
     return wrapper
 
 
-def lock_run_dir(run_dir: Path) -> None:
+def lock_run_dir(run_dir: Path):
     """Create `run_dir` if needed and hold an exclusive lock on it (see the module docstring); raise
-    RunLockedError naming the folder and the holder's pid when another process or thread holds it."""
+    RunLockedError naming the folder and the holder's pid when another process or thread holds it. Returns the
+    lock file's handle (closing it releases the lock), None where there is no fcntl (not POSIX: no lock)."""
     try:
         import fcntl
-    except ImportError:  # not POSIX: no lock, as before it existed
-        return
+    except ImportError:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     handle = open(path, "a+")
@@ -76,8 +78,9 @@ def lock_run_dir(run_dir: Path) -> None:
     handle.flush()
     if getattr(_scope, "depth", 0):
         _scope.locks.append(handle)
-    else:  # not inside a @releases_run_locks call: held until the process ends
+    else:  # not inside a @releases_run_locks call: held until the caller closes it or the process ends
         _unscoped.append(handle)
+    return handle
 
 
 def open_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
