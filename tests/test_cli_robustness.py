@@ -156,6 +156,23 @@ def test_overwrite_with_bad_weights_leaves_the_previous_run_byte_identical(name,
     assert code in (1, 2) and not (tmp_path / "work" / "new").exists()
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_overwrite_with_a_missing_image_leaves_the_previous_run_byte_identical(split, tiny_run, shapes, tmp_path,
+                                                                              capsys):
+    data = tmp_path / "data"
+    for name in ("train", "val"):
+        shutil.copytree(Path(shapes[0 if name == "train" else 1]).parent, data / name)
+    (data / split / "shapes_00001.png").unlink()
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    cfg = write_config(tmp_path / "cfg.yaml", data / "train" / "coco.json", data / "val" / "coco.json")
+    before = snapshot(tmp_path)
+    code, err = cli(["train", "--config", cfg, "--out", run, "--overwrite"], capsys)
+    line = one_error(err)
+    assert code == 1 and f"{data / split / 'shapes_00001.png'}: error: no such image file" in line, line
+    assert snapshot(tmp_path) == before
+
+
 # ---- 3: --resume never reads the weights, so they may have moved ----------------------------------------------
 @pytest.fixture(scope="module")
 def resumed_r50(hf_dir, shapes, tmp_path_factory):

@@ -13,12 +13,15 @@ separately with different options otherwise train one kind and score another.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
+from typing import Iterable
 
 from workbench.config import ModelConfig
 from workbench.config_file import ConfigError
+from workbench.data.problems import DataError, Problem
 from workbench.data.schema import Schema
 
-__all__ = ["check_kinds_agree", "check_model_matches_data"]
+__all__ = ["check_images_exist", "check_kinds_agree", "check_model_matches_data"]
 
 
 def check_model_matches_data(model: ModelConfig, schema: Schema, where: str) -> None:
@@ -65,3 +68,13 @@ def check_kinds_agree(first: Schema, first_where: str, second: Schema, second_wh
                           + " (files imported separately with different options, e.g. `data import-fashionpedia "
                           "--all-multi` for one only: import both the same way, or set the file's "
                           "\"attributes\": [{\"name\": ..., \"kind\": ...}] to agree)")
+
+
+def check_images_exist(paths: Iterable[str], where: str) -> None:
+    """Raise `DataError` naming every image of `where` that is not a file (one stat each): found at the first
+    batch instead, it stops a run whose folder was already made."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError([Problem("missing_image", p, f"no such image file (referenced by {where}; file_name is "
+                                 "relative to that file's folder, or to data.image_root when set)")
+                         for p in missing])

@@ -339,16 +339,22 @@ def absolute_data_paths(cfg: RunConfig) -> RunConfig:
 def check_data(cfg: RunConfig, dataset) -> None:
     """Before any work (nothing written yet): the model's heads must fit the training (and validation) data's
     schema, and the training data must fill one batch."""
-    from workbench.data.schema import schema_of_coco
-    from workbench.engine.preflight import check_kinds_agree, check_model_matches_data
+    from workbench.data.schema import Schema, load_coco
+    from workbench.engine.preflight import check_images_exist, check_kinds_agree, check_model_matches_data
 
     train_schema, where = getattr(dataset, "schema", None), getattr(dataset, "where", "(training dataset)")
     if train_schema is not None:
         check_model_matches_data(cfg.model, train_schema, where)
+    if getattr(dataset, "records", None) is not None:
+        check_images_exist([r["file_name"] for r in dataset.records], str(where))
     if cfg.data.val and Path(cfg.data.val).is_file():
-        check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
+        val = load_coco(cfg.data.val)
+        val_schema = Schema.from_coco(val, cfg.data.val)
+        check_model_matches_data(cfg.model, val_schema, cfg.data.val)
         if train_schema is not None:
-            check_kinds_agree(train_schema, str(where), schema_of_coco(cfg.data.val), cfg.data.val)
+            check_kinds_agree(train_schema, str(where), val_schema, cfg.data.val)
+        root = Path(cfg.data.image_root or Path(cfg.data.val).parent)
+        check_images_exist([str(root / im["file_name"]) for im in val["images"]], cfg.data.val)
     if len(dataset) < cfg.solver.batch_size:
         raise ConfigError(f"{getattr(dataset, 'where', None) or cfg.data.train or '(training dataset)'}: "
                           f"{len(dataset)} training images, fewer than "
