@@ -97,6 +97,7 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
     from workbench.data.dataset import CocoAttributeDataset
     from workbench.data.transforms import build_augmentation
 
+    explicit = coco_path is not None  # `eval --data`: the run's data.val was checked against data.train in training
     if coco_path is None:
         coco_path, image_root = cfg.data.val, image_root or cfg.data.image_root or None
     if not coco_path:
@@ -105,7 +106,8 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
 
     dataset = CocoAttributeDataset(coco_path, image_root, augmentation=build_augmentation(cfg.augment, train=False))
     check_model_matches_data(cfg.model, dataset.schema, str(coco_path))
-    check_eval_kinds(cfg, dataset.schema, str(coco_path))
+    if explicit:
+        check_eval_kinds(cfg, dataset.schema, str(coco_path))
     return dataset
 
 

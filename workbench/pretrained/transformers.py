@@ -109,7 +109,8 @@ def backbone_fields(tensors, config: Mapping[str, Any] | None = None) -> dict:
         if backbone:
             depths = tuple(backbone.get("depths", ()))
             if backbone.get("layer_type", "bottleneck") != "bottleneck":
-                raise CheckpointFormatError("config.json backbone_config: only bottleneck ResNets (50/101) are supported")
+                raise CheckpointFormatError("config.json backbone_config: only bottleneck ResNets (50/101) are "
+                                            "supported")
         else:
             blocks: dict[int, set[str]] = {}
             for k in keys:
@@ -124,7 +125,8 @@ def backbone_fields(tensors, config: Mapping[str, Any] | None = None) -> dict:
     if kind == "swin":
         if backbone:
             if backbone.get("use_absolute_embeddings"):
-                raise CheckpointFormatError("config.json backbone_config: Swin with absolute position embeddings is not supported")
+                raise CheckpointFormatError("config.json backbone_config: Swin with absolute position embeddings "
+                                            "is not supported")
             return swin_fields(backbone.get("embed_dim", 96), backbone.get("depths", [2, 2, 6, 2]),
                                backbone.get("num_heads", [3, 6, 12, 24]), backbone.get("window_size", 7),
                                float(backbone.get("drop_path_rate", 0.1)))
@@ -134,14 +136,16 @@ def backbone_fields(tensors, config: Mapping[str, Any] | None = None) -> dict:
                                        p + "encoder.layers.{i}.blocks.{j}.",
                                        p + "encoder.layers.{i}.blocks.0.attention.self.relative_position_bias_table",
                                        UPSTREAM_DROP_PATH)
-    raise CheckpointFormatError(f"transformers checkpoint: backbone {kind!r} not supported (ResNet-50/101, Swin-T/S/B/L are)")
+    raise CheckpointFormatError(f"transformers checkpoint: backbone {kind!r} not supported (ResNet-50/101, "
+                                "Swin-T/S/B/L are)")
 
 
 def model_fields(config: Mapping[str, Any], path: str) -> dict[str, Any]:
     """ModelConfig architecture fields from a transformers Mask2Former config.json."""
     def need(name, expected):
         if config.get(name, expected) != expected:
-            raise CheckpointFormatError(f"{path}: config.json {name} = {config.get(name)!r}; only {expected!r} is supported")
+            raise CheckpointFormatError(f"{path}: config.json {name} = {config.get(name)!r}; only {expected!r} is "
+                                        "supported")
 
     need("pre_norm", False)
     need("activation_function", "relu")

@@ -47,8 +47,8 @@ def backbone_fields(tensors) -> dict:
         return swin_fields_from_shapes(shapes, "backbone.patch_embed.proj.weight", "backbone.layers.{i}.blocks.{j}.",
                                        "backbone.layers.{i}.blocks.0.attn.relative_position_bias_table",
                                        UPSTREAM_DROP_PATH)
-    raise CheckpointFormatError("upstream checkpoint: backbone not recognised (expected backbone.res2..res5 for ResNet or "
-                                "backbone.patch_embed / backbone.layers for Swin)")
+    raise CheckpointFormatError("upstream checkpoint: backbone not recognised (expected backbone.res2..res5 for "
+                                "ResNet or backbone.patch_embed / backbone.layers for Swin)")
 
 
 PD, PR = r"sem_seg_head\.pixel_decoder", r"sem_seg_head\.predictor"
