@@ -197,11 +197,16 @@ def resumed_r50(hf_dir, shapes, tmp_path_factory):
     return root / "run", code, err.getvalue()
 
 
-def test_resume_does_not_need_the_weights_where_they_were(resumed_r50):
+def test_resume_does_not_need_the_weights_where_they_were(resumed_r50, hf_dir):
+    from workbench.pretrained import read_checkpoint
+    from workbench.pretrained.load import CHECKPOINT_FIELDS, checkpoint_fields
+
     run, code, err = resumed_r50
     assert code == 0, err
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+    # what the resumed run takes from its config.yaml covers every field the weights would give
+    assert set(checkpoint_fields(read_checkpoint(hf_dir))) <= set(CHECKPOINT_FIELDS)
 
 
 # ---- 4: one train at a time in a run folder ---------------------------------------------------------------------
