@@ -7,6 +7,7 @@ outside this file). Presets: `ModelConfig.tiny()` for tests and `ModelConfig.coc
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence, Union
 
@@ -15,6 +16,10 @@ __all__ = ["ATTRIBUTE_KINDS", "AttributeSpec", "AugmentConfig", "DataConfig", "L
 
 
 ATTRIBUTE_KINDS = ("single", "multi")
+# model/backbone.py's BACKBONE_NAMES (tests/test_cli_robustness.py keeps them equal): checked here, when a config
+# is read, so a typo is a config error before any data is read or any folder made
+BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "tiny", "swin_t", "swin_s", "swin_b", "swin_l")
+DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::\d+)?")  # what device.resolve_device reads (any case, spaces around)
 MULTI_LABEL_LOSSES = ("bce", "focal")
 
 
@@ -165,6 +170,8 @@ class ModelConfig:
             raise ValueError(f"duplicate attribute names: {names}")
         if self.num_classes <= 0:
             raise ValueError("num_classes must be > 0")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone {self.backbone!r} is not one of {BACKBONES}")
         if self.num_queries <= 0:
             raise ValueError(f"num_queries must be > 0 (each query predicts one instance), got {self.num_queries}")
         if self.hidden_dim % self.nheads:
@@ -327,8 +334,11 @@ class SolverConfig:
         object.__setattr__(self, "steps", tuple(self.steps))
         if self.batch_size <= 0 or self.reference_batch <= 0:
             raise ValueError("solver.batch_size and solver.reference_batch must be > 0")
-        if self.base_lr <= 0 or self.max_iter <= 0:
+        if not (self.base_lr > 0 and self.max_iter > 0):  # `not >`: a NaN base_lr fails too
             raise ValueError("solver.base_lr and solver.max_iter must be > 0")
+        if self.warmup_iters < 0 or self.num_workers < 0:
+            raise ValueError(f"solver.warmup_iters and solver.num_workers must be >= 0, got {self.warmup_iters} and "
+                             f"{self.num_workers}")
         if self.schedule not in ("poly", "step"):
             raise ValueError(f"solver.schedule must be 'poly' or 'step', got {self.schedule!r}")
         if self.amp not in ("off", "bf16", "fp16"):
@@ -440,6 +450,10 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; the CLI's --device overrides it
+
+    def __post_init__(self) -> None:
+        if not DEVICE_SPEC.fullmatch(str(self.device).strip().lower()):
+            raise ValueError(f"device: {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ coco_swin_b, coco_swin_l) starts from that `ModelConfig` preset; keys given next
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -44,8 +45,12 @@ def _convert(tp, value, path: str):
         return float(value)
     if tp is float and isinstance(value, str) and _YAML11_MISSED_FLOAT.fullmatch(value.strip()):
         return float(value)  # PyYAML follows YAML 1.1, where `2e-3` (no dot) is a string; users write it
+    if tp in (int, float) and isinstance(value, bool):  # YAML's true/false are ints to Python: not numbers here
+        raise ConfigError(f"{path}: expected {tp.__name__}, got bool {value!r}")
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):  # YAML's .nan / .inf: no field means "not a number"
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}")
     return value
 
 
@@ -60,6 +65,12 @@ def from_dict(cls, data: Mapping[str, Any], path: str = ""):
         where = ", ".join(f"{path}.{k}" if path else k for k in unknown)
         raise ConfigError(f"unknown config key(s): {where}; known under {path or 'top level'}: {sorted(names)}")
     kwargs = {k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and
+                f.default_factory is dataclasses.MISSING and f.name not in kwargs]
+    if required:
+        where = ", ".join(f"{path}.{k}" if path else k for k in required)
+        raise ConfigError(f"{where}: required (no default); set it in the config" +
+                          (" or set data.train (it defaults to that file's)" if where == "model.num_classes" else ""))
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
@@ -107,7 +118,10 @@ def run_config_from_dict(data: Mapping[str, Any], model_defaults: Mapping[str, A
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known: {sorted(hints)}")
     kwargs = {k: _convert(hints[k], v, k) for k, v in data.items()}
-    return C.RunConfig(model=model, **kwargs)
+    try:
+        return C.RunConfig(model=model, **kwargs)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -10,6 +10,7 @@ falls back to the newest readable step file, saying so on stderr.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -108,6 +109,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if "zip archive" in str(err) or "PytorchStreamReader" in str(err):
             raise _corrupt(path, size, err) from err
         raise
+    except OSError as err:  # torch's zip reader seeking before the start of a file cut short (5-69 KB of 200)
+        if err.errno == errno.EINVAL and err.filename is None:
+            raise _corrupt(path, size, err) from err
+        raise  # a read error of the disk, a permission: not the file's content
 
 
 def _pickle_opcode(byte: int) -> str | None:

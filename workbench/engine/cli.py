@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from workbench.device import device_arg
 from workbench.errors import UsageError
 
 
@@ -12,14 +13,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: synthesise, convert, validate, train, evaluate, draw")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data-dir", default="data/generated/demo")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: GPU when present)")
+    p.add_argument("--device", default=None, type=device_arg, help="cpu | cuda | cuda:N (default: GPU when present)")
     p.add_argument("--max-iter", type=int, default=None, help="training steps (default: the demo's)")
     p.set_defaults(func=run_demo)
 
     p = sub.add_parser("train", help="train a model from a YAML config into a run directory")
     p.add_argument("--config", required=True, help="YAML mapping onto RunConfig (model/solver/data/augment/eval)")
     p.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, checkpoints)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the config's, else auto)")
+    p.add_argument("--device", default=None, type=device_arg, help="cpu | cuda | cuda:N (default: the config's, "
+                   "else auto)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt (or the newest readable "
                    "older checkpoint)")
     p.add_argument("--overwrite", action="store_true", help="start again in an existing run directory (its run "
@@ -44,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default=None, help="COCO-with-attributes file (default: the run's data.val); its "
                    "metrics go to RUN/metrics_<name>.json, never over the run's metrics.json")
     p.add_argument("--images", default=None, help="image folder for --data (default: the file's folder)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, type=device_arg)
     p.add_argument("--scoring", choices=["main", "product", "mean"], default=None)
     p.add_argument("--dedupe-iou", type=float, default=None)
     p.add_argument("--json", action="store_true", help="print metrics as JSON instead of a table")
@@ -54,7 +56,7 @@ def add_parser(sub) -> None:
     p.add_argument("--run", required=True)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder for PNG overlays")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, type=device_arg)
     p.set_defaults(func=run_predict)
 
 
@@ -64,14 +66,19 @@ def run_demo(args) -> int:
     return demo(args.out, args.data_dir, device=args.device, max_iter=DEMO_MAX_ITER if args.max_iter is None else args.max_iter)
 
 
-def load_train_config(path: str, weights: str | None = None):
+def load_train_config(path: str, weights: str | None = None, resume_dir: str | None = None):
     """YAML -> RunConfig; num_classes/attributes default to the training data's schema. With `model.weights`
     (or `weights`, which overrides it) the architecture fields the YAML leaves out come from the checkpoint
-    (wb.pretrained_config): YAML > checkpoint > preset."""
-    from workbench.config_file import read_yaml, require_mapping, run_config_from_dict
+    (wb.pretrained_config): YAML > checkpoint > preset. With `resume_dir` (--resume) they come from that run's
+    config.yaml instead, which recorded them when the run started: resuming never reads the weights (the run
+    continues from its own checkpoint), so they need not be where they were."""
+    from workbench.config_file import ConfigError, read_yaml, require_mapping, run_config_from_dict
     from workbench.data.schema import schema_of_coco
 
     doc = read_yaml(path)
+    if not doc:
+        raise ConfigError(f"{path}: the config is empty; it needs at least `data: {{train: COCO.json}}` (the model's "
+                          "classes and attributes default to that file's); see data/train_shapes.yaml")
     defaults = {}
     for section in ("data", "model"):  # read below, before run_config_from_dict checks the rest
         if doc.get(section) is not None:
@@ -80,7 +87,16 @@ def load_train_config(path: str, weights: str | None = None):
     model = dict(doc.get("model") or {})
     if weights is not None:
         model["weights"] = weights
-    if model.get("weights"):
+    started = _resumed_model(resume_dir) if model.get("weights") else None
+    if started is not None:
+        from workbench.pretrained.load import CHECKPOINT_FIELDS
+
+        if model.get("weights") and str(Path(model["weights"]).resolve()) != started.get("weights"):
+            print(f"[workbench] --resume: model.weights {model['weights']} is not read (the run continues from its "
+                  f"checkpoint); the run keeps its record: {started.get('weights')}", file=sys.stderr, flush=True)
+        model["weights"] = started.get("weights", model["weights"])
+        defaults.update({k: started[k] for k in CHECKPOINT_FIELDS if k in started})
+    elif model.get("weights"):
         from workbench.pretrained.load import checkpoint_fields
         from workbench.pretrained.source import read_checkpoint
 
@@ -90,6 +106,16 @@ def load_train_config(path: str, weights: str | None = None):
     if train_json and ("num_classes" not in model or "attributes" not in model):
         defaults.update(schema_of_coco(train_json).model_fields())
     return run_config_from_dict(doc, model_defaults=defaults)
+
+
+def _resumed_model(run_dir: str | None) -> dict | None:
+    """The model section of the run being resumed (RUN/config.yaml), or None when there is none to resume."""
+    from workbench.config_file import read_yaml
+
+    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
+        return None
+    model = read_yaml(Path(run_dir) / "config.yaml").get("model")
+    return model if isinstance(model, dict) else None
 
 
 def run_export_weights(args) -> int:
@@ -115,7 +141,7 @@ def run_export_weights(args) -> int:
 def run_train(args) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
-    cfg = load_train_config(args.config, weights=args.weights)
+    cfg = load_train_config(args.config, weights=args.weights, resume_dir=args.out if args.resume else None)
     train_and_evaluate(cfg, args.out, device=args.device, resume=args.resume, evaluate=not args.no_eval,
                        overwrite=args.overwrite)
     return 0

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import EvalConfig, RunConfig
 from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
-from workbench.engine.checkpoint import CheckpointError, load_checkpoint
+from workbench.engine.checkpoint import CheckpointError, load_checkpoint, load_latest, step_files
 from workbench.model import MultiTaskMask2Former, build_model
 
 
@@ -23,16 +23,18 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "model_final.pt") -> LoadedRun:
-    """A run directory's resolved config.yaml and weights (`model_final.pt`, else `last.pt`), in eval mode."""
+    """A run directory's resolved config.yaml and weights (`model_final.pt`, else the newest readable of
+    `last.pt` and `last_step<N>.pt`, saying on stderr what was skipped and why), in eval mode."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml (made by `workbench train`)")
     cfg = run_config_from_dict(read_yaml(cfg_path))
     path = run_dir / checkpoint
-    if not path.is_file() and checkpoint == "model_final.pt":
-        path = run_dir / "last.pt"
-    saved = load_checkpoint(path, map_location="cpu")
+    if checkpoint == "model_final.pt":
+        saved, path = _final_or_latest(run_dir)
+    else:
+        saved = load_checkpoint(path, map_location="cpu")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise CheckpointError(f"{path}: no 'model' state dict in it (a checkpoint written by `workbench train` has "
                               f"one)")
@@ -49,6 +51,23 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", che
                               f"was config.yaml edited after training?")
     model.load_state_dict(saved["model"])
     return LoadedRun(cfg, model.to(device).eval(), run_dir)
+
+
+def _final_or_latest(run_dir: Path) -> tuple[dict, Path]:
+    """model_final.pt; when it is missing or unreadable, checkpoint.load_latest's newest readable checkpoint."""
+    import sys
+
+    final = run_dir / "model_final.pt"
+    if final.is_file():
+        try:
+            return load_checkpoint(final, map_location="cpu"), final
+        except CheckpointError as err:
+            print(f"[workbench] WARNING: {err}; using the newest readable training checkpoint instead",
+                  file=sys.stderr, flush=True)
+    elif not (run_dir / "last.pt").is_file() and not step_files(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no model_final.pt, last.pt or last_step<N>.pt: the run has no weights "
+                                "yet (train it first)")
+    return load_latest(run_dir, map_location="cpu")
 
 
 @torch.no_grad()
@@ -78,6 +97,7 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
     from workbench.data.dataset import CocoAttributeDataset
     from workbench.data.transforms import build_augmentation
 
+    explicit = coco_path is not None  # `eval --data`: the run's data.val was checked against data.train in training
     if coco_path is None:
         coco_path, image_root = cfg.data.val, image_root or cfg.data.image_root or None
     if not coco_path:
@@ -86,7 +106,31 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
 
     dataset = CocoAttributeDataset(coco_path, image_root, augmentation=build_augmentation(cfg.augment, train=False))
     check_model_matches_data(cfg.model, dataset.schema, str(coco_path))
+    if explicit:
+        check_eval_kinds(cfg, dataset.schema, str(coco_path))
     return dataset
+
+
+def check_eval_kinds(cfg: RunConfig, schema, where: str) -> None:
+    """The data scored must give each group the kind the run's training data gave it (preflight.py); when the
+    training data is gone, a multi-label head scored on single-label data is said out loud (it may be an
+    ablation of `kind`: evaluate.align_kinds scores it as its most probable value)."""
+    import sys
+
+    from workbench.data.schema import schema_of_coco
+    from workbench.engine.preflight import check_kinds_agree
+
+    if cfg.data.train and Path(cfg.data.train).is_file():
+        if Path(cfg.data.train).resolve() != Path(where).resolve():
+            check_kinds_agree(schema_of_coco(cfg.data.train), cfg.data.train, schema, where)
+        return
+    single = set(schema.single_label_names)
+    scored = [a.name for a in cfg.model.attributes if a.multi and a.name in single]
+    if scored:
+        print(f"[workbench] NOTE: {where} labels {scored} with one value per instance; the model's heads for "
+              f"them are multi-label (sigmoid): each is scored as its most probable value (the run's training "
+              f"data {cfg.data.train or '(none)'} is not there to say which kind it trained on)",
+              file=sys.stderr, flush=True)
 
 
 def evaluate_model(model: MultiTaskMask2Former, coco_path: str, dataset, eval_cfg: EvalConfig,

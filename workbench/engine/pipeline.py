@@ -14,10 +14,12 @@ import torch
 
 from workbench.config import RunConfig
 from workbench.engine.inference import LoadedRun, eval_dataset, evaluate_model
+from workbench.engine.run_folder import releases_run_locks
 from workbench.engine.tracking import log_evaluation
 from workbench.engine.trainer import TrainResult, train
 
 
+@releases_run_locks  # the run folder stays locked (engine/run_folder.py) through the evaluation's writes
 def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str | None = None, resume: bool = False,
                        evaluate: bool = True, dataset=None, progress: bool = True, num_overlays: int = 6,
                        overwrite: bool = False):

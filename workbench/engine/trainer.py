@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from workbench.config import RunConfig, SolverConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
-from workbench.data.io import remove_stale_temps
 from workbench.device import cpu_has_native_bf16
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
+from workbench.engine.run_folder import (RunDirectoryError, check_run_dir, open_run_dir, prepare_run_dir,  # noqa: F401
+                                        releases_run_locks, truncate_jsonl, write_jsonl)
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
 from workbench.errors import WorkbenchError
@@ -195,67 +196,7 @@ class TrainResult:
     last_losses: dict[str, float]
 
 
-class RunDirectoryError(WorkbenchError, FileExistsError):
-    pass
-
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_final.pt", "metrics.json",
-             "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json", "pretrained_report.json",
-             "events.out.tfevents.*", "categories.json")
-
-
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to reuse a run directory silently; with `overwrite` delete its run files (only those: the folder
-    may hold the user's other files); always remove temp files a killed write left behind."""
-    existing = sorted({p.name for pattern in RUN_FILES[:5] for p in run_dir.glob(pattern)})
-    if existing and not resume and not overwrite:
-        raise RunDirectoryError(f"{run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue "
-                                "it or --overwrite to start again there (or choose another --out)")
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
-    if overwrite:
-        for pattern in RUN_FILES:
-            for p in run_dir.glob(pattern):
-                p.unlink()
-    if run_dir.is_dir():
-        for p in remove_stale_temps(run_dir):
-            print(f"[workbench] removed {p.name}, left by a write that was killed", flush=True)
-
-
-def truncate_jsonl(path: Path, step: int) -> None:
-    """Keep the lines of metrics.jsonl up to `step` (a resumed run rewrites the steps after its checkpoint). A
-    last line cut short (the run was killed while appending it) is dropped with a note; an unreadable line before
-    it is an error naming file and line."""
-    from workbench.data.problems import DataError, Problem
-
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    kept = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number == len(lines) and not line.endswith("\n"):
-                print(f"[workbench] {path}:{number}: dropped a line cut short by the killed run", flush=True)
-                continue
-            raise DataError([Problem("bad_log_line", f"{path}:{number}", f"not a JSON record ({err.msg}); the run's "
-                                     "log is damaged: fix or delete that line to resume")]) from err
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    if len(kept) != len(lines):
-        from workbench.data.io import write_bytes_atomic
-
-        write_bytes_atomic(path, "".join(kept).encode())
-
-
-def write_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
+@releases_run_locks
 def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str | None = None,
           resume: bool = False, progress: bool = True, max_iter: int | None = None,
           overwrite: bool = False) -> TrainResult:
@@ -280,15 +221,21 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     if dataset is None:
         dataset = build_train_dataset(cfg)
     check_data(cfg, dataset)
-    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
-        prepare_run_dir(run_dir, resume, overwrite)
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        check_run_dir(run_dir, resume, overwrite)  # a refused reuse reads no weights
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(dev)
+    report = None
     if cfg.model.weights and not resume:  # a resumed run restores last.pt: never reload the weights over it
         from workbench.pretrained.training import start_from_weights
 
-        start_from_weights(model, cfg, run_dir if info.is_main else None)
+        report = start_from_weights(model, cfg)  # before the run folder: weights that do not fit delete nothing
+    if info.is_main:  # (other processes would see the main one's new files; torchrun stops them if it fails)
+        open_run_dir(run_dir, resume, overwrite)  # created and locked (until train returns) only now
+        if report is not None:
+            from workbench.pretrained.training import REPORT_FILE
+
+            report.save(run_dir / REPORT_FILE)
     freeze_parameters(model, solver.freeze)
     if solver.compile:  # in place: state_dict keys and checkpoints stay as without (the pixel decoder's op is eager)
         model.backbone.compile()
@@ -392,13 +339,22 @@ def absolute_data_paths(cfg: RunConfig) -> RunConfig:
 def check_data(cfg: RunConfig, dataset) -> None:
     """Before any work (nothing written yet): the model's heads must fit the training (and validation) data's
     schema, and the training data must fill one batch."""
-    from workbench.data.schema import schema_of_coco
-    from workbench.engine.preflight import check_model_matches_data
+    from workbench.data.schema import Schema, load_coco
+    from workbench.engine.preflight import check_images_exist, check_kinds_agree, check_model_matches_data
 
-    if getattr(dataset, "schema", None) is not None:
-        check_model_matches_data(cfg.model, dataset.schema, getattr(dataset, "where", "(training dataset)"))
+    train_schema, where = getattr(dataset, "schema", None), getattr(dataset, "where", "(training dataset)")
+    if train_schema is not None:
+        check_model_matches_data(cfg.model, train_schema, where)
+    if getattr(dataset, "records", None) is not None:
+        check_images_exist([r["file_name"] for r in dataset.records], str(where))
     if cfg.data.val and Path(cfg.data.val).is_file():
-        check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
+        val = load_coco(cfg.data.val)
+        val_schema = Schema.from_coco(val, cfg.data.val)
+        check_model_matches_data(cfg.model, val_schema, cfg.data.val)
+        if train_schema is not None:
+            check_kinds_agree(train_schema, str(where), val_schema, cfg.data.val)
+        root = Path(cfg.data.image_root or Path(cfg.data.val).parent)
+        check_images_exist([str(root / im["file_name"]) for im in val["images"]], cfg.data.val)
     if len(dataset) < cfg.solver.batch_size:
         raise ConfigError(f"{getattr(dataset, 'where', None) or cfg.data.train or '(training dataset)'}: "
                           f"{len(dataset)} training images, fewer than "

@@ -17,7 +17,7 @@ import torch
 from workbench.pretrained import transformers as hf
 from workbench.pretrained import upstream
 from workbench.pretrained.keymap import KeyMap, Slot
-from workbench.pretrained.source import Checkpoint
+from workbench.pretrained.source import Checkpoint, CheckpointFormatError
 
 KEYMAPS: dict[str, KeyMap] = {"upstream": upstream.UPSTREAM, "transformers": hf.TRANSFORMERS}
 N_LEVELS, N_POINTS = 3, 4
@@ -50,36 +50,59 @@ def _count(shapes, pattern: str) -> int:
 
 def _need(shapes: Mapping[str, tuple[int, ...]], key: str, path: str) -> tuple[int, ...]:
     if key not in shapes:
-        raise ValueError(f"{path}: no tensor for {key} (after renaming); is this a Mask2Former checkpoint?")
+        raise CheckpointFormatError(f"{path}: no tensor for {key} (after renaming); is this a Mask2Former "
+                                    "checkpoint?")
     return shapes[key]
 
 
 def architecture(ckpt: Checkpoint) -> dict[str, Any]:
-    """ModelConfig fields: backbone, num_classes and the architecture (see the module docstring)."""
+    """ModelConfig fields: backbone, num_classes and the architecture (see the module docstring). With a
+    config.json its fields must agree with the tensors' shapes: a file whose config says one size and whose
+    tensors have another is named as such here, not later as a model that does not fit."""
     shapes = head_shapes(ckpt)
     num_classes = _need(shapes, "decoder.class_head.weight", ckpt.path)[0] - 1
+    try:
+        backbone = backbone_of(ckpt)
+    except CheckpointFormatError as err:
+        raise CheckpointFormatError(str(err) if ckpt.path in str(err) else f"{ckpt.path}: {err}") from err
+    fields = _fields_from_shapes(ckpt, shapes)
     if ckpt.config is not None and ckpt.naming == "transformers":
-        fields = hf.model_fields(ckpt.config, ckpt.path)
-    else:
-        num_queries, hidden = _need(shapes, "decoder.query_feat.weight", ckpt.path)
-        enc_layers = _count(shapes, r"pixel_decoder\.encoder\.(\d+)\.")
-        nheads = 8
-        if enc_layers:
-            rows = _need(shapes, "pixel_decoder.encoder.0.self_attn.attention_weights.weight", ckpt.path)[0]
-            nheads = rows // (N_LEVELS * N_POINTS)
-        conv_dim = _need(shapes, "pixel_decoder.input_proj.0.0.weight", ckpt.path)[0]
-        if conv_dim != hidden:
-            raise ValueError(f"{ckpt.path}: pixel decoder width {conv_dim} != decoder width {hidden}: our pixel "
-                             f"decoder works at the decoder's hidden size")
-        fields = dict(
-            hidden_dim=hidden, num_queries=num_queries, nheads=nheads,
-            dim_feedforward=_need(shapes, "decoder.ffn.0.net.0.weight", ckpt.path)[0],
-            dec_layers=_count(shapes, r"decoder\.self_attention\.(\d+)\."),
-            enc_layers=enc_layers,
-            enc_dim_feedforward=shapes["pixel_decoder.encoder.0.ffn.0.weight"][0] if enc_layers else 1024,
-            mask_dim=_need(shapes, "pixel_decoder.mask_features.weight", ckpt.path)[0],
-        )
-    return dict(**backbone_of(ckpt), num_classes=num_classes, **fields)
+        stated = hf.model_fields(ckpt.config, ckpt.path)
+        compared = [k for k in fields if k != "enc_dim_feedforward" or fields["enc_layers"]]
+        wrong = [f"{k} {stated[k]} (config.json) but {fields[k]} (tensors)" for k in compared if stated[k] != fields[k]]
+        try:
+            tensors_backbone = hf.backbone_fields(ckpt.tensors)["backbone"]
+        except CheckpointFormatError as err:
+            tensors_backbone = f"unreadable ({err})"
+        if tensors_backbone != backbone["backbone"]:
+            wrong.insert(0, f"backbone {backbone['backbone']} (config.json) but {tensors_backbone} (tensors)")
+        if wrong:
+            raise CheckpointFormatError(f"{ckpt.path}: config.json disagrees with its own tensors: {'; '.join(wrong)}; "
+                                        "the folder is damaged or one of its files was replaced (config.json and "
+                                        "model.safetensors must come from one save_pretrained)")
+        fields = stated
+    return dict(**backbone, num_classes=num_classes, **fields)
+
+
+def _fields_from_shapes(ckpt: Checkpoint, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    num_queries, hidden = _need(shapes, "decoder.query_feat.weight", ckpt.path)
+    enc_layers = _count(shapes, r"pixel_decoder\.encoder\.(\d+)\.")
+    nheads = 8
+    if enc_layers:
+        rows = _need(shapes, "pixel_decoder.encoder.0.self_attn.attention_weights.weight", ckpt.path)[0]
+        nheads = rows // (N_LEVELS * N_POINTS)
+    conv_dim = _need(shapes, "pixel_decoder.input_proj.0.0.weight", ckpt.path)[0]
+    if conv_dim != hidden:
+        raise CheckpointFormatError(f"{ckpt.path}: pixel decoder width {conv_dim} != decoder width {hidden}: our "
+                                    "pixel decoder works at the decoder's hidden size")
+    return dict(
+        hidden_dim=hidden, num_queries=num_queries, nheads=nheads,
+        dim_feedforward=_need(shapes, "decoder.ffn.0.net.0.weight", ckpt.path)[0],
+        dec_layers=_count(shapes, r"decoder\.self_attention\.(\d+)\."),
+        enc_layers=enc_layers,
+        enc_dim_feedforward=shapes["pixel_decoder.encoder.0.ffn.0.weight"][0] if enc_layers else 1024,
+        mask_dim=_need(shapes, "pixel_decoder.mask_features.weight", ckpt.path)[0],
+    )
 
 
 def upstream_class_names(num_classes: int) -> tuple[str, ...] | None:

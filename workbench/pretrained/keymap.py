@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from workbench.pretrained.source import CheckpointFormatError
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -54,8 +56,8 @@ class KeyMap:
         if key.startswith(self.backbone_prefix):
             fn = self.backbone_keys.get(backbone)
             if fn is None:
-                raise ValueError(f"no {self.naming} key map for backbone {backbone!r}; known: "
-                                 f"{sorted(self.backbone_keys)} (workbench/pretrained/{self.naming}.py)")
+                raise CheckpointFormatError(f"no {self.naming} key map for backbone {backbone!r}; known: "
+                                            f"{sorted(self.backbone_keys)} (workbench/pretrained/{self.naming}.py)")
             ours = fn(key[len(self.backbone_prefix):])
             if isinstance(ours, str):
                 return Slot("backbone." + ours)

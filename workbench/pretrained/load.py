@@ -17,7 +17,7 @@ from workbench.config import AttributeSpec, ModelConfig
 from workbench.pretrained.architecture import KEYMAPS, architecture, as_float, class_names
 from workbench.pretrained.keymap import Drop
 from workbench.pretrained.report import ClassRows, LoadReport
-from workbench.pretrained.source import Checkpoint, read_checkpoint
+from workbench.pretrained.source import Checkpoint, CheckpointFormatError, read_checkpoint
 
 CLASS_HEAD = ("decoder.class_head.weight", "decoder.class_head.bias")
 Source = str | os.PathLike | Checkpoint
@@ -50,6 +50,28 @@ def checkpoint_fields(ckpt: Checkpoint) -> dict:
     fields.update(pretrained_backbone=False,
                   backbone_norm="frozen_bn" if fields["backbone"].startswith("resnet") else "auto")
     return fields
+
+
+# the fields checkpoint_fields may give: what a resumed run takes from its config.yaml instead of the weights
+CHECKPOINT_FIELDS = ("backbone", "backbone_window_size", "backbone_drop_path_rate", "num_classes", "hidden_dim",
+                     "num_queries", "nheads", "dim_feedforward", "dec_layers", "enc_layers", "enc_dim_feedforward",
+                     "mask_dim", "dropout", "pretrained_backbone", "backbone_norm")
+SHAPE_FIELDS = ("backbone", "hidden_dim", "num_queries", "nheads", "dim_feedforward", "dec_layers", "enc_layers",
+                "enc_dim_feedforward", "mask_dim")  # the ones that decide tensor names and shapes (not the classes)
+
+
+def _architecture_hint(ckpt: Checkpoint, cfg: ModelConfig) -> str:
+    """Why a model does not take the checkpoint's tensors: the model's architecture fields differ from the
+    checkpoint's (a config that set them), or they agree and the checkpoint disagrees with itself."""
+    theirs = checkpoint_fields(ckpt)
+    differ = [f"model.{k} is {getattr(cfg, k)!r}, the checkpoint's {theirs[k]!r}" for k in SHAPE_FIELDS
+              if k in theirs and getattr(cfg, k) != theirs[k]]
+    if differ:
+        return ("the model's architecture differs from the checkpoint's (" + "; ".join(differ) + "): leave those "
+                "fields out of the config, they default to the checkpoint's (in Python: "
+                f"wb.pretrained_config({ckpt.path!r}))")
+    return ("the model is built as the checkpoint describes itself, so the checkpoint's tensors disagree with its "
+            "own config.json or other tensors: the file is damaged or was edited")
 
 
 def _class_rows(ckpt: Checkpoint, theirs: int, ours: int, categories: Sequence[str] | None):
@@ -103,12 +125,11 @@ def load_pretrained(model: torch.nn.Module, source: Source,
             dropped.append((key, slot.why))
             continue
         if slot is None:
-            raise ValueError(f"{ckpt.path}: tensor {key!r} {tuple(tensor.shape)} has no place in our model "
-                             f"({ckpt.naming} names, backbone {backbone!r}); refusing a partial load")
+            raise CheckpointFormatError(f"{ckpt.path}: tensor {key!r} {tuple(tensor.shape)} has no place in our "
+                                        f"model ({ckpt.naming} names, backbone {backbone!r}); refusing a partial load")
         if slot.key not in state:
-            raise ValueError(f"{ckpt.path}: tensor {key!r} maps to our {slot.key!r}, which this model does not "
-                             f"have: its architecture differs from the checkpoint's (build it from "
-                             f"wb.pretrained_config({ckpt.path!r}))")
+            raise CheckpointFormatError(f"{ckpt.path}: tensor {key!r} maps to our {slot.key!r}, which this model "
+                                        f"does not have: {_architecture_hint(ckpt, model.cfg)}")
         pieces.setdefault(slot.key, {})[slot.chunk] = tensor
         names.setdefault(slot.key, {})[slot.chunk] = key
         origin[slot.key] = " + ".join(names[slot.key][c] for c in sorted(names[slot.key]))
@@ -116,8 +137,8 @@ def load_pretrained(model: torch.nn.Module, source: Source,
     incoming = {}
     for ours, parts in pieces.items():  # q, k, v -> one in_proj / qkv
         if sorted(parts) != list(range(chunks[ours])):
-            raise ValueError(f"{ckpt.path}: {origin[ours]}: only part(s) {sorted(parts)} of the {chunks[ours]} "
-                             f"that make our {ours!r} are in the checkpoint")
+            raise CheckpointFormatError(f"{ckpt.path}: {origin[ours]}: only part(s) {sorted(parts)} of the "
+                                        f"{chunks[ours]} that make our {ours!r} are in the checkpoint")
         incoming[ours] = parts[0] if chunks[ours] == 1 else torch.cat([parts[c] for c in range(chunks[ours])], 0)
 
     new: list[tuple[str, str]] = []
@@ -132,25 +153,24 @@ def load_pretrained(model: torch.nn.Module, source: Source,
         else:
             missing.append(ours)
     if missing:
-        raise ValueError(f"{ckpt.path}: no tensor for our {missing[0]!r}" +
-                         (f" and {len(missing) - 1} more ({', '.join(missing[1:6])}, ...)" if len(missing) > 1 else "")
-                         + f"; the checkpoint's architecture differs (build the model from "
-                         f"wb.pretrained_config({ckpt.path!r}))")
+        more = f" and {len(missing) - 1} more ({', '.join(missing[1:6])}, ...)" if len(missing) > 1 else ""
+        raise CheckpointFormatError(f"{ckpt.path}: no tensor for our {missing[0]!r}{more}: "
+                                    f"{_architecture_hint(ckpt, model.cfg)}")
 
     new_state = dict(state)
     for ours, tensor in incoming.items():
         if ours in CLASS_HEAD:
             continue
         if tuple(tensor.shape) != tuple(state[ours].shape):
-            raise ValueError(f"{ckpt.path}: {origin[ours]!r} has shape {tuple(tensor.shape)}, our {ours!r} has "
-                             f"{tuple(state[ours].shape)}: the checkpoint does not fit this model")
+            raise CheckpointFormatError(f"{ckpt.path}: {origin[ours]!r} has shape {tuple(tensor.shape)}, our {ours!r} "
+                                        f"has {tuple(state[ours].shape)}: {_architecture_hint(ckpt, model.cfg)}")
         new_state[ours] = as_float(tensor).to(state[ours].dtype)
 
     weight, bias = incoming[CLASS_HEAD[0]], incoming[CLASS_HEAD[1]]
     my_weight, my_bias = state[CLASS_HEAD[0]], state[CLASS_HEAD[1]]
     if weight.shape[1:] != my_weight.shape[1:]:
-        raise ValueError(f"{ckpt.path}: {origin[CLASS_HEAD[0]]!r} has shape {tuple(weight.shape)}, our class head "
-                         f"{tuple(my_weight.shape)}: the hidden sizes differ")
+        raise CheckpointFormatError(f"{ckpt.path}: {origin[CLASS_HEAD[0]]!r} has shape {tuple(weight.shape)}, our "
+                                    f"class head {tuple(my_weight.shape)}: the hidden sizes differ")
     pairs, rows = _class_rows(ckpt, weight.shape[0] - 1, my_weight.shape[0] - 1, categories)
     weight, bias = as_float(weight).to(my_weight.dtype), as_float(bias).to(my_bias.dtype)
     new_weight, new_bias = my_weight.clone(), my_bias.clone()

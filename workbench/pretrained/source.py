@@ -47,6 +47,13 @@ class Checkpoint:
         """Names of the class head's rows (transformers' id2label; the COCO names for upstream), if known."""
         if self.config and self.config.get("id2label"):
             labels = self.config["id2label"]
+            if not isinstance(labels, Mapping):
+                raise CheckpointFormatError(f"{self.path}: config.json id2label is a {type(labels).__name__}, "
+                                            "expected an object {\"0\": name, ...}")
+            gaps = [i for i in range(len(labels)) if str(i) not in labels and i not in labels]
+            if gaps:
+                raise CheckpointFormatError(f"{self.path}: config.json id2label has no class {gaps[0]} (its "
+                                            f"{len(labels)} keys must be the class ids 0..{len(labels) - 1})")
             return tuple(labels[str(i)] if str(i) in labels else labels[i] for i in range(len(labels)))
         return None
 

@@ -40,9 +40,13 @@ def swin_fields(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int],
                 drop_path_rate: float) -> dict:
     """ModelConfig backbone fields for a Swin of these sizes (an error names the sizes if none matches)."""
     from workbench.model.swin import swin_variant_name
+    from workbench.pretrained.source import CheckpointFormatError
 
-    return dict(backbone=swin_variant_name(embed_dim, depths, num_heads), backbone_window_size=window_size,
-                backbone_drop_path_rate=drop_path_rate)
+    try:
+        name = swin_variant_name(embed_dim, depths, num_heads)
+    except ValueError as err:  # a width we cannot build: the checkpoint's, not a bug
+        raise CheckpointFormatError(str(err)) from err
+    return dict(backbone=name, backbone_window_size=window_size, backbone_drop_path_rate=drop_path_rate)
 
 
 def swin_fields_from_shapes(shapes: Mapping[str, tuple[int, ...]], patch_embed: str, block: str,

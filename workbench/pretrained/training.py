@@ -18,8 +18,9 @@ def category_names(cfg) -> list[str] | None:
     return None
 
 
-def start_from_weights(model, cfg, run_dir: str | Path | None) -> LoadReport:
-    """Load `cfg.model.weights` into `model`, print the report, and write it to RUN_DIR/pretrained_report.json."""
+def start_from_weights(model, cfg, run_dir: str | Path | None = None) -> LoadReport:
+    """Load `cfg.model.weights` into `model`, print the report, and (with `run_dir`) write it to
+    RUN_DIR/pretrained_report.json."""
     report = load_pretrained(model, cfg.model.weights, categories=category_names(cfg))
     print(report, flush=True)
     if run_dir is not None:

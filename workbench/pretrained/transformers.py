@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from workbench.errors import UsageError
 from workbench.model.backbone import SWIN_NAMES
 from workbench.pretrained.keymap import KeyMap, Slot, sub_rules
+from workbench.pretrained.source import CheckpointFormatError
 from workbench.pretrained.swin_keys import UPSTREAM_DROP_PATH, swin_fields, swin_fields_from_shapes, swin_keys
 
 _BN = r"(weight|bias|running_mean|running_var)"
@@ -108,7 +109,8 @@ def backbone_fields(tensors, config: Mapping[str, Any] | None = None) -> dict:
         if backbone:
             depths = tuple(backbone.get("depths", ()))
             if backbone.get("layer_type", "bottleneck") != "bottleneck":
-                raise ValueError("config.json backbone_config: only bottleneck ResNets (50/101) are supported")
+                raise CheckpointFormatError("config.json backbone_config: only bottleneck ResNets (50/101) are "
+                                            "supported")
         else:
             blocks: dict[int, set[str]] = {}
             for k in keys:
@@ -117,13 +119,14 @@ def backbone_fields(tensors, config: Mapping[str, Any] | None = None) -> dict:
                     blocks.setdefault(int(m.group(1)), set()).add(m.group(2))
             depths = tuple(len(blocks.get(s, ())) for s in range(4))
         if depths not in RESNET_DEPTHS:
-            raise ValueError(f"transformers ResNet backbone with depths {list(depths)}: supported "
-                             f"{[list(d) for d in RESNET_DEPTHS]} (ResNet-50/101)")
+            raise CheckpointFormatError(f"transformers ResNet backbone with depths {list(depths)}: supported "
+                                        f"{[list(d) for d in RESNET_DEPTHS]} (ResNet-50/101)")
         return {"backbone": RESNET_DEPTHS[depths]}
     if kind == "swin":
         if backbone:
             if backbone.get("use_absolute_embeddings"):
-                raise ValueError("config.json backbone_config: Swin with absolute position embeddings is not supported")
+                raise CheckpointFormatError("config.json backbone_config: Swin with absolute position embeddings "
+                                            "is not supported")
             return swin_fields(backbone.get("embed_dim", 96), backbone.get("depths", [2, 2, 6, 2]),
                                backbone.get("num_heads", [3, 6, 12, 24]), backbone.get("window_size", 7),
                                float(backbone.get("drop_path_rate", 0.1)))
@@ -133,22 +136,24 @@ def backbone_fields(tensors, config: Mapping[str, Any] | None = None) -> dict:
                                        p + "encoder.layers.{i}.blocks.{j}.",
                                        p + "encoder.layers.{i}.blocks.0.attention.self.relative_position_bias_table",
                                        UPSTREAM_DROP_PATH)
-    raise ValueError(f"transformers checkpoint: backbone {kind!r} not supported (ResNet-50/101, Swin-T/S/B/L are)")
+    raise CheckpointFormatError(f"transformers checkpoint: backbone {kind!r} not supported (ResNet-50/101, "
+                                "Swin-T/S/B/L are)")
 
 
 def model_fields(config: Mapping[str, Any], path: str) -> dict[str, Any]:
     """ModelConfig architecture fields from a transformers Mask2Former config.json."""
     def need(name, expected):
         if config.get(name, expected) != expected:
-            raise ValueError(f"{path}: config.json {name} = {config.get(name)!r}; only {expected!r} is supported")
+            raise CheckpointFormatError(f"{path}: config.json {name} = {config.get(name)!r}; only {expected!r} is "
+                                        "supported")
 
     need("pre_norm", False)
     need("activation_function", "relu")
     need("common_stride", 4)
     need("enforce_input_projection", False)
     if config.get("feature_size", 256) != config.get("hidden_dim", 256):
-        raise ValueError(f"{path}: config.json feature_size {config.get('feature_size')} != hidden_dim "
-                         f"{config.get('hidden_dim')}: our pixel decoder works at the decoder's hidden size")
+        raise CheckpointFormatError(f"{path}: config.json feature_size {config.get('feature_size')} != hidden_dim "
+                                    f"{config.get('hidden_dim')}: our pixel decoder works at the decoder's hidden size")
     return dict(
         hidden_dim=config.get("hidden_dim", 256),
         num_queries=config.get("num_queries", 100),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from workbench.model.backbone import SWIN_NAMES
 from workbench.pretrained.keymap import KeyMap, sub_rules
+from workbench.pretrained.source import CheckpointFormatError
 from workbench.pretrained.swin_keys import UPSTREAM_DROP_PATH, swin_fields_from_shapes, swin_keys
 
 _BN = r"(weight|bias|running_mean|running_var)"
@@ -38,16 +39,16 @@ def backbone_fields(tensors) -> dict:
         blocks = {k.split(".")[2] for k in keys if k.startswith("backbone.res4.")}
         depth = {6: "resnet50", 23: "resnet101"}.get(len(blocks))
         if depth is None:
-            raise ValueError(f"upstream ResNet with {len(blocks)} res4 blocks: only ResNet-50 (6) and "
-                             f"ResNet-101 (23) are supported")
+            raise CheckpointFormatError(f"upstream ResNet with {len(blocks)} res4 blocks: only ResNet-50 (6) and "
+                                        f"ResNet-101 (23) are supported")
         return {"backbone": depth}
     if "backbone.patch_embed.proj.weight" in tensors:
         shapes = {k: tuple(v.shape) for k, v in tensors.items() if k.startswith("backbone.")}
         return swin_fields_from_shapes(shapes, "backbone.patch_embed.proj.weight", "backbone.layers.{i}.blocks.{j}.",
                                        "backbone.layers.{i}.blocks.0.attn.relative_position_bias_table",
                                        UPSTREAM_DROP_PATH)
-    raise ValueError("upstream checkpoint: backbone not recognised (expected backbone.res2..res5 for ResNet or "
-                     "backbone.patch_embed / backbone.layers for Swin)")
+    raise CheckpointFormatError("upstream checkpoint: backbone not recognised (expected backbone.res2..res5 for "
+                                "ResNet or backbone.patch_embed / backbone.layers for Swin)")
 
 
 PD, PR = r"sem_seg_head\.pixel_decoder", r"sem_seg_head\.predictor"
