@@ -153,10 +153,14 @@ class MultiTaskMask2Former(nn.Module):
                         hot, known = self._multi_target(attrs[a.name], labeled.get(a.name), a)
                     target["attributes"][a.name] = hot
                     target.setdefault("attribute_labeled", {})[a.name] = known.to(self.device)
-            if inst.get("ignore") is not None:  # crowd / __ignore__ pixels; padding is not ignored
-                ignore = torch.as_tensor(inst["ignore"], device=self.device).bool()
+            # crowd / label 255 / __ignore__ pixels, on the item or its instances (both: their union); padding is
+            # not ignored
+            regions = [torch.as_tensor(r, device=self.device).bool() for r in (item.get("ignore"), inst.get("ignore"))
+                       if r is not None]
+            if regions:
                 target["ignore"] = padded.new_zeros(padded_size)
-                target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] = ignore
+                for ignore in regions:
+                    target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] |= ignore
             out.append(target)
         return out
 
