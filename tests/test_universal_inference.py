@@ -158,7 +158,11 @@ def test_a_stuff_class_of_two_queries_is_one_segment_things_stay_apart():
     assert int((out["panoptic_seg"] == 1).sum()) == 32 * 64  # both sky queries' pixels under the first one's id
 
 
-def test_overlap_threshold_rejects_a_mostly_hidden_query_and_ties_go_to_the_first():
+@pytest.mark.parametrize("one_mask_per_chunk", [False, True])
+def test_overlap_threshold_rejects_a_mostly_hidden_query_and_ties_go_to_the_first(one_mask_per_chunk, monkeypatch):
+    if one_mask_per_chunk:  # the tie between queries 2 and 3 is then decided across chunks
+        from workbench.model import postprocess
+        monkeypatch.setattr(postprocess, "CPU_CHUNK_BYTES", 4)
     cls = confident({0: 1, 1: 2, 2: 0}, 4)
     cls[3] = cls[2]  # query 3 duplicates query 2 exactly: the tie goes to 2, so 3 wins nothing
     masks = box(4, {0: (0, 8, 0, 8), 1: (0, 8, 0, 10), 2: (8, 16, 8, 16), 3: (8, 16, 8, 16)})
@@ -171,6 +175,9 @@ def test_overlap_threshold_rejects_a_mostly_hidden_query_and_ties_go_to_the_firs
     strict = panoptic_inference(cls, {}, box(4, {0: (0, 8, 0, 8), 1: (0, 8, 6, 10), 2: (8, 16, 8, 16)}),
                                 (16, 16), (16, 16), stuff_classes=STUFF, overlap_threshold=0.8)
     assert [s["query_index"] for s in strict["segments_info"]] == [1, 2]
+    at = assert_upstream_panoptic(cls, box(4, {0: (0, 8, 0, 10), 1: (0, 8, 8, 12), 2: (8, 16, 8, 16)}),
+                                  (16, 16), (16, 16), (16, 16), overlap_threshold=0.8)
+    assert [s["query_index"] for s in at["segments_info"]] == [0, 1, 2]  # 64 / 80 = 0.8 exactly: kept (>=)
 
 
 def test_segments_carry_their_querys_attributes():
