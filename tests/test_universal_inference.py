@@ -212,6 +212,35 @@ def test_model_returns_its_task_and_predicts_any_task_from_one_forward():
     assert set(wb.build_model(cfg.replace(task="semantic")).eval()(batch)[0]) == {"sem_seg"}
 
 
+# ---- the task in the config ---------------------------------------------------------------------------------------
+def test_task_and_stuff_classes_round_trip_through_a_config_file(tmp_path):
+    from workbench.config import RunConfig
+    from workbench.config_file import dump_yaml, read_yaml, run_config_from_dict
+    cfg = RunConfig(model=wb.ModelConfig.tiny(num_classes=C, task="panoptic", stuff_classes=[4, 3],
+                                                 object_mask_threshold=0.5, overlap_threshold=0.6))
+    dump_yaml(cfg, tmp_path / "run.yaml")
+    back = run_config_from_dict(read_yaml(tmp_path / "run.yaml"))
+    assert back == cfg and back.model.stuff_classes == (4, 3) and back.model.thing_classes == (0, 1, 2)
+    for preset in ("tiny", "coco_r50", "coco_swin_l"):
+        model = getattr(wb.ModelConfig, preset)()
+        assert (model.task, model.stuff_classes, model.object_mask_threshold, model.overlap_threshold) == (
+            "instance", (), 0.8, 0.8)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"task": "panoptc"}, r"model: task must be one of \('instance', 'semantic', 'panoptic'\), got 'panoptc'"),
+    ({"stuff_classes": [2, 5]}, r"stuff_classes must be class indices in \[0, 5\) \(num_classes\), got \[5\]"),
+    ({"stuff_classes": [1, 1]}, "stuff_classes lists a class twice"),
+    ({"stuff_classes": [True]}, "stuff_classes must be class indices"),
+    ({"stuff_classes": "sky"}, "stuff_classes must be a list of class indices, got 'sky'"),
+    ({"overlap_threshold": 1.5}, r"overlap_threshold must be in \[0, 1\], got 1.5"),
+])
+def test_bad_task_settings_are_config_errors_naming_the_field(model, message):
+    from workbench.config_file import ConfigError, run_config_from_dict
+    with pytest.raises(ConfigError, match=message):
+        run_config_from_dict({"model": {"preset": "tiny", "num_classes": C, **model}})
+
+
 # ---- (b) transformers ------------------------------------------------------------------------------------------
 def transformers_processor():
     tf = pytest.importorskip("transformers", reason="transformers (a dev dependency) is the parity reference")
