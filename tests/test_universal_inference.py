@@ -3,11 +3,13 @@
 (a) Upstream: `upstream_semantic` / `upstream_panoptic` below transcribe MaskFormer.semantic_inference and
     .panoptic_inference of facebookresearch/Mask2Former (mask2former/maskformer_model.py), with its resizing
     (logits up to the padded input, then `sem_seg_postprocess`: crop the padding, resize to the output size),
-    which upstream applies before inference whenever instance or panoptic inference is on. Ours must equal them
-    on the same logits: label maps and segment ids exactly, scores to float rounding.
-(b) transformers 5.23.0 (`Mask2FormerImageProcessor.post_process_semantic_segmentation` /
-    `post_process_panoptic_segmentation`, same thresholds, `label_ids_to_fuse` = our stuff classes). Where its
-    definitions differ from upstream's (and ours):
+    which upstream applies before inference whenever instance or panoptic inference is on (its semantic-only
+    configs resize the summed scores instead: the same where output size = input size). Ours must equal them on
+    the same logits: panoptic maps and segment ids exactly, semantic scores to float rounding.
+(b) transformers 5.23.0 (`post_process_semantic_segmentation` / `post_process_panoptic_segmentation` of
+    `Mask2FormerImageProcessor`, the torchvision backend once called "fast", and of `Mask2FormerImageProcessorPil`;
+    same thresholds, `label_ids_to_fuse` = our stuff classes). Where its definitions differ from upstream's
+    (and ours):
     - resizing: it resizes the mask logits to a fixed 384 x 384 (no padding crop); semantic scores are resized to
       `target_sizes` after the sum, panoptic mask *probabilities* (after the sigmoid) before the argmax;
     - mask threshold: its "original area" of a query is score x prob >= 0.5 (it multiplies the probabilities
@@ -242,9 +244,11 @@ def test_bad_task_settings_are_config_errors_naming_the_field(model, message):
 
 
 # ---- (b) transformers ------------------------------------------------------------------------------------------
-def transformers_processor():
+@pytest.fixture(params=["Mask2FormerImageProcessor", "Mask2FormerImageProcessorPil"])
+def proc(request):
+    """transformers' processor of either backend (torchvision, the former "fast" one, and PIL)."""
     tf = pytest.importorskip("transformers", reason="transformers (a dev dependency) is the parity reference")
-    return tf.Mask2FormerImageProcessor()
+    return getattr(tf, request.param)()
 
 
 def saturated(seed, q=8, size=96):
@@ -266,8 +270,7 @@ def saturated(seed, q=8, size=96):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_semantic_equals_transformers_at_its_384_size(seed):
-    proc = transformers_processor()
+def test_semantic_equals_transformers_at_its_384_size(seed, proc):
     cls, masks = random_logits(seed, h=96, w=96)
     out = SimpleNamespace(class_queries_logits=cls[None], masks_queries_logits=masks[None])
     theirs = proc.post_process_semantic_segmentation(out, return_segmentation_scores=True)[0]
@@ -279,8 +282,7 @@ def test_semantic_equals_transformers_at_its_384_size(seed):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_panoptic_equals_transformers_where_definitions_agree(seed):
-    proc = transformers_processor()
+def test_panoptic_equals_transformers_where_definitions_agree(seed, proc):
     cls, masks = saturated(seed)
     out = SimpleNamespace(class_queries_logits=cls[None], masks_queries_logits=masks[None])
     theirs = proc.post_process_panoptic_segmentation(out, threshold=0.8, overlap_mask_area_threshold=0.8,
@@ -296,9 +298,8 @@ def test_panoptic_equals_transformers_where_definitions_agree(seed):
     assert len(ours["segments_info"]) >= 3
 
 
-def test_transformers_differs_by_painting_pixels_below_half_probability():
+def test_transformers_differs_by_painting_pixels_below_half_probability(proc):
     """A pixel whose winning query has prob < 0.5 there: transformers paints it, upstream (and we) leave it 0."""
-    proc = transformers_processor()
     cls = confident({0: 0}, 2)
     masks = torch.full((2, 96, 96), -12.0)
     masks[0, :48] = 12.0
@@ -310,10 +311,9 @@ def test_transformers_differs_by_painting_pixels_below_half_probability():
     assert (ours["panoptic_seg"][:190] == 1).all() and not ours["panoptic_seg"][200:].any()
 
 
-def test_transformers_differs_by_reusing_an_id_after_a_fused_repeat():
+def test_transformers_differs_by_reusing_an_id_after_a_fused_repeat(proc):
     """sky, person, sky again, person: transformers' counter restarts at sky's id, so the second person gets the
     first person's id; upstream (and we) give it a new one."""
-    proc = transformers_processor()
     cls = confident({0: 3, 1: 0, 2: 3, 3: 0}, 4)
     masks = box(4, {0: (0, 24, 0, 96), 1: (24, 48, 0, 96), 2: (48, 72, 0, 96), 3: (72, 96, 0, 96)}, size=96)
     out = SimpleNamespace(class_queries_logits=cls[None], masks_queries_logits=masks[None])
