@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence, Union
 
-__all__ = ["ATTRIBUTE_KINDS", "TASKS", "AttributeSpec", "AugmentConfig", "DataConfig", "LogConfig", "LossConfig", "ModelConfig",
-           "SolverConfig"]
+__all__ = ["ATTRIBUTE_KINDS", "TASKS", "AttributeSpec", "AugmentConfig", "DataConfig", "LogConfig", "LossConfig",
+           "ModelConfig", "SolverConfig"]
 
 
 ATTRIBUTE_KINDS = ("single", "multi")
