@@ -173,9 +173,13 @@ def test_figures(inspection):
 
 
 # ---- notebook 02 helpers ----------------------------------------------------------------------------------------
-def test_matcher_cost_terms_add_up_to_the_matchers_cost():
+@pytest.mark.parametrize("ignore", [False, True])
+def test_matcher_cost_terms_add_up_to_the_matchers_cost(ignore):
     cfg = default_config()
     p = planted_problem(num_queries=cfg.num_queries, num_classes=cfg.num_classes, attributes=K)
+    if ignore:  # the matcher's mask costs skip ignored points: so do the terms shown
+        p.targets[0]["ignore"] = torch.zeros(p.targets[0]["masks"].shape[-2:], dtype=torch.bool)
+        p.targets[0]["ignore"][:, :12] = True
     terms = matcher_cost_terms(build_matcher(cfg), p.outputs, p.targets)
     assert set(terms) == {"class", "attr color", "attr size", "mask (BCE)", "dice", "total"}
     parts = sum(v for k, v in terms.items() if k != "total")

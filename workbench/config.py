@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence, Union
 
-__all__ = ["ATTRIBUTE_KINDS", "AttributeSpec", "AugmentConfig", "DataConfig", "LogConfig", "LossConfig", "ModelConfig",
-           "SolverConfig"]
+__all__ = ["ATTRIBUTE_KINDS", "TASKS", "AttributeSpec", "AugmentConfig", "DataConfig", "LogConfig", "LossConfig",
+           "ModelConfig", "SolverConfig"]
 
 
 ATTRIBUTE_KINDS = ("single", "multi")
@@ -21,6 +21,7 @@ ATTRIBUTE_KINDS = ("single", "multi")
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "tiny", "swin_t", "swin_s", "swin_b", "swin_l")
 DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::\d+)?")  # what device.resolve_device reads (any case, spaces around)
 MULTI_LABEL_LOSSES = ("bce", "focal")
+TASKS = ("instance", "semantic", "panoptic")  # what `model(batch)` returns in eval mode (model/meta_arch.py)
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,12 @@ class ModelConfig:
     attribute_cost_weight: float = 1.0  # scales every attribute's matcher cost; 0 switches them off
     multi_label_cost_weight: float = 1.0  # further scales multi-label groups' matcher costs; 0 switches them off
     test_topk: int = 100  # instances kept per image at inference (top-k over queries x classes)
+    # "instance" | "semantic" | "panoptic": the outputs of model(batch) in eval mode; model.predict(batch, tasks)
+    # gives any of them from one forward (upstream's INSTANCE_ON / SEMANTIC_ON / PANOPTIC_ON)
+    task: str = "instance"
+    stuff_classes: tuple[int, ...] = ()  # class indices that are stuff (COCO isthing 0); () = all are things
+    object_mask_threshold: float = 0.8  # panoptic: queries whose class score is <= this are dropped (upstream)
+    overlap_threshold: float = 0.8  # panoptic: a query keeping < this share of its mask after overlaps is dropped
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -186,6 +193,30 @@ class ModelConfig:
             raise ValueError(f"backbone_window_size must be >= 1, got {self.backbone_window_size}")
         if not 0 <= self.backbone_drop_path_rate < 1:
             raise ValueError(f"backbone_drop_path_rate must be in [0, 1), got {self.backbone_drop_path_rate}")
+        self._check_task()
+
+    def _check_task(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if isinstance(self.stuff_classes, (str, bytes)) or not isinstance(self.stuff_classes, (list, tuple)):
+            raise ValueError(f"stuff_classes must be a list of class indices, got {self.stuff_classes!r}")
+        object.__setattr__(self, "stuff_classes", tuple(self.stuff_classes))
+        bad = [c for c in self.stuff_classes
+               if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"stuff_classes must be class indices in [0, {self.num_classes}) (num_classes), "
+                             f"got {bad}")
+        if len(set(self.stuff_classes)) != len(self.stuff_classes):
+            raise ValueError(f"stuff_classes lists a class twice: {list(self.stuff_classes)}")
+        for name in ("object_mask_threshold", "overlap_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+
+    @property
+    def thing_classes(self) -> tuple[int, ...]:
+        """The class indices not in `stuff_classes` (COCO isthing 1)."""
+        stuff = set(self.stuff_classes)
+        return tuple(c for c in range(self.num_classes) if c not in stuff)
 
     @property
     def attribute_names(self) -> tuple[str, ...]:

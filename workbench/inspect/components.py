@@ -18,6 +18,7 @@ from workbench.model.matcher import (
     batch_dice_cost,
     batch_sigmoid_ce_cost,
 )
+from workbench.model.ignore import ignored_cells, image_ignore, valid_points
 from workbench.model.meta_arch import build_criterion, pad_images
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample
@@ -67,8 +68,11 @@ def matcher_cost_terms(matcher: HungarianMatcher, outputs: ModelOutput, targets:
     tgt_mask = torch.as_tensor(tgt["masks"]).float()
     out_pts = point_sample(out_mask[:, None], coords.expand(out_mask.shape[0], -1, -1))[:, 0]
     tgt_pts = point_sample(tgt_mask[:, None], coords.expand(tgt_mask.shape[0], -1, -1))[:, 0]
-    terms["mask (BCE)"] = matcher.cost_mask * batch_sigmoid_ce_cost(out_pts, tgt_pts)
-    terms["dice"] = matcher.cost_dice * batch_dice_cost(out_pts, tgt_pts)
+    ignore = image_ignore([tgt])[0]  # the matcher's mask costs skip points on ignored cells (model/ignore.py)
+    valid = (None if ignore is None
+             else valid_points(ignored_cells(ignore[None], out_mask.shape[-2:]), coords)[0].float())
+    terms["mask (BCE)"] = matcher.cost_mask * batch_sigmoid_ce_cost(out_pts, tgt_pts, valid)
+    terms["dice"] = matcher.cost_dice * batch_dice_cost(out_pts, tgt_pts, valid)
     result = {k: v.numpy() for k, v in terms.items()}
     result["total"] = matcher.cost_matrix(outputs, targets, b, coords).numpy()
     return result

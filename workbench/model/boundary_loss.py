@@ -54,9 +54,10 @@ def edge_map(masks: torch.Tensor, kernel: str = "laplacian") -> torch.Tensor:
 
 
 def boundary_loss(mask_logits: torch.Tensor, target_masks: torch.Tensor, num_masks: float,
-                  kernel: str = "laplacian") -> torch.Tensor:
+                  kernel: str = "laplacian", valid: torch.Tensor | None = None) -> torch.Tensor:
     """mask_logits (N, H, W), target_masks (N, H, W) in [0, 1] (binary, or area-resized binary) at the same
-    size -> 0-dim loss (see the module docstring).
+    size -> 0-dim loss (see the module docstring). `valid` (N, H, W) {0, 1}: the BCE mean and the dice sums run
+    over valid pixels only (ignore regions, see ignore.py); None = all pixels.
 
     N = 0 gives a zero that keeps the graph (zero gradient), like the mask and dice losses.
     """
@@ -71,7 +72,13 @@ def boundary_loss(mask_logits: torch.Tensor, target_masks: torch.Tensor, num_mas
     # BCE minus its minimum (the target's own entropy, nonzero where the map is fractional, e.g. Sobel or an
     # area-resized target): the same gradient as BCE, and 0 when the maps agree (this is KL(target || pred)).
     bce = (F.binary_cross_entropy(pred.clamp(EPS, 1 - EPS), target, reduction="none")
-           - F.binary_cross_entropy(target.clamp(EPS, 1 - EPS), target, reduction="none")).mean(1)
+           - F.binary_cross_entropy(target.clamp(EPS, 1 - EPS), target, reduction="none"))
+    if valid is None:
+        bce = bce.mean(1)
+    else:
+        valid = valid.flatten(1).to(pred.dtype)
+        bce = (bce * valid).sum(1) / valid.sum(1).clamp(min=1)
+        pred, target = pred * valid, target * valid
     # squared-denominator (V-Net) dice: exactly 1 for identical maps even where they are fractional
     dice = 1 - (2 * (pred * target).sum(1) + 1) / (pred.pow(2).sum(1) + target.pow(2).sum(1) + 1)
     return (bce + dice).sum() / num_masks

@@ -15,10 +15,11 @@ BCE (or sigmoid focal loss), mean over the K values and over the matched instanc
 (`targets[i]["attribute_labeled"][name]`, absent = all labeled); unmatched queries get no attribute loss
 because the class head's "no object" already says there is nothing to describe. Same key, `loss_attr_<name>`.
 
-Ignore regions (COCO `iscrowd: 1`, labelme `__ignore__`): a target may carry `ignore` (H, W) bool; the mask
-losses of matched queries skip the sampled points that fall on it (a point is ignored when at least half of
-its bilinear footprint is). Without an ignore region the losses are computed exactly as before. The matcher
-does not look at ignore regions (as upstream): the points there are background for every target alike.
+Ignore regions (COCO `iscrowd: 1`, label 255, labelme `__ignore__`): a target may carry `ignore` (H, W) bool;
+the mask, dice and boundary terms of matched queries (and the matcher's mask costs) skip the points and pixels
+that touch an ignored logit cell, and the uncertain points are chosen among the others (ignore.py): logits on
+ignored pixels change neither the losses nor their gradients. Without an ignore region the losses are computed
+exactly as before.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from torchvision.ops import sigmoid_focal_loss  # (N, K) elementwise (Lin et al.
 
 from workbench.config import AttributeSpec
 from workbench.model.boundary_loss import boundary_loss
+from workbench.model.ignore import ignored_cells, valid_pixels, valid_points
 from workbench.model.matcher import HungarianMatcher, Target, labeled_mask
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample, uncertain_point_coords
@@ -263,30 +265,31 @@ class SetCriterion(nn.Module):
             torch.as_tensor(t["masks"], device=src_masks.device)[j] for t, (_, j) in zip(targets, indices)
         ]).to(src_masks.dtype)
         src_masks, tgt_masks = src_masks[:, None], tgt_masks[:, None]
+        cells = self._ignored_cells(targets, indices, src_masks.shape[-2:], src_masks.device)
         with torch.no_grad():
             coords = uncertain_point_coords(src_masks.float(), self.num_points, self.oversample_ratio,
-                                            self.importance_sample_ratio, generator)
+                                            self.importance_sample_ratio, generator,
+                                            valid=None if cells is None else functools.partial(valid_points, cells))
             point_labels = point_sample(tgt_masks.float(), coords)[:, 0]
-            valid = self._valid_points(targets, indices, coords, src_masks.device)
+            valid = None if cells is None else valid_points(cells, coords).float()
         point_logits = point_sample(src_masks.float(), coords)[:, 0]
         return {"loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks, valid),
                 "loss_dice": dice_loss(point_logits, point_labels, num_masks, valid)}
 
     @staticmethod
-    def _valid_points(targets, indices, coords: torch.Tensor, device) -> torch.Tensor | None:
-        """(N, P) float {0, 1}: 0 where a matched pair's point lies on its image's ignore region; None when no
-        image of the batch has one (the losses then take the unmasked path, identical to before)."""
+    def _ignored_cells(targets, indices, size, device) -> torch.Tensor | None:
+        """(N, h, w) float {0, 1}: each matched pair's image's ignored logit cells (ignore.py); None when no image
+        of the batch has an ignore region (the losses then take the unmasked path, identical to before)."""
         has_ignore = indices.has_ignore if isinstance(indices, Matches) else None
         if not (Matches.targets_ignore(targets) if has_ignore is None else has_ignore):
             return None
         maps = []
         for t, (_, j) in zip(targets, indices):
             m = t.get("ignore")
-            size = tuple(torch.as_tensor(t["masks"]).shape[-2:])
-            m = torch.zeros(size, device=device) if m is None else torch.as_tensor(m, device=device).float()
-            maps.append(m[None].expand(len(j), *m.shape))
-        ignored = point_sample(torch.cat(maps)[:, None], coords)[:, 0]
-        return (ignored < 0.5).float()
+            cells = (torch.zeros(tuple(size), device=device) if m is None
+                     else ignored_cells(torch.as_tensor(m, device=device)[None], size)[0])
+            maps.append(cells[None].expand(len(j), *cells.shape))
+        return torch.cat(maps)
 
     def loss_boundary(self, outputs: ModelOutput, targets, indices, num_masks, generator):
         """Edge maps of matched masks at the prediction's resolution (targets area-resized to it)."""
@@ -298,7 +301,9 @@ class SetCriterion(nn.Module):
             torch.as_tensor(t["masks"], device=src_masks.device)[j] for t, (_, j) in zip(targets, indices)
         ]).float()
         tgt_masks = F.adaptive_avg_pool2d(tgt_masks[:, None], src_masks.shape[-2:])[:, 0]
-        return {"loss_boundary": boundary_loss(src_masks.float(), tgt_masks, num_masks)}
+        cells = self._ignored_cells(targets, indices, src_masks.shape[-2:], src_masks.device)
+        valid = None if cells is None else valid_pixels(cells)
+        return {"loss_boundary": boundary_loss(src_masks.float(), tgt_masks, num_masks, valid=valid)}
 
     # ---- driver ----
     def num_masks(self, targets, device) -> float:

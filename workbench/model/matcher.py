@@ -5,7 +5,9 @@ the mask terms on points shared by all pairs. Without the attribute terms, match
 every head learns "no object" for them (a seed bug); `cost_attributes={name: 0}` switches one off; an
 unlabeled attribute (-1) adds no cost. A multi-label group (named in `multi_label`) costs the per-query mean
 binary cross-entropy of its K sigmoid logits against the target's multi-hot vector; instances whose group is
-unlabeled (`attribute_labeled[name]` False) add no cost.
+unlabeled (`attribute_labeled[name]` False) add no cost. Ignore regions (a target's `ignore` (H, W)): the
+mask costs average over the points that touch no ignored logit cell (ignore.py), so predictions there do not
+change the matching; without one the costs are upstream's.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from workbench.model.ignore import ignored_cells, image_ignore, valid_points
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample, rand
 
@@ -57,19 +60,28 @@ def labeled_mask(target: Target, name: str, num_instances: int, device) -> torch
     return torch.as_tensor(labeled, device=device).bool()
 
 
-def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor,
+                          valid: torch.Tensor | None = None) -> torch.Tensor:
     """inputs (..., N, P) logits, targets (..., M, P) in [0, 1] -> (..., N, M): mean binary cross-entropy.
 
     BCE(x, t) = t softplus(-x) + (1 - t) softplus(x) = softplus(x) - t x for any t, so the N x M sums are one
     softplus pass and one matrix product (upstream: two BCE passes and two products; same values to ~1e-7).
+    `valid` (..., P) {0, 1}: the mean over valid points only (ignore regions, see ignore.py); 0 when none is.
     """
-    num_points = inputs.shape[-1]
-    return (F.softplus(inputs).sum(-1, keepdim=True) - inputs @ targets.transpose(-1, -2)) / num_points
+    if valid is None:
+        num_points = inputs.shape[-1]
+        return (F.softplus(inputs).sum(-1, keepdim=True) - inputs @ targets.transpose(-1, -2)) / num_points
+    valid = valid[..., None, :]
+    total = (F.softplus(inputs) * valid).sum(-1, keepdim=True) - (inputs * valid) @ targets.transpose(-1, -2)
+    return total / valid.sum(-1, keepdim=True).clamp(min=1)
 
 
-def batch_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """inputs (..., N, P) logits, targets (..., M, P) in {0, 1} -> (..., N, M): 1 - soft dice."""
+def batch_dice_cost(inputs: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """inputs (..., N, P) logits, targets (..., M, P) in {0, 1} -> (..., N, M): 1 - soft dice. `valid` (..., P)
+    {0, 1}: over valid points only (0 when none is)."""
     probs = inputs.sigmoid()
+    if valid is not None:
+        probs, targets = probs * valid[..., None, :], targets * valid[..., None, :]
     numerator = 2 * probs @ targets.transpose(-1, -2)
     denominator = probs.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)
@@ -107,6 +119,7 @@ class PaddedTargets:
     masks       (sum T_b, H, W) every target mask in image order when all share one size (and are not too
                 many pixels), else None
     slots       (image, slot) of each of those masks in the padded layout: two (sum T_b,) int64
+    ignore      each image's ignore region (H, W) bool or None, when some image has one (else None)
     """
 
     counts: list[int]
@@ -116,6 +129,7 @@ class PaddedTargets:
     labeled: dict[str, torch.Tensor]
     masks: torch.Tensor | None
     slots: tuple[torch.Tensor, torch.Tensor]
+    ignore: list[torch.Tensor | None] | None = None
 
     @property
     def width(self) -> int:
@@ -187,8 +201,10 @@ class HungarianMatcher:
         slot = torch.cat([torch.arange(n, dtype=torch.int64, device=device) for n in counts])
         same_size = len({tuple(m.shape[-2:]) for m in masks}) == 1
         small = sum(m.numel() for m in masks) <= MAX_BATCHED_MASK_PIXELS
+        ignore = [None if m is None else m.to(device) for m in image_ignore(targets)]
         return PaddedTargets(counts, labels, values, multi_hot, labeled,
-                             torch.cat(masks) if same_size and small else None, (image, slot))
+                             torch.cat(masks) if same_size and small else None, (image, slot),
+                             ignore if any(m is not None for m in ignore) else None)
 
     def _cost_matrices(self, outputs: ModelOutput, targets: Sequence[Target], point_coords: torch.Tensor,
                        padded: PaddedTargets) -> torch.Tensor:
@@ -207,9 +223,20 @@ class HungarianMatcher:
         coords = point_coords.float()
         out_pts = point_sample(outputs.mask_logits.float(), coords)  # (B, Q, P): the queries are channels
         tgt_pts = self._target_points(targets, padded, coords)  # (B, T, P), padding 0
-        cost = cost + self.cost_mask * batch_sigmoid_ce_cost(out_pts, tgt_pts)
-        cost = cost + self.cost_dice * batch_dice_cost(out_pts, tgt_pts)
+        valid = self._valid_points(padded, outputs.mask_logits.shape[-2:], coords)
+        cost = cost + self.cost_mask * batch_sigmoid_ce_cost(out_pts, tgt_pts, valid)
+        cost = cost + self.cost_dice * batch_dice_cost(out_pts, tgt_pts, valid)
         return torch.nan_to_num(cost, nan=COST_GUARD, posinf=COST_GUARD, neginf=-COST_GUARD)
+
+    @staticmethod
+    def _valid_points(padded: PaddedTargets, size, coords: torch.Tensor) -> torch.Tensor | None:
+        """(B, P) float {0, 1}: 0 where image b's point touches an ignored logit cell (ignore.py); None when no
+        image has an ignore region (the costs then take the unmasked path, as upstream)."""
+        if padded.ignore is None:
+            return None
+        cells = torch.stack([coords.new_zeros(tuple(size)) if m is None else ignored_cells(m[None], size)[0]
+                             for m in padded.ignore])
+        return valid_points(cells, coords).to(coords.dtype)
 
     @staticmethod
     def _target_points(targets: Sequence[Target], padded: PaddedTargets, coords: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """`MultiTaskMask2Former`: backbone -> pixel decoder -> masked-attention decoder, plus matcher and criterion.
 
 Training mode returns only weighted 0-dim losses (a dict a train loop can sum); eval mode returns per-image
-predictions built from that image's own decoder outputs. Returning predictions while training was a seed bug.
+predictions built from that image's own decoder outputs, for the config's `task`; `predict(batch, tasks)` gives
+any tasks' predictions from one forward. Returning predictions while training was a seed bug.
 """
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from workbench.config import ModelConfig
+from workbench.config import TASKS, ModelConfig
 from workbench.model.backbone import backbone_from_config
 from workbench.model.criterion import DEFAULT_TERMS, SetCriterion, build_weight_dict
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.matcher import HungarianMatcher
 from workbench.model.outputs import ModelOutput
+from workbench.model.panoptic_inference import panoptic_inference
 from workbench.model.pixel_decoder import MSDeformAttnPixelDecoder
 from workbench.model.postprocess import instance_inference
+from workbench.model.semantic_inference import semantic_inference
 
 Batch = Sequence[dict[str, Any]]
 
@@ -150,10 +153,14 @@ class MultiTaskMask2Former(nn.Module):
                         hot, known = self._multi_target(attrs[a.name], labeled.get(a.name), a)
                     target["attributes"][a.name] = hot
                     target.setdefault("attribute_labeled", {})[a.name] = known.to(self.device)
-            if inst.get("ignore") is not None:  # crowd / __ignore__ pixels; padding is not ignored
-                ignore = torch.as_tensor(inst["ignore"], device=self.device).bool()
+            # crowd / label 255 / __ignore__ pixels, on the item or its instances (both: their union); padding is
+            # not ignored
+            regions = [torch.as_tensor(r, device=self.device).bool() for r in (item.get("ignore"), inst.get("ignore"))
+                       if r is not None]
+            if regions:
                 target["ignore"] = padded.new_zeros(padded_size)
-                target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] = ignore
+                for ignore in regions:
+                    target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] |= ignore
             out.append(target)
         return out
 
@@ -184,14 +191,9 @@ class MultiTaskMask2Former(nn.Module):
         return values.float(), known
 
     def forward(self, batch: Batch, generator: torch.Generator | None = None):
-        """Training: dict[str, 0-dim Tensor] of weighted losses. Eval: list of per-image prediction dicts."""
-        if not isinstance(batch, (list, tuple)) or not batch:
-            raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
-        images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
-        # at least 2x2 cells at the coarsest stride: GroupNorm needs more than one value per group, so a tiny
-        # image (1x1, 32x32) is padded further instead of failing
-        padded = pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean,
-                            min_size=2 * self.cfg.size_divisibility)
+        """Training: dict[str, 0-dim Tensor] of weighted losses. Eval: list of per-image prediction dicts of the
+        config's task (see `predict`)."""
+        padded = self._padded_images(batch)
         if self.training:
             targets = self.targets(batch, padded.shape[-2:])
             outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
@@ -203,14 +205,53 @@ class MultiTaskMask2Former(nn.Module):
         outputs = self.forward_raw(padded)
         return self.postprocess(outputs, batch, tuple(padded.shape[-2:]))
 
-    def postprocess(self, outputs: ModelOutput, batch: Batch, padded_size: tuple[int, int]) -> list[dict]:
+    def _padded_images(self, batch: Batch) -> torch.Tensor:
+        if not isinstance(batch, (list, tuple)) or not batch:
+            raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
+        images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
+        # at least 2x2 cells at the coarsest stride: GroupNorm needs more than one value per group, so a tiny
+        # image (1x1, 32x32) is padded further instead of failing
+        return pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean,
+                          min_size=2 * self.cfg.size_divisibility)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, tasks: Sequence[str] | None = None) -> list[dict]:
+        """Predictions of any of "instance", "semantic", "panoptic" (default: the config's task) from one forward,
+        in the model's current mode's weights (call `.eval()` first for dropout-free outputs). Per image, one dict
+        holding each task's keys: instance's (masks, scores, labels, ...), "sem_seg", "panoptic_seg" and
+        "segments_info" (see postprocess.py, semantic_inference.py, panoptic_inference.py)."""
+        padded = self._padded_images(batch)
+        return self.postprocess(self.forward_raw(padded), batch, tuple(padded.shape[-2:]), tasks)
+
+    def postprocess(self, outputs: ModelOutput, batch: Batch, padded_size: tuple[int, int],
+                    tasks: Sequence[str] | None = None) -> list[dict]:
+        """Per image, the `tasks`' predictions merged into one dict (default: the config's task)."""
+        tasks = (self.cfg.task,) if tasks is None else ((tasks,) if isinstance(tasks, str) else tuple(tasks))
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"tasks must name some of {TASKS}, got {list(tasks)}")
+        multi_label = {a.name: a.threshold for a in self.cfg.attributes if a.multi}
         results = []
         for b, item in enumerate(batch):
             image_size = tuple(int(s) for s in item["image"].shape[-2:])
             output_size = (int(item.get("height", image_size[0])), int(item.get("width", image_size[1])))
-            results.append(instance_inference(
-                outputs.class_logits[b], {k: v[b] for k, v in outputs.attribute_logits.items()},
-                outputs.mask_logits[b], padded_size, image_size, output_size, topk=self.cfg.test_topk,
-                multi_label={a.name: a.threshold for a in self.cfg.attributes if a.multi},
-            ))
+            attribute_logits = {k: v[b] for k, v in outputs.attribute_logits.items()}
+            result: dict = {}
+            if "instance" in tasks:
+                result.update(instance_inference(
+                    outputs.class_logits[b], attribute_logits, outputs.mask_logits[b], padded_size, image_size,
+                    output_size, topk=self.cfg.test_topk, multi_label=multi_label,
+                    stuff_classes=self.cfg.stuff_classes,
+                ))
+            if "semantic" in tasks:
+                result.update(semantic_inference(outputs.class_logits[b], outputs.mask_logits[b], padded_size,
+                                                 image_size, output_size))
+            if "panoptic" in tasks:
+                result.update(panoptic_inference(
+                    outputs.class_logits[b], attribute_logits, outputs.mask_logits[b], padded_size, image_size,
+                    output_size, stuff_classes=self.cfg.stuff_classes,
+                    object_mask_threshold=self.cfg.object_mask_threshold,
+                    overlap_threshold=self.cfg.overlap_threshold, multi_label=multi_label,
+                ))
+            results.append(result)
         return results

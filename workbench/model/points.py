@@ -4,6 +4,8 @@ All randomness goes through an optional `torch.Generator` so runs and tests are 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -41,16 +43,21 @@ def uncertain_point_coords(
     oversample_ratio: float,
     importance_sample_ratio: float,
     generator: torch.Generator | None = None,
+    valid: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """PointRend's sampling: most points where the prediction is least certain, the rest uniform.
 
-    mask_logits (N, 1, H, W) -> coords (N, num_points, 2) in [0, 1].
+    mask_logits (N, 1, H, W) -> coords (N, num_points, 2) in [0, 1]. `valid`: coords (N, S, 2) -> (N, S) bool;
+    a candidate it rejects (on an ignore region, see ignore.py) is never ranked as uncertain, so which points
+    are picked does not depend on the logits there. None = every candidate (the random stream is the same).
     """
     n = mask_logits.shape[0]
     device = mask_logits.device
     num_sampled = int(num_points * oversample_ratio)
     coords = rand((n, num_sampled, 2), device=device, generator=generator)
     point_unc = uncertainty(point_sample(mask_logits, coords))  # (N, 1, num_sampled)
+    if valid is not None:
+        point_unc = point_unc.masked_fill(~valid(coords)[:, None], float("-inf"))
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
     idx = torch.topk(point_unc[:, 0, :], k=num_uncertain, dim=1, sorted=False)[1]  # the set matters, not its order

@@ -5,6 +5,8 @@ image's* decoder output, and tools can trace an instance back to its query.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -67,7 +69,7 @@ def _masks_and_scores(mask_logits: torch.Tensor, query_index: torch.Tensor, padd
 def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, torch.Tensor],
                        mask_logits: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int],
                        output_size: tuple[int, int] | None = None, topk: int = 100,
-                       multi_label: dict[str, float] | None = None) -> dict:
+                       multi_label: dict[str, float] | None = None, stuff_classes: Sequence[int] = ()) -> dict:
     """One image's logits -> predictions.
 
     class_logits (Q, C+1), attribute_logits {name: (Q, K+1)}, mask_logits (Q, h, w). Returns
@@ -80,6 +82,9 @@ def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, t
     probability and attribute_sets {name: (N, K) bool} the predicted set (prob > threshold), and
     attribute_scores[name] (N,) = the mean over the K values of the probability of the decision taken
     (p where predicted, 1 - p where not), so ranking modes treat a multi group like a single one.
+
+    stuff_classes: dropped from the top-k (after it is taken, so fewer than `topk` may remain), as upstream's
+    instance inference drops stuff when panoptic inference is on: instances are things.
     """
     multi_label = dict(multi_label or {})
     output_size = tuple(output_size or image_size)
@@ -89,6 +94,9 @@ def instance_inference(class_logits: torch.Tensor, attribute_logits: dict[str, t
     class_scores, flat = probs.flatten().topk(k, sorted=True)
     labels = flat % num_classes
     query_index = torch.div(flat, num_classes, rounding_mode="floor")
+    if len(stuff_classes):
+        thing = ~torch.isin(labels, torch.as_tensor(list(stuff_classes), device=labels.device))
+        class_scores, labels, query_index = class_scores[thing], labels[thing], query_index[thing]
     masks, mask_scores = _masks_and_scores(mask_logits, query_index, padded_size, image_size, output_size)
     attributes, attribute_scores, attribute_no_object = {}, {}, {}
     attribute_probs, attribute_sets = {}, {}
