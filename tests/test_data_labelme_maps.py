@@ -120,7 +120,7 @@ def test_semantic_and_panoptic_equal_labelme2voc_maps(tmp_path):
     schema = voc_schema()
     maps = convert_labelme_semantic(tmp_path, schema, progress=False)
     panoptic = convert_labelme_panoptic(tmp_path, schema, out=tmp_path / "out", progress=False)
-    records, _ = load_coco_panoptic(tmp_path / "out" / "panoptic.json", image_root=tmp_path, schema=schema)
+    records, _ = load_coco_panoptic(tmp_path / "out" / "panoptic.json", schema=schema)
     for record in records:
         name = Path(record["file_name"]).stem
         cls, ins = labelme2voc_reference(docs[name], VOC)

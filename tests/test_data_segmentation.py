@@ -184,7 +184,7 @@ def test_synthetic_stuff_bands_cover_the_background_with_their_tone(tmp_path):
     sample = make_image(np.random.default_rng([0, 3]), SynthConfig(image_size=64, stuff=True))
     assert [s["label"].split()[0] for s in sample.shapes[:2]] == ["sky", "ground"]
     train, _ = synthetic_splits(tmp_path, 4, 1, image_size=64, progress=False, task="panoptic")
-    records, schema = load_coco_panoptic(train, image_root=tmp_path / "train")
+    records, schema = load_coco_panoptic(train)  # image names resolve from the JSON
     assert schema.stuff_classes == (3, 4) and schema == synthetic_schema(stuff=True)
     for r in records:
         ids = read_panoptic_png(r["pan_seg_file_name"], r["segments_info"], 64, 64)
@@ -223,7 +223,7 @@ def test_open_dataset_picks_the_reader_by_format(tmp_path):
     pan_train, _ = synthetic_splits(tmp_path / "p", 2, 1, image_size=48, progress=False, task="panoptic")
     sem_train, _ = synthetic_splits(tmp_path / "s", 2, 1, image_size=48, progress=False, task="semantic")
     coco_train, _ = synthetic_splits(tmp_path / "i", 2, 1, image_size=48, progress=False)
-    pan = open_dataset(pan_train, "panoptic", image_root=pan_train.parent.parent)
+    pan = open_dataset(pan_train, "panoptic")
     assert isinstance(pan, SegmentationDataset) and pan.task == "panoptic" and len(pan[0]["instances"]["labels"]) >= 3
     sem = open_dataset(sem_train, "semantic")
     assert sem[0]["sem_seg"].shape == (48, 48)

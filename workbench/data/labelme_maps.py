@@ -143,6 +143,8 @@ def convert_labelme_panoptic(labelme_dir: str | os.PathLike, schema: Schema, out
         ignore = p.ids == _IGNORE
         if ignore.any():
             annotation["ignore_segmentation"] = mask_to_rle(ignore)
+        if out is not None:  # names resolve from the JSON's folder, the reader's default image root
+            image = dict(image, file_name=Path(os.path.relpath(Path(labelme_dir) / image["file_name"], out)).as_posix())
         images.append(image)
         annotations.append(annotation)
         pngs[png] = id_to_rgb(np.maximum(p.ids, 0))

@@ -310,7 +310,7 @@ def synthetic_splits(data_dir: str | os.PathLike, train_images: int, val_images:
             from workbench.data.labelme_maps import convert_labelme_panoptic
 
             convert_labelme_panoptic(folder, schema, folder / "panoptic", progress=progress)
-            load_coco_panoptic(folder / "panoptic" / "panoptic.json", image_root=folder, schema=schema)
+            load_coco_panoptic(folder / "panoptic" / "panoptic.json", schema=schema)
             paths.append(folder / "panoptic" / "panoptic.json")
             continue
         if task == "semantic":
