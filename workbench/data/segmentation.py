@@ -33,7 +33,7 @@ from workbench.data.semantic_png import IGNORE_VALUE, load_semantic, read_label_
 from workbench.data.targets import TASKS, segment_targets
 from workbench.errors import UsageError
 
-__all__ = ["SegmentationDataset", "open_dataset"]
+__all__ = ["SegmentationDataset", "open_dataset", "source_format", "source_schema"]
 
 
 class SegmentationDataset(Dataset):
@@ -125,6 +125,36 @@ class SegmentationDataset(Dataset):
         return item
 
 
+def source_format(source: str | os.PathLike) -> str:
+    """"semantic" (a folder holding labels/ and classes.yaml), "panoptic" (COCO panoptic JSON) or "instance"
+    (COCO-with-attributes JSON): what `open_dataset` reads `source` as."""
+    source = Path(source)
+    if source.is_dir():
+        if not (source / "labels").is_dir() or not (source / "classes.yaml").is_file():
+            raise DataError([Problem("missing_file", str(source), "a semantic data folder holds labels/ and "
+                                     "classes.yaml (workbench data convert ... --task semantic writes them)")])
+        return "semantic"
+    data = read_json(source)
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    if isinstance(anns, list) and any(isinstance(a, dict) and "segments_info" in a for a in anns):
+        return "panoptic"
+    return "instance"
+
+
+def source_schema(source: str | os.PathLike) -> Schema:
+    """The categories and attributes of any source `open_dataset` reads (no image is opened)."""
+    from workbench.data.schema import schema_of_coco
+
+    kind = source_format(source)
+    if kind == "semantic":
+        from workbench.data.semantic_png import load_class_list
+
+        return load_class_list(Path(source) / "classes.yaml")
+    if kind == "panoptic":
+        return load_coco_panoptic(source)[1]
+    return schema_of_coco(source)
+
+
 def open_dataset(source: str | os.PathLike, task: str = "instance", image_root: str | os.PathLike | None = None,
                  **kwargs) -> Dataset:
     """The dataset of `source` for `task`, whatever its format: a COCO-with-attributes JSON (instance), a COCO
@@ -134,17 +164,13 @@ def open_dataset(source: str | os.PathLike, task: str = "instance", image_root: 
     source = Path(source)
     if task not in TASKS:
         raise UsageError(f"task must be one of {list(TASKS)}, got {task!r}")
-    if source.is_dir():
-        if not (source / "labels").is_dir() or not (source / "classes.yaml").is_file():
-            raise DataError([Problem("missing_file", str(source), "a semantic data folder holds labels/ and "
-                                     "classes.yaml (workbench data convert ... --task semantic writes them)")])
+    kind = source_format(source)
+    if kind == "semantic":
         kwargs.pop("schema", None)  # the class list is the schema
         kwargs.pop("cache_images", None)
         return SegmentationDataset.from_semantic(source / "labels", image_root or source.parent,
                                                  source / "classes.yaml", task=task, **kwargs)
-    data = read_json(source)
-    anns = data.get("annotations") if isinstance(data, dict) else None
-    if isinstance(anns, list) and any(isinstance(a, dict) and "segments_info" in a for a in anns):
+    if kind == "panoptic":
         kwargs.pop("cache_images", None)
         return SegmentationDataset.from_coco_panoptic(source, image_root=image_root, task=task, **kwargs)
     if task != "instance":

@@ -11,8 +11,10 @@ from workbench.errors import UsageError
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: synthesise, convert, validate, train, evaluate, draw")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--data-dir", default="data/generated/demo")
+    p.add_argument("--out", default=None, help="run folder (default runs/demo, runs/demo_<task> for the others)")
+    p.add_argument("--data-dir", default=None, help="data folder (default data/generated/demo[_<task>])")
+    p.add_argument("--task", default="instance", choices=["instance", "panoptic", "semantic"],
+                   help="instance (the default demo), or panoptic / semantic on the shapes with stuff bands")
     p.add_argument("--device", default=None, type=device_arg, help="cpu | cuda | cuda:N (default: GPU when present)")
     p.add_argument("--max-iter", type=int, default=None, help="training steps (default: the demo's)")
     p.set_defaults(func=run_demo)
@@ -63,7 +65,9 @@ def add_parser(sub) -> None:
 def run_demo(args) -> int:
     from workbench.engine.demo import DEMO_MAX_ITER, run_demo as demo
 
-    return demo(args.out, args.data_dir, device=args.device, max_iter=DEMO_MAX_ITER if args.max_iter is None else args.max_iter)
+    suffix = "" if args.task == "instance" else f"_{args.task}"
+    return demo(args.out or f"runs/demo{suffix}", args.data_dir or f"data/generated/demo{suffix}", device=args.device,
+                max_iter=DEMO_MAX_ITER if args.max_iter is None else args.max_iter, task=args.task)
 
 
 def load_train_config(path: str, weights: str | None = None, resume_dir: str | None = None):
@@ -73,7 +77,7 @@ def load_train_config(path: str, weights: str | None = None, resume_dir: str | N
     config.yaml instead, which recorded them when the run started: resuming never reads the weights (the run
     continues from its own checkpoint), so they need not be where they were."""
     from workbench.config_file import ConfigError, read_yaml, require_mapping, run_config_from_dict
-    from workbench.data.schema import schema_of_coco
+    from workbench.data.segmentation import source_schema
 
     doc = read_yaml(path)
     if not doc:
@@ -103,8 +107,8 @@ def load_train_config(path: str, weights: str | None = None, resume_dir: str | N
         model["weights"] = str(Path(model["weights"]).resolve())
         defaults.update(checkpoint_fields(read_checkpoint(model["weights"])))
     doc = {**doc, "model": model}
-    if train_json and ("num_classes" not in model or "attributes" not in model):
-        defaults.update(schema_of_coco(train_json).model_fields())
+    if train_json and not {"num_classes", "attributes", "stuff_classes"} <= set(model):
+        defaults.update(source_schema(train_json).model_fields())
     return run_config_from_dict(doc, model_defaults=defaults)
 
 

@@ -94,7 +94,7 @@ def _to_cpu(x):
 
 def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str | None = None):
     """The evaluation split as a dataset with test-time resizing (no random augmentation)."""
-    from workbench.data.dataset import CocoAttributeDataset
+    from workbench.data.segmentation import open_dataset
     from workbench.data.transforms import build_augmentation
 
     explicit = coco_path is not None  # `eval --data`: the run's data.val was checked against data.train in training
@@ -104,7 +104,8 @@ def eval_dataset(cfg: RunConfig, coco_path: str | None = None, image_root: str |
         raise ConfigError("no evaluation data: set data.val in the config or pass --data")
     from workbench.engine.preflight import check_model_matches_data
 
-    dataset = CocoAttributeDataset(coco_path, image_root, augmentation=build_augmentation(cfg.augment, train=False))
+    dataset = open_dataset(coco_path, cfg.model.task, image_root,
+                           augmentation=build_augmentation(cfg.augment, train=False))
     check_model_matches_data(cfg.model, dataset.schema, str(coco_path))
     if explicit:
         check_eval_kinds(cfg, dataset.schema, str(coco_path))
@@ -117,12 +118,12 @@ def check_eval_kinds(cfg: RunConfig, schema, where: str) -> None:
     ablation of `kind`: evaluate.align_kinds scores it as its most probable value)."""
     import sys
 
-    from workbench.data.schema import schema_of_coco
+    from workbench.data.segmentation import source_schema
     from workbench.engine.preflight import check_kinds_agree
 
-    if cfg.data.train and Path(cfg.data.train).is_file():
+    if cfg.data.train and Path(cfg.data.train).exists():
         if Path(cfg.data.train).resolve() != Path(where).resolve():
-            check_kinds_agree(schema_of_coco(cfg.data.train), cfg.data.train, schema, where)
+            check_kinds_agree(source_schema(cfg.data.train), cfg.data.train, schema, where)
         return
     single = set(schema.single_label_names)
     scored = [a.name for a in cfg.model.attributes if a.multi and a.name in single]
@@ -135,8 +136,20 @@ def check_eval_kinds(cfg: RunConfig, schema, where: str) -> None:
 
 def evaluate_model(model: MultiTaskMask2Former, coco_path: str, dataset, eval_cfg: EvalConfig,
                    progress: bool = True, batch_size: int = 4):
-    """Predict every image of `dataset` and score it against `coco_path` (engine/evaluate.py)."""
+    """Predict every image of `dataset` and score it: against `coco_path` for an instance model
+    (engine/evaluate.py: segm AP, joint AP, attributes); PQ (+ joint PQ, attributes) and mIoU for a panoptic
+    one, mIoU for a semantic one (engine/evaluate_segments.py)."""
     from workbench.engine.evaluate import evaluate_predictions
 
+    if model.cfg.task != "instance":
+        from workbench.data.io import data_record
+        from workbench.engine.evaluate_segments import evaluate_segments
+
+        result = evaluate_segments(model, dataset, model.cfg.task, progress=progress, batch_size=batch_size,
+                                   semantic=True)
+        import dataclasses
+
+        return dataclasses.replace(result, data=data_record(coco_path if Path(coco_path).is_file()
+                                                            else Path(coco_path) / "classes.yaml"))
     preds = predict_dataset(model, dataset, batch_size=batch_size, progress=progress)
     return evaluate_predictions(coco_path, preds, dataset.schema, eval_cfg)

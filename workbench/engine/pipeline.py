@@ -61,6 +61,8 @@ def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
     from workbench.drawing.overlay import draw_instances, save_png
 
     categories, attributes = _schema_names(run)
+    if run.cfg.model.task != "instance":
+        return _draw_regions(run, item, out_path, categories, attributes)
     pred = run.model([item])[0]
     multi = [a.name for a in run.cfg.model.attributes if a.multi]
     sel = select_instances(pred, run.cfg.eval, [n for n in attributes if n not in multi], multi)
@@ -78,6 +80,30 @@ def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
         kept["masks"] = kept["masks"].repeat(scale, 1).repeat(scale, 2)
     drawn = draw_instances(image, kept, categories, attributes, index=np.flatnonzero(keep), alpha=0.3)
     save_png(drawn, out_path)
+    return out_path
+
+
+def _draw_regions(run: LoadedRun, item: dict, out_path: Path, categories, attributes) -> Path:
+    """A panoptic model's segments (things and stuff, each with its query and attributes) or a semantic model's
+    class regions, at the image's own size."""
+    from workbench.drawing.overlay import draw_instances, save_png
+    from workbench.drawing.segments import panoptic_regions, semantic_regions
+
+    pred = run.model.predict([item], tasks=run.cfg.model.task)[0]
+    if run.cfg.model.task == "panoptic":
+        regions, captions = panoptic_regions(pred, categories, attributes)
+    else:
+        regions, captions = semantic_regions(pred, categories)
+    h, w = regions["masks"].shape[-2:]
+    image = item["image"]
+    if tuple(image.shape[-2:]) != (h, w):
+        image = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bilinear")[0]
+    image = image.permute(1, 2, 0).clamp(0, 255).byte().numpy()
+    scale = max(1, 384 // max(h, w))  # small images are enlarged so captions stay legible
+    if scale > 1:
+        image = image.repeat(scale, 0).repeat(scale, 1)
+        regions["masks"] = regions["masks"].repeat(scale, 1).repeat(scale, 2)
+    save_png(draw_instances(image, regions, categories, attributes, alpha=0.35, captions=captions), out_path)
     return out_path
 
 

@@ -38,7 +38,12 @@ class TensorBoardLog:
         self.writer.flush()  # on disk at every logged step, also when training stops on an error later
 
     def evaluation(self, step: int, metrics) -> None:
-        """An `EvalResult` (engine/evaluate.py) as eval/... scalars; undefined values (None) are left out."""
+        """An `EvalResult` (engine/evaluate.py) as eval/... scalars; undefined values (None) are left out. A
+        panoptic or semantic result (engine/evaluate_segments.py) names its own: eval/panoptic/PQ, ..."""
+        if hasattr(metrics, "scalars"):
+            for key, value in metrics.scalars().items():
+                self.writer.add_scalar(f"eval/{key}", value, step)
+            return
         for group, values in (("segm", metrics.segm), ("joint", metrics.joint)):
             for key, value in values.items():
                 if value is not None:

@@ -339,7 +339,6 @@ def absolute_data_paths(cfg: RunConfig) -> RunConfig:
 def check_data(cfg: RunConfig, dataset) -> None:
     """Before any work (nothing written yet): the model's heads must fit the training (and validation) data's
     schema, and the training data must fill one batch."""
-    from workbench.data.schema import Schema, load_coco
     from workbench.engine.preflight import check_images_exist, check_kinds_agree, check_model_matches_data
 
     train_schema, where = getattr(dataset, "schema", None), getattr(dataset, "where", "(training dataset)")
@@ -347,14 +346,14 @@ def check_data(cfg: RunConfig, dataset) -> None:
         check_model_matches_data(cfg.model, train_schema, where)
     if getattr(dataset, "records", None) is not None:
         check_images_exist([r["file_name"] for r in dataset.records], str(where))
-    if cfg.data.val and Path(cfg.data.val).is_file():
-        val = load_coco(cfg.data.val)
-        val_schema = Schema.from_coco(val, cfg.data.val)
-        check_model_matches_data(cfg.model, val_schema, cfg.data.val)
+    if cfg.data.val and Path(cfg.data.val).exists():
+        from workbench.data.segmentation import open_dataset
+
+        val = open_dataset(cfg.data.val, cfg.model.task, cfg.data.image_root or None)  # reads no image
+        check_model_matches_data(cfg.model, val.schema, cfg.data.val)
         if train_schema is not None:
-            check_kinds_agree(train_schema, str(where), val_schema, cfg.data.val)
-        root = Path(cfg.data.image_root or Path(cfg.data.val).parent)
-        check_images_exist([str(root / im["file_name"]) for im in val["images"]], cfg.data.val)
+            check_kinds_agree(train_schema, str(where), val.schema, cfg.data.val)
+        check_images_exist([r["file_name"] for r in val.records], cfg.data.val)
     if len(dataset) < cfg.solver.batch_size:
         raise ConfigError(f"{getattr(dataset, 'where', None) or cfg.data.train or '(training dataset)'}: "
                           f"{len(dataset)} training images, fewer than "
@@ -363,15 +362,18 @@ def check_data(cfg: RunConfig, dataset) -> None:
 
 
 def build_train_dataset(cfg: RunConfig):
-    from workbench.data.dataset import CocoAttributeDataset
+    """data.train for the model's task: COCO-with-attributes (instance), COCO panoptic (any task) or a semantic
+    label folder (semantic), by its format (data/segmentation.py's open_dataset)."""
+    from workbench.data.segmentation import open_dataset
     from workbench.data.transforms import build_augmentation
 
     if not cfg.data.train:
-        raise ConfigError("data.train is empty: set the COCO-with-attributes training file in the config")
-    dataset = CocoAttributeDataset(cfg.data.train, cfg.data.image_root or None,
-                                   augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed,
-                                   keep_empty=cfg.data.keep_empty, cache_images=cfg.data.cache_images)
-    if dataset.images is not None:
+        raise ConfigError("data.train is empty: set the training data (COCO-with-attributes or COCO panoptic JSON, "
+                          "or a semantic label folder) in the config")
+    dataset = open_dataset(cfg.data.train, cfg.model.task, cfg.data.image_root or None,
+                           augmentation=build_augmentation(cfg.augment, train=True), seed=cfg.seed,
+                           keep_empty=cfg.data.keep_empty, cache_images=cfg.data.cache_images)
+    if getattr(dataset, "images", None) is not None:
         megabytes = sum(image.nbytes for image in dataset.images) / 2**20
         print(f"[workbench] data.cache_images: {len(dataset.images)} training images decoded and kept in memory "
               f"({megabytes:.0f} MiB)", flush=True)
