@@ -15,6 +15,8 @@ def add_parser(sub) -> None:
     s.add_argument("--size", type=int, default=128, help="image side in pixels")
     s.add_argument("--patterns", action="store_true",
                    help="add the multi-label group `pattern` (stripes / dots / outline, any subset)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace files in OUT that an earlier synth did not write or that were edited since")
     s.set_defaults(func=run_synth)
 
     c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON (written atomically)")
@@ -22,7 +24,7 @@ def add_parser(sub) -> None:
     c.add_argument("--schema", help="YAML schema: categories, attributes, attribute_sources, ignore_labels")
     c.add_argument("--labels", help="labelme's labels.txt as the category list (__ignore__ = ignore regions, "
                                     "_background_ skipped); with --schema its categories must agree")
-    c.add_argument("--out", required=True, help="output COCO JSON; file_names are relative to LABELME_DIR")
+    c.add_argument("--out", required=True, help="output COCO JSON; file_names are relative to its folder")
     c.set_defaults(func=run_convert)
 
     f = data_sub.add_parser("import-fashionpedia", help="Fashionpedia JSON -> COCO-with-attributes (written atomically)")
@@ -45,7 +47,8 @@ def run_synth(args) -> int:
 
     # A DataError goes to workbench.cli, which prints it (its traceback with --debug) and exits 1.
     paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(image_size=args.size,
-                                                                              patterns=args.patterns))
+                                                                              patterns=args.patterns),
+                       overwrite=args.overwrite)
     print(f"wrote {len(paths)} labelme files + images and schema.yaml to {args.out}")
     return 0
 

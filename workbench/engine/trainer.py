@@ -201,7 +201,7 @@ class RunDirectoryError(WorkbenchError, FileExistsError):
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_final.pt", "metrics.json",
              "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json", "pretrained_report.json",
-             "events.out.tfevents.*", "categories.json")
+             "events.out.tfevents.*", "categories.json", "overlays/*.png")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -213,6 +213,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                                 "it or --overwrite to start again there (or choose another --out)")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
+    if resume and not run_dir.is_dir():  # nothing to continue: never create the folder
+        raise RunDirectoryError(f"--resume: {run_dir} does not exist; give the folder of the run to continue")
     if overwrite:
         for pattern in RUN_FILES:
             for p in run_dir.glob(pattern):
@@ -395,10 +397,15 @@ def check_data(cfg: RunConfig, dataset) -> None:
     from workbench.data.schema import schema_of_coco
     from workbench.engine.preflight import check_model_matches_data
 
+    from workbench.data.dataset import require_images
+
     if getattr(dataset, "schema", None) is not None:
         check_model_matches_data(cfg.model, dataset.schema, getattr(dataset, "where", "(training dataset)"))
     if cfg.data.val and Path(cfg.data.val).is_file():
         check_model_matches_data(cfg.model, schema_of_coco(cfg.data.val), cfg.data.val)
+    for split in (cfg.data.train, cfg.data.val):  # every image resolves before a folder is made (`dataset` given or not)
+        if split and Path(split).is_file():
+            require_images(split, cfg.data.image_root or None)
     if len(dataset) < cfg.solver.batch_size:
         raise ConfigError(f"{getattr(dataset, 'where', None) or cfg.data.train or '(training dataset)'}: "
                           f"{len(dataset)} training images, fewer than "
