@@ -17,7 +17,7 @@ import torch
 from workbench.pretrained import transformers as hf
 from workbench.pretrained import upstream
 from workbench.pretrained.keymap import KeyMap, Slot
-from workbench.pretrained.source import Checkpoint
+from workbench.pretrained.source import Checkpoint, CheckpointFormatError
 
 KEYMAPS: dict[str, KeyMap] = {"upstream": upstream.UPSTREAM, "transformers": hf.TRANSFORMERS}
 N_LEVELS, N_POINTS = 3, 4
@@ -82,12 +82,42 @@ def architecture(ckpt: Checkpoint) -> dict[str, Any]:
     return dict(**backbone_of(ckpt), num_classes=num_classes, **fields)
 
 
+def id2label_names(labels: Any, num_classes: int, path: str) -> tuple[str, ...]:
+    """config.json's `id2label` -> one name per class-head row, in row order. It must name every row 0..C-1 once
+    with distinct names: a short, gapped or repeated list would carry class rows to the wrong categories (or
+    none) in silence."""
+
+
+    where = f"{path}: config.json id2label"
+    if not isinstance(labels, Mapping):
+        raise CheckpointFormatError(f"{where}: expected an object {{\"0\": name, ...}}, got {type(labels).__name__}")
+    try:
+        by_row = {int(k): v for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise CheckpointFormatError(f"{where}: keys must be row numbers, got {sorted(map(str, labels))[:5]}") from None
+    if sorted(by_row) != list(range(num_classes)):
+        absent = [i for i in range(num_classes) if i not in by_row][:5]
+        raise CheckpointFormatError(f"{where} has {len(by_row)} entries (rows {sorted(by_row)[:3]}...) but the class "
+                                    f"head has {num_classes} category rows (+ no-object): missing rows {absent}, "
+                                    f"extra {sorted(set(by_row) - set(range(num_classes)))[:5]}; give every row its name")
+    seen: dict[str, int] = {}
+    for i in range(num_classes):
+        name = by_row[i]
+        if not isinstance(name, str) or not name:
+            raise CheckpointFormatError(f"{where}[{i}]: expected a non-empty name, got {name!r}")
+        if name in seen:
+            raise CheckpointFormatError(f"{where}: {name!r} names rows {seen[name]} and {i}; names must be distinct "
+                                        "(categories are matched by name)")
+        seen[name] = i
+    return tuple(by_row[i] for i in range(num_classes))
+
+
 def class_names(ckpt: Checkpoint, num_classes: int) -> tuple[str, ...] | None:
     """The checkpoint's category names in class-head order: transformers' id2label; COCO's 80 for an upstream
     checkpoint with 80 classes; None when unknown."""
-    names = ckpt.class_names
-    if names is not None:
-        return names if len(names) == num_classes else None
+    labels = ckpt.config.get("id2label") if ckpt.config else None
+    if labels:
+        return id2label_names(labels, num_classes, ckpt.path)
     if ckpt.naming == "upstream" and num_classes == 80:
         from workbench.pretrained.coco import COCO_INSTANCE_CLASSES
 
