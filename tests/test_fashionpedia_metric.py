@@ -182,6 +182,7 @@ def test_results_fpeval_would_score_in_silence_are_data_errors_naming_the_entry(
     from workbench.cli import main
 
     gt, detections = generated(0)
+    gt["attributes"].append({"id": 1, "name": "a1", "supercategory": "g1", "level": 1})  # True == 1 in Python
     change(detections[1])
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "results.json").write_text(json.dumps(detections))  # NaN / Infinity: Python's json writes them
