@@ -26,7 +26,7 @@ import os
 import re
 from typing import Any
 
-from workbench.data.io import read_json, refuse_output_alias
+from workbench.data.io import read_json
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import _is_int, save_coco
 
@@ -150,6 +150,8 @@ def import_fashionpedia(src: str | os.PathLike, out: str | os.PathLike | None = 
     """Read a Fashionpedia file, convert it, format-check and (if `out`) write it atomically; returns the dict.
     On any problem `DataError` lists them all (named by `src`: they are the input's) and nothing is written; an
     `out` that is `src` is a `UsageError`."""
+    from workbench.data.io import refuse_output_alias
+
     if out is not None:
         refuse_output_alias(out, [src], "import-fashionpedia")
     data = fashionpedia_to_coco(read_json(src), str(src), all_multi=all_multi)

@@ -13,7 +13,7 @@ from typing import Any
 
 from workbench.data.problems import DataError, Problem
 
-__all__ = ["data_record", "read_json", "refuse_output_alias", "same_file", "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["data_record", "read_json", "write_bytes_atomic", "write_json_atomic"]
 
 
 def read_json(path: str | os.PathLike) -> Any:
