@@ -86,8 +86,6 @@ def id2label_names(labels: Any, num_classes: int, path: str) -> tuple[str, ...]:
     """config.json's `id2label` -> one name per class-head row, in row order. It must name every row 0..C-1 once
     with distinct names: a short, gapped or repeated list would carry class rows to the wrong categories (or
     none) in silence."""
-
-
     where = f"{path}: config.json id2label"
     if not isinstance(labels, Mapping):
         raise CheckpointFormatError(f"{where}: expected an object {{\"0\": name, ...}}, got {type(labels).__name__}")
@@ -95,11 +93,13 @@ def id2label_names(labels: Any, num_classes: int, path: str) -> tuple[str, ...]:
         by_row = {int(k): v for k, v in labels.items()}
     except (TypeError, ValueError):
         raise CheckpointFormatError(f"{where}: keys must be row numbers, got {sorted(map(str, labels))[:5]}") from None
-    if sorted(by_row) != list(range(num_classes)):
-        absent = [i for i in range(num_classes) if i not in by_row][:5]
-        raise CheckpointFormatError(f"{where} has {len(by_row)} entries (rows {sorted(by_row)[:3]}...) but the class "
-                                    f"head has {num_classes} category rows (+ no-object): missing rows {absent}, "
-                                    f"extra {sorted(set(by_row) - set(range(num_classes)))[:5]}; give every row its name")
+    gaps = [i for i in range(len(by_row)) if i not in by_row]
+    if gaps:
+        raise CheckpointFormatError(f"{where} has no class {gaps[0]} (its {len(by_row)} keys must be the class ids "
+                                    f"0..{len(by_row) - 1})")
+    if len(by_row) != num_classes:
+        raise CheckpointFormatError(f"{where} names {len(by_row)} classes but the class head has {num_classes} "
+                                    "category rows (+ no-object): give every row its name")
     seen: dict[str, int] = {}
     for i in range(num_classes):
         name = by_row[i]
