@@ -74,10 +74,10 @@ def test_import_fashionpedia_errors_name_the_input_not_the_output(tmp_path, caps
 def test_convert_refuses_an_output_that_is_one_of_its_inputs(tmp_path, capsys):
     folder = labelme_folder(tmp_path)
     before = snapshot(tmp_path)
-    target = folder / "shapes_00001.json"
-    assert cli(["data", "convert", str(folder), "--schema", str(folder / "schema.yaml"), "--out", str(target)]) == 2
-    err = capsys.readouterr().err
-    assert str(target) in err and str(folder) in err and "one of the inputs" in err
+    for target in (folder / "shapes_00001.json", folder / "shapes_00001.png"):  # a labelme file, an image
+        assert cli(["data", "convert", str(folder), "--schema", str(folder / "schema.yaml"), "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert str(target) in err and str(folder) in err and "one of the inputs" in err
     assert snapshot(tmp_path) == before
     # an earlier conversion in the folder is an output, not an input: replacing it is what --out asks for
     out = folder / "coco.json"

@@ -412,22 +412,26 @@ def _relative_to(image: Path, folder: Path) -> str:
 
 
 def _refuse_input_as_output(root: Path, out: Path) -> None:
-    """The converter reads every JSON under `root` but the output: an `out` there that is a labelme file (or
-    anything but a COCO file, e.g. an earlier conversion) would be left out of the data and replaced."""
+    """The converter reads every JSON under `root` (and their images) but the output: an existing `out` there
+    that is not a COCO file (an earlier conversion) is a labelme file or an image, which writing would replace."""
     from workbench.errors import UsageError
 
-    if not out.is_file() or out.suffix.lower() != ".json":
+    if not out.exists():
         return
+    if out.is_dir():
+        raise UsageError(f"data convert: --out {out} is a folder; give the COCO JSON file to write, e.g. {out / 'coco.json'}")
     if os.path.commonpath([os.path.abspath(out), os.path.abspath(root)]) != os.path.abspath(root):
         return
-    try:
-        doc = read_json(out)
-    except DataError:
-        doc = None
+    doc = None
+    if out.is_file() and out.suffix.lower() == ".json":
+        try:
+            doc = read_json(out)
+        except DataError:
+            pass
     if isinstance(doc, dict) and isinstance(doc.get("images"), list) and "shapes" not in doc:
         return  # an earlier output of this command: replacing it is the point
     raise UsageError(f"data convert: --out {out} is one of the inputs under {root} (not a COCO file); writing it "
-                     "would leave it out of the data and replace it: choose another output path")
+                     "would replace it: choose another output path")
 
 
 def convert_labelme(
