@@ -269,7 +269,7 @@ CASES = [
     case("data synth new --images -1"),
     case("data synth new --images many"),
     case("data synth image.png --images 1"),
-    case("data synth shapes --images 4 --size 48 --seed 0", "synth_edited", xfail="group 9"),
+    case("data synth shapes --images 4 --size 48 --seed 0", "synth_edited"),
     # data convert
     case("data convert nowhere --schema shapes/schema.yaml --out out.json"),
     case("data convert shapes --out shapes/coco.json"),
@@ -278,14 +278,14 @@ CASES = [
     case("data convert shapes --schema schema_bad.yaml --out shapes/coco.json", "schema_wrong_types"),
     case("data convert shapes --labels labels.txt --out shapes/coco.json", "labels_png"),
     case("data convert shapes --schema shapes/schema.yaml --out shapes"),
-    case("data convert lm --schema lm/schema.yaml --out lm/shapes_00000.json", "labelme_only", xfail="group 9"),
-    case("data convert lm --schema lm/schema.yaml --out lm/shapes_00000.png", "labelme_only", xfail="group 9"),
+    case("data convert lm --schema lm/schema.yaml --out lm/shapes_00000.json", "labelme_only"),
+    case("data convert lm --schema lm/schema.yaml --out lm/shapes_00000.png", "labelme_only"),
     # data import-fashionpedia
     case("data import-fashionpedia nowhere.json --out out.json"),
     case("data import-fashionpedia cut.json --out out.json", "truncated_json"),
     case("data import-fashionpedia data.json --out out.json", "png_as_json"),
     case("data import-fashionpedia shapes/coco.json --out out.json"),
-    case("data import-fashionpedia fashionpedia.json --out fashionpedia.json", xfail="group 9"),
+    case("data import-fashionpedia fashionpedia.json --out fashionpedia.json"),
     case("data import-fashionpedia fashionpedia.json --out shapes"),
     # data validate: a report, one line per problem
     case("data validate nowhere.json", form="report"),
@@ -330,7 +330,7 @@ CASES = [
     # train: the run folder
     case("train --config train.yaml --out run"),
     case("train --config train.yaml --out run --resume --overwrite"),
-    case("train --config train.yaml --out nowhere --resume", xfail="group 9"),
+    case("train --config train.yaml --out nowhere --resume"),
     case("train --config train.yaml --out image.png"),
     case("train --config train.yaml --out run_cut --resume", "truncated_run"),
     # eval
@@ -348,10 +348,9 @@ CASES = [
     case("eval --fashionpedia-results results.json"),
     case("eval --fashionpedia-results nowhere.json --data fashionpedia.json"),
     case("eval --fashionpedia-results bad_results.json --data fashionpedia.json", "results_png"),
-    case("eval --fashionpedia-results bad_results.json --data fashionpedia.json", "results_nan", xfail="group 10"),
+    case("eval --fashionpedia-results bad_results.json --data fashionpedia.json", "results_nan"),
     case("eval --fashionpedia-results bad_results.json --data fashionpedia.json", "results_bool_ids"),
-    case("eval --fashionpedia-results bad_results.json --data fashionpedia.json", "results_bad_rle",
-         xfail="group 10"),
+    case("eval --fashionpedia-results bad_results.json --data fashionpedia.json", "results_bad_rle"),
     case("eval --fashionpedia-results results.json --data cut.json", "truncated_json"),
     # predict
     case("predict --run nowhere image.png --out out"),
@@ -367,7 +366,7 @@ CASES = [
     case("export run --format onnx out.txt"),
     case("export run --format tflite out.onnx"),
     case("export run --format onnx out.onnx --example-size 7 7"),
-    case("export run --format onnx model.onnx", "onnx_exists", xfail="group 8"),
+    case("export run --format onnx model.onnx", "onnx_exists"),
     case("export run_cut --format onnx out.onnx", "truncated_run"),
     # export-weights (transformers)
     case("export-weights nowhere --format transformers hub"),

@@ -18,12 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def dataset(tmp_path):
-    """The committed sample, converted: (coco path, image folder, data dict)."""
+    """The committed sample, converted: (coco path, image folder, data dict). The file sits in the image folder:
+    convert writes file_names relative to the output's folder."""
     images = tmp_path / "images"
     shutil.copytree(REPO / "data" / "sample", images)
-    coco = convert_labelme(images, load_schema(REPO / "data" / "schema.yaml"), out=tmp_path / "coco.json",
+    coco = convert_labelme(images, load_schema(REPO / "data" / "schema.yaml"), out=images / "coco.json",
                            progress=False)
-    return tmp_path / "coco.json", images, coco
+    return images / "coco.json", images, coco
 
 
 def rewrite(path: Path, data: dict) -> None:

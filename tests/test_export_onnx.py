@@ -35,14 +35,18 @@ def exported(tmp_path_factory):
     dump_yaml(run, root / "run" / "config.yaml")
     save_checkpoint(root / "run" / "model_final.pt", {"model": model.state_dict(), "config": to_dict(run)})
     out = root / "model.onnx"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["export", str(root / "run"), "--format", "onnx", str(out)]) == 0
-    return model, out, root, printed.getvalue()
+    out.write_bytes(b"an earlier export")  # replaced only with --overwrite
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        refused = main(["export", str(root / "run"), "--format", "onnx", str(out)])
+        assert out.read_bytes() == b"an earlier export" and "pass --overwrite" in errors.getvalue()
+        assert main(["export", str(root / "run"), "--format", "onnx", str(out), "--overwrite"]) == 0
+    return model, out, root, printed.getvalue(), refused
 
 
 def test_export_cli_writes_one_self_contained_file(exported):
-    model, out, root, printed = exported
+    model, out, root, printed, refused = exported
+    assert refused == 1  # an existing file was kept until --overwrite
     assert DEFORMABLE_ATTENTION_NOTE in printed  # the reference op replaces the compiled kernel, said once
     assert printed.count("deformable attention") == 1
     proto = onnx.load(str(out))
@@ -62,10 +66,12 @@ def _images(sizes, seed):
     return [torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8) for h, w in sizes]
 
 
-# two padded sizes from ONE file: (64, 96) alone, then a batch of two images padded to (128, 64)
-@pytest.mark.parametrize("sizes", [[(64, 96)], [(128, 64), (100, 50)]], ids=["64x96", "batch2_128x64"])
+# padded sizes from ONE file: (64, 96) alone, a batch of two images padded to (128, 64), and a 32 px image that
+# model(batch) pads to the graph's minimum 64 (pad_batch): padded to 32 the graph gave all-zero scores
+@pytest.mark.parametrize("sizes", [[(64, 96)], [(128, 64), (100, 50)], [(32, 32)]],
+                         ids=["64x96", "batch2_128x64", "32x32"])
 def test_onnxruntime_matches_pytorch_logits_and_instances(exported, sizes):
-    model, out, _, _ = exported
+    model, out, *_ = exported
     images = _images(sizes, seed=len(sizes))
     x = prepare_images(images, model.cfg)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

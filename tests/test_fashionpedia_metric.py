@@ -31,9 +31,11 @@ def box(size, y0, x0, h, w):
     return m
 
 
-def generated(seed=0, num_images=8, size=64):
+def generated(seed=0, num_images=8, size=64, num_categories=NUM_CATEGORIES, attributed_below=13):
     """GT with attribute sets, and detections: shifted masks (varied IoU), partial attribute errors (dropped and
-    added ids), duplicates with other attributes, false positives and a wrong-category detection."""
+    added ids), duplicates with other attributes, false positives and a wrong-category detection. Categories
+    from `attributed_below` on have no attributes in the GT."""
+    NUM_CATEGORIES = num_categories  # noqa: N806 (the module's default, overridden for this file)
     rng = np.random.default_rng(seed)
     images, annotations, detections = [], [], []
     for i in range(num_images):
@@ -43,7 +45,7 @@ def generated(seed=0, num_images=8, size=64):
             h, w = (int(v) for v in rng.integers(8, 30, 2))
             y0, x0 = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
             m = box(size, y0, x0, h, w)
-            attrs = [] if c >= 13 else sorted(rng.choice(VOCABULARY, int(rng.integers(0, 5)), replace=False).tolist())
+            attrs = [] if c >= attributed_below else sorted(rng.choice(VOCABULARY, int(rng.integers(0, 5)), replace=False).tolist())
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": c, "segmentation": rle(m),
                                 "area": float(m.sum()), "bbox": [x0, y0, w, h], "iscrowd": 0, "attribute_ids": attrs})
             for _copy in range(int(rng.integers(0, 3))):  # 0-2 detections of this object
@@ -141,3 +143,60 @@ def test_a_later_gt_must_beat_the_current_match_on_iou_and_f1():
     ref = reference_ap(gt, detections)
     for key, value in ref.items():
         assert ours[key] == pytest.approx(100 * value, abs=1e-4), key
+
+
+# ---- issue 24: `workbench eval --fashionpedia-results` is FPEval on any Fashionpedia-format file ----------------
+def test_cli_gives_fpevals_numbers_on_a_file_with_48_categories(tmp_path, capsys):
+    """Fashionpedia's published sample has 48 categories; FPEval applies its hard-coded list of categories with
+    attributes to it all the same (the former rule, "46 categories or else the data's", scored every category
+    with an attribute by F1 and gave 41.99 for FPEval's 58.97 there)."""
+    import json
+
+    from workbench.cli import main
+
+    gt, detections = generated(5, num_categories=48, attributed_below=48)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(detections))
+    assert main(["eval", "--fashionpedia-results", str(tmp_path / "results.json"), "--data", str(tmp_path / "gt.json"),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    ref = reference_ap(gt, detections)
+    for key, value in ref.items():
+        assert printed[key] == pytest.approx(100 * value, abs=1e-4), key
+    assert printed["category_rule"] == "fashionpedia"
+    assert printed["categories_with_attributes"] == sorted(FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES)
+    assert main(["eval", "--fashionpedia-results", str(tmp_path / "results.json"), "--data", str(tmp_path / "gt.json")]) == 0
+    assert "FPEval's hard-coded Fashionpedia list" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda r: r.update(score=float("nan")), "[1].score"),
+    (lambda r: r.update(score=float("inf")), "[1].score"),
+    (lambda r: r["segmentation"].update(counts=r["segmentation"]["counts"][:-2]), "[1].segmentation.counts"),
+    (lambda r: r["segmentation"].update(counts=r["segmentation"]["counts"] + "~"), "[1].segmentation.counts"),
+    (lambda r: r.update(attribute_ids=[True]), "[1].attribute_ids"),
+], ids=["nan-score", "inf-score", "cut-rle", "garbled-rle", "bool-attribute-id"])
+def test_results_fpeval_would_score_in_silence_are_data_errors_naming_the_entry(tmp_path, capsys, change, field):
+    import json
+
+    from workbench.cli import main
+
+    gt, detections = generated(0)
+    gt["attributes"].append({"id": 1, "name": "a1", "supercategory": "g1", "level": 1})  # True == 1 in Python
+    change(detections[1])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(detections))  # NaN / Infinity: Python's json writes them
+    assert main(["eval", "--fashionpedia-results", str(tmp_path / "results.json"), "--data", str(tmp_path / "gt.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"results.json: {field}" in err and "Traceback" not in err, err
+
+
+def test_compressed_rle_check_accepts_every_mask_pycocotools_writes():
+    from workbench.data.masks import compressed_rle_error
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 70, 2))
+        m = rng.random((h, w)) < rng.random()
+        assert compressed_rle_error(rle(m)["counts"], h, w) is None
+        assert compressed_rle_error(rle(m)["counts"], h + 1, w) is not None  # the runs cover H x W exactly

@@ -640,3 +640,95 @@ def test_damaged_or_foreign_checkpoint_files_are_named_errors_the_cli_reports(tm
     (tmp_path / "w.bin").write_bytes(b"x")
     with pytest.raises(WorkbenchError, match=r"w\.bin.*unknown checkpoint kind"):
         read_checkpoint(tmp_path / "w.bin")
+
+
+# ---- issue 24: weights files that would load wrong in silence -------------------------------------------------
+def _copy_checkpoint(hf_dir, tmp_path, name="ckpt"):
+    folder = tmp_path / name
+    shutil.copytree(hf_dir, folder)
+    return folder
+
+
+def test_index_shard_outside_the_checkpoint_folder_is_refused(hf_dir, tmp_path):
+    from workbench.pretrained.source import CheckpointFormatError
+
+    folder = _copy_checkpoint(hf_dir, tmp_path)
+    from safetensors.torch import load_file
+
+    names = list(load_file(str(folder / "model.safetensors")))
+    (folder / "model.safetensors").rename(tmp_path / "outside.safetensors")  # readable, but not the checkpoint's
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: "../outside.safetensors" for n in names}}))
+    with pytest.raises(CheckpointFormatError, match=r"'\.\./outside\.safetensors', which is not a file name in"):
+        read_checkpoint(folder)
+
+
+def test_non_finite_tensor_is_an_error_naming_it_and_nothing_loads(ours, hf_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from workbench.pretrained.source import CheckpointFormatError
+
+    model = ours[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folder = _copy_checkpoint(hf_dir, tmp_path)
+    tensors = load_file(str(folder / "model.safetensors"))
+    key = "model.transformer_module.decoder.layers.0.fc1.weight"
+    for bad in (float("nan"), float("inf")):
+        tensors[key][0, 0] = bad
+        save_file(tensors, str(folder / "model.safetensors"))
+        with pytest.raises(CheckpointFormatError, match=re.escape(repr(key)) + r".*1 NaN or infinite"):
+            wb.load_pretrained(model, folder)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda labels: labels.pop("79"), r"id2label names 79 classes but the class head has 80 category rows"),
+    (lambda labels: labels.update({"3": labels["2"]}), r"id2label: 'car' names rows 2 and 3"),
+], ids=["shorter-than-the-head", "duplicate-name"])
+def test_id2label_that_does_not_name_every_row_once_is_an_error(ours, hf_dir, tmp_path, change, message):
+    from workbench.pretrained.source import CheckpointFormatError
+
+    folder = _copy_checkpoint(hf_dir, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    change(config["id2label"])
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointFormatError, match=message):
+        wb.load_pretrained(ours[0], folder, categories=list(COCO_INSTANCE_CLASSES))
+
+
+def test_export_then_load_restores_the_trained_attribute_heads(ours, hf_dir, tmp_path):
+    """`export-weights` then `--weights` of the export: the same predictions, heads reported as loaded; the files
+    get the umask's mode, as the folder does."""
+    from workbench.config import AttributeSpec
+    from workbench.pretrained import export_transformers
+
+    attributes = {"color": ["r", "g", "b"]}
+    cfg = ours[0].cfg.replace(num_classes=2, attributes=attributes)
+    cfg = cfg.replace(attributes=cfg.attributes + (AttributeSpec("pattern", ("stripes", "dots"), kind="multi"),))
+    trained = wb.build_model(cfg).eval()
+    wb.load_pretrained(trained, hf_dir, categories=["cat", "dog"])
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in trained.decoder.attribute_heads.parameters():
+            p.normal_()
+    out = export_transformers(trained, tmp_path / "export", ["cat", "dog"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        n: 0o666 & ~umask for n in ("config.json", "model.safetensors", "attribute_heads.safetensors")}
+
+    loaded = wb.build_model(wb.pretrained_config(out, num_classes=2, attributes=cfg.attributes)).eval()
+    report = wb.load_pretrained(loaded, out, categories=["cat", "dog"])
+    assert not [k for k, _ in report.new if "attribute_heads" in k]
+    assert {"decoder.attribute_heads.color.weight", "decoder.attribute_heads.pattern.bias"} <= set(report.loaded)
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = trained([{"image": image}])[0], loaded([{"image": image}])[0]
+    assert torch.equal(want["labels"], got["labels"]) and torch.equal(want["attributes"]["color"], got["attributes"]["color"])
+    assert torch.equal(want["attribute_sets"]["pattern"], got["attribute_sets"]["pattern"])
+    torch.testing.assert_close(want["attribute_scores"]["color"], got["attribute_scores"]["color"])
+
+    # a group whose values differ from the file's is fresh, and the report says why
+    other = wb.build_model(wb.pretrained_config(out, num_classes=2, attributes={"color": ["r", "g", "x"]})).eval()
+    report = wb.load_pretrained(other, out, categories=["cat", "dog"])
+    assert any(k == "decoder.attribute_heads.color.weight" and "initialised fresh" in why for k, why in report.new)

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     s.add_argument("--task", choices=("instance", "panoptic", "semantic"), default="instance",
                    help="panoptic / semantic: add the stuff categories sky and ground (attribute tone) behind the "
                         "shapes; convert with `workbench data convert ... --task panoptic|semantic`")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace files in OUT that an earlier synth did not write or that were edited since")
     s.set_defaults(func=run_synth)
 
     c = data_sub.add_parser("convert", help="labelme folder -> COCO-with-attributes JSON, COCO panoptic or semantic "
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
                                     "_background_ skipped); with --schema its categories must agree")
     c.add_argument("--out", required=True, help="output COCO JSON (instance) or folder (panoptic: panoptic.json + "
                                                 "panoptic/*.png; semantic: labels/*.png + classes.yaml); image "
-                                                "file_names are relative to LABELME_DIR")
+                                                "file_names are relative to the JSON's folder")
     c.add_argument("--task", choices=("instance", "panoptic", "semantic"), default="instance",
                    help="instance: COCO-with-attributes (default); panoptic: COCO panoptic with attributes "
                         "(stuff = the schema's isthing: false categories); semantic: class-index PNGs, 255 = ignore")
@@ -55,7 +57,7 @@ def run_synth(args) -> int:
 
     # A DataError goes to workbench.cli, which prints it (its traceback with --debug) and exits 1.
     paths = synthesize(args.out, args.images, seed=args.seed, cfg=SynthConfig(
-        image_size=args.size, patterns=args.patterns, stuff=args.task != "instance"))
+        image_size=args.size, patterns=args.patterns, stuff=args.task != "instance"), overwrite=args.overwrite)
     print(f"wrote {len(paths)} labelme files + images and schema.yaml to {args.out}")
     return 0
 

@@ -32,7 +32,7 @@ from workbench.data.masks import boxes_from_masks, mask_to_rle, rle_bbox, segmen
 from workbench.data.problems import DataError, Problem
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
 
-__all__ = ["CocoAttributeDataset", "collate", "detectron2_dicts", "read_image"]
+__all__ = ["CocoAttributeDataset", "collate", "detectron2_dicts", "read_image", "require_images"]
 
 BOX_MODE_XYWH_ABS = 1  # detectron2's BoxMode.XYWH_ABS
 
@@ -89,6 +89,24 @@ def _load(coco: str | os.PathLike | dict, image_root, schema: Schema | None):
     else:
         check_schema_matches(data, schema, where)
     return data, root, schema
+
+
+def require_images(coco: str | os.PathLike, image_root: str | os.PathLike | None = None) -> None:
+    """Every `file_name` of the COCO file `coco` must name an existing file (joined with `image_root`, default
+    the JSON's folder, as the loaders join it): checked before a run starts, so a wrong image root stops it
+    with the first missing image and the JSON named, not at the first batch after the run folder was made."""
+    data = load_coco(coco)
+    root = Path(image_root) if image_root else Path(coco).parent
+    base = "data.image_root" if image_root else "the JSON's folder"
+    for i, image in enumerate(data["images"]):
+        path = root / image["file_name"]
+        if not path.is_file():
+            missing = sum(not (root / im["file_name"]).is_file() for im in data["images"][i:])
+            raise DataError([Problem("missing_image", f"{coco}: images[{i}].file_name",
+                                     f"{image['file_name']!r} resolves to {path}, which does not exist "
+                                     f"({missing} of {len(data['images'])} images missing); file_names are "
+                                     f"relative to {base} {root}: fix them, move the file, or set "
+                                     "data.image_root")])
 
 
 def detectron2_dicts(coco: str | os.PathLike | dict, image_root=None, schema: Schema | None = None) -> list[dict]:

@@ -149,8 +149,13 @@ def fashionpedia_to_coco(data: dict, where: str = "fashionpedia", all_multi: boo
 def import_fashionpedia(src: str | os.PathLike, out: str | os.PathLike | None = None,
                         all_multi: bool = False) -> dict:
     """Read a Fashionpedia file, convert it, format-check and (if `out`) write it atomically; returns the dict.
-    On any problem `DataError` lists them all and nothing is written."""
+    On any problem `DataError` lists them all (named by `src`: they are the input's) and nothing is written; an
+    `out` that is `src` is a `UsageError`."""
+    from workbench.data.io import refuse_output_alias
+
+    if out is not None:
+        refuse_output_alias(out, [src], "import-fashionpedia")
     data = fashionpedia_to_coco(read_json(src), str(src), all_multi=all_multi)
     if out is not None:
-        save_coco(data, out)  # format-checked, then written atomically
+        save_coco(data, out, where=str(src))  # format-checked, then written atomically
     return data

@@ -33,6 +33,26 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError([Problem("json_syntax", where, f"invalid JSON: {e.msg}")]) from None
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (through links, `..` and hard links when both exist)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def refuse_output_alias(out: str | os.PathLike, inputs, command: str) -> None:
+    """A `UsageError` naming both paths when the output `out` is one of `inputs`: writing it would destroy
+    the data being read."""
+    from workbench.errors import UsageError
+
+    for source in inputs:
+        if same_file(out, source):
+            raise UsageError(f"{command}: the output {out} is the input {source}; writing it would replace the "
+                             "data being read: choose another output path")
+
+
 def data_record(path: str | os.PathLike) -> dict[str, str]:
     """{"path": absolute path, "sha256": of the file's bytes}: which data a metric was computed on."""
     import hashlib

@@ -346,6 +346,37 @@ def _check_image_size(path: Path, width: int, height: int, where: str, problems:
                                 "(or reopen and save the file in labelme)"))
 
 
+def _relative_to(image: Path, folder: Path) -> str:
+    """`image`'s path from `folder` (posix, `..` where needed); absolute where none exists (another drive)."""
+    try:
+        return PurePosixPath(Path(os.path.relpath(os.path.abspath(image), os.path.abspath(folder)))).as_posix()
+    except ValueError:
+        return Path(os.path.abspath(image)).as_posix()
+
+
+def _refuse_input_as_output(root: Path, out: Path) -> None:
+    """The converter reads every JSON under `root` (and their images) but the output: an existing `out` there
+    that is not a COCO file (an earlier conversion) is a labelme file or an image, which writing would replace."""
+    from workbench.errors import UsageError
+
+    if not out.exists():
+        return
+    if out.is_dir():
+        raise UsageError(f"data convert: --out {out} is a folder; give the COCO JSON file to write, e.g. {out / 'coco.json'}")
+    if os.path.commonpath([os.path.abspath(out), os.path.abspath(root)]) != os.path.abspath(root):
+        return
+    doc = None
+    if out.is_file() and out.suffix.lower() == ".json":
+        try:
+            doc = read_json(out)
+        except DataError:
+            pass
+    if isinstance(doc, dict) and isinstance(doc.get("images"), list) and "shapes" not in doc:
+        return  # an earlier output of this command: replacing it is the point
+    raise UsageError(f"data convert: --out {out} is one of the inputs under {root} (not a COCO file); writing it "
+                     "would replace it: choose another output path")
+
+
 def convert_labelme(
     labelme_dir: str | os.PathLike,
     schema: Schema,
@@ -354,12 +385,16 @@ def convert_labelme(
 ) -> dict:
     """Convert every labelme JSON under `labelme_dir`; returns the COCO-with-attributes dict.
 
-    `file_name`s are relative to `labelme_dir` (use it as the image root). With `out`, the file is written
-    atomically, and only if no file had a problem; otherwise `DataError` lists every problem in every file.
+    `file_name`s are relative to `labelme_dir`, or with `out` to `out`'s folder (the loaders' default image
+    root: the file works wherever it is written). With `out`, the file is written atomically, and only if no file
+    had a problem; otherwise `DataError` lists every problem in every file. An `out` that is one of the inputs (an
+    existing JSON under `labelme_dir` that is not a COCO file) is a `UsageError` naming both.
     """
     root = Path(labelme_dir)
     if not root.is_dir():
         raise DataError([Problem("missing_file", str(root), "labelme folder not found")])
+    if out is not None:
+        _refuse_input_as_output(root, Path(out))
     files = labelme_files(root, exclude=out)
     if not files:
         raise DataError([Problem("no_input", str(root), "no *.json files found")])
@@ -384,6 +419,9 @@ def convert_labelme(
             annotations.append(ann)
     if problems:
         raise DataError(problems)
+    if out is not None:
+        for image in images:
+            image["file_name"] = _relative_to(root / image["file_name"], Path(out).parent)
     coco = {"images": images, "annotations": annotations, **schema.coco_header()}
     if out is not None:
         remove_stale_temps(Path(out).parent, f".{Path(out).name}.*.tmp")  # a conversion killed mid-write

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["boxes_from_masks", "mask_to_rle", "rle_area", "rle_bbox", "segmentation_to_mask"]
+__all__ = ["boxes_from_masks", "compressed_rle_error", "mask_to_rle", "rle_area", "rle_bbox", "segmentation_to_mask"]
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:
@@ -19,6 +19,38 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
+
+
+def compressed_rle_error(counts: str, height: int, width: int) -> str | None:
+    """Why a compressed RLE `counts` string cannot be an (height, width) mask, or None when it can.
+
+    pycocotools decodes any string without a check: a cut or garbled one becomes some other mask (or reads past
+    the image) and is scored in silence. The format (pycocotools' rleToString): each run length in 5-bit groups,
+    low first, as characters 48 + group, 0x20 = more groups follow, 0x10 in the last group = negative; from the
+    fourth run on the value is a difference to the run two before. The runs must be >= 0 and sum to H x W."""
+    runs: list[int] = []
+    value, shift, more = 0, 0, False
+    for position, char in enumerate(counts):
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            return f"character {char!r} at {position} is not part of a compressed RLE"
+        value |= (group & 0x1F) << shift
+        shift += 5
+        more = bool(group & 0x20)
+        if not more:
+            if group & 0x10:
+                value |= -1 << shift
+            if len(runs) > 2:
+                value += runs[-2]
+            if value < 0:
+                return f"run {len(runs)} has negative length {value}"
+            runs.append(value)
+            value, shift = 0, 0
+    if more:
+        return "the string ends inside a run length (cut short?)"
+    if sum(runs) != height * width:
+        return f"its runs cover {sum(runs)} pixels, not {height} x {width} = {height * width}"
+    return None
 
 
 def _as_rle(segmentation, height: int, width: int):

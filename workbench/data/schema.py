@@ -395,9 +395,10 @@ def schema_of_coco(path: str | os.PathLike) -> Schema:
     return Schema.from_coco(load_coco(path), str(path))
 
 
-def save_coco(data: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Format-check, then write atomically: on any error the previous file (if any) stays as it was."""
-    problems = check_coco(data, str(path))
+def save_coco(data: Mapping[str, Any], path: str | os.PathLike, where: str | None = None) -> None:
+    """Format-check, then write atomically: on any error the previous file (if any) stays as it was. `where`
+    names the data in the problems (the input it came from; default: `path`)."""
+    problems = check_coco(data, where or str(path))
     if problems:
         raise DataError(problems)
     write_json_atomic(path, data)

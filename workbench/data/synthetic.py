@@ -258,10 +258,42 @@ def labelme_document(sample: SyntheticImage, image_name: str) -> dict:
             "imageData": None, "imageHeight": h, "imageWidth": w}
 
 
+MANIFEST = ".synth.sha256"  # sha256sum format; no .json suffix, so the converter does not read it as labelme
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_manifest(out: Path) -> dict[str, str]:
+    """name -> sha256 of the files an earlier `synthesize` wrote into `out` (empty when there is none)."""
+    try:
+        lines = (out / MANIFEST).read_text().splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return {}
+    return dict(reversed(line.split("  ", 1)) for line in lines if "  " in line)
+
+
+def _sample_files(i: int, seed: int, cfg: SynthConfig) -> dict[str, bytes]:
+    """Image i's `shapes_<i>.png` and `.json` bytes; they depend only on (seed, i, cfg)."""
+    stem = f"shapes_{i:05d}"
+    sample = make_image(np.random.default_rng([seed, i]), cfg)
+    buf = io.BytesIO()
+    Image.fromarray(sample.image).save(buf, format="PNG")
+    doc = labelme_document(sample, f"{stem}.png")
+    return {f"{stem}.png": buf.getvalue(), f"{stem}.json": json.dumps(doc, indent=2).encode("utf-8")}
+
+
 def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: SynthConfig = SynthConfig(),
-               progress: bool = True) -> list[Path]:
+               progress: bool = True, overwrite: bool = False) -> list[Path]:
     """Write `num_images` PNG + labelme JSON pairs (`shapes_00000.png/json`, ...) and `schema.yaml` to
-    `out_dir`; each file is written atomically. Image i depends only on (seed, i). Returns the JSON paths."""
+    `out_dir`; each file is written atomically. Image i depends only on (seed, i). Returns the JSON paths.
+
+    A file of that name already in `out_dir` is replaced only when it is what this call writes, or what an
+    earlier call wrote and nobody edited since (its sha256 in `.synth.sha256`), or with `overwrite`; else
+    `DataError` before anything is written: an edited label or a user's file is never replaced in silence."""
     if num_images < 1:
         raise UsageError(f"num_images (--images) must be >= 1, got {num_images}")
     out = Path(out_dir)
@@ -270,18 +302,36 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
     if stale:  # the converter reads every JSON in the folder: leftovers of a bigger run would join the dataset
         raise DataError([Problem("stale_output", str(out), f"{len(stale)} file(s) from an earlier, bigger run "
                                  f"(e.g. {stale[0]}.json); remove them or use an empty folder")])
+    schema_bytes = synthetic_schema(cfg.patterns, cfg.stuff).to_yaml().encode("utf-8")
+    if out.is_dir() and not overwrite:
+        recorded = _read_manifest(out)
+
+        def unrecorded(names: list[str]) -> list[str]:  # existing files whose bytes the manifest does not hold
+            return [n for n in names if (out / n).exists()
+                    and (not (out / n).is_file() or recorded.get(n) != _sha256((out / n).read_bytes()))]
+
+        changed = [n for n in unrecorded(["schema.yaml"]) if (out / n).read_bytes() != schema_bytes]
+        for i, stem in enumerate(stems):
+            names = unrecorded([f"{stem}.png", f"{stem}.json"])
+            if names:  # not recorded: still fine if it is exactly what this call writes
+                now = _sample_files(i, seed, cfg)
+                changed += [n for n in names if not (out / n).is_file() or (out / n).read_bytes() != now[n]]
+            if len(changed) >= 3:
+                break
+        if changed:
+            raise DataError([Problem("would_overwrite", str(out), f"holds {', '.join(changed[:3])}, not written by "
+                                     "an earlier `data synth` or edited since; use an empty folder or pass "
+                                     "--overwrite (overwrite=True) to replace them")])
     out.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(out / "schema.yaml", synthetic_schema(cfg.patterns, cfg.stuff).to_yaml().encode("utf-8"))
+    written = {"schema.yaml": _sha256(schema_bytes)}
+    write_bytes_atomic(out / "schema.yaml", schema_bytes)
     paths = []
     for i in tqdm(range(num_images), desc="synth", unit="image", disable=not progress):
-        sample = make_image(np.random.default_rng([seed, i]), cfg)
-        stem = stems[i]
-        buf = io.BytesIO()
-        Image.fromarray(sample.image).save(buf, format="PNG")
-        write_bytes_atomic(out / f"{stem}.png", buf.getvalue())
-        doc = labelme_document(sample, f"{stem}.png")
-        write_bytes_atomic(out / f"{stem}.json", json.dumps(doc, indent=2).encode("utf-8"))
-        paths.append(out / f"{stem}.json")
+        for name, data in _sample_files(i, seed, cfg).items():
+            write_bytes_atomic(out / name, data)
+            written[name] = _sha256(data)
+        paths.append(out / f"{stems[i]}.json")
+    write_bytes_atomic(out / MANIFEST, "".join(f"{h}  {n}\n" for n, h in written.items()).encode("utf-8"))
     return paths
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.errors import UsageError
+from workbench.errors import UsageError, WorkbenchError
 
 FORMATS = ("onnx",)
 
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("out", help="output file, e.g. model.onnx")
     p.add_argument("--example-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="size traced (multiples of the model's size_divisibility; the graph stays dynamic)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run_export)
 
 
@@ -25,6 +26,10 @@ def run_export(args) -> int:
     out = Path(args.out)
     if out.suffix != ".onnx":
         raise UsageError(f"workbench export: {out} should end in .onnx (--format onnx)")
+    if out.exists() and not args.overwrite:  # checked before any work; the write itself is atomic
+        raise WorkbenchError(f"workbench export: {out} exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise UsageError(f"workbench export: {out} is a folder, not a file")
     run = load_run(args.run, device="cpu")
     result = export_onnx(run.model, out, example_size=tuple(args.example_size) if args.example_size else None)
     print(f"[export] {result.note}", flush=True)

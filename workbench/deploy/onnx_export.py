@@ -33,7 +33,7 @@ from workbench.config import ModelConfig
 from workbench.data.io import write_bytes_atomic
 from workbench.errors import UsageError
 from workbench.model import MultiTaskMask2Former
-from workbench.model.meta_arch import pad_images
+from workbench.model.meta_arch import pad_batch
 from workbench.model.postprocess import instance_inference
 
 OPSET = 18
@@ -63,10 +63,11 @@ class InferenceGraph(nn.Module):
 
 def prepare_images(images: Sequence[np.ndarray | torch.Tensor], cfg: ModelConfig) -> np.ndarray:
     """uint8/float RGB images (3, H_i, W_i) in 0..255 -> the graph's input, float32 (B, 3, H, W): padded to the
-    batch's size rounded up to `cfg.size_divisibility` and normalised; padding is 0 after normalisation, as in
-    `MultiTaskMask2Former.forward`."""
+    batch's size rounded up to `cfg.size_divisibility` and to at least twice it, by `pad_batch`, the function
+    `MultiTaskMask2Former.forward` pads with (a 32 px image becomes 64: the graph's minimum), and normalised;
+    padding is 0 after normalisation."""
     tensors = [torch.as_tensor(np.asarray(im)).float() for im in images]
-    padded = pad_images(tensors, cfg.size_divisibility, cfg.pixel_mean)
+    padded = pad_batch(tensors, cfg)
     mean = torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.pixel_std).view(1, 3, 1, 1)
     return ((padded - mean) / std).numpy()

@@ -199,10 +199,11 @@ def run_eval_fashionpedia(args) -> int:
         raise UsageError("workbench eval: --fashionpedia-results needs --data GT.json (the ground truth)")
     result = evaluate_fashionpedia_results(args.data, args.fashionpedia_results)  # a DataError: workbench.cli
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
     else:
-        for key, value in result.items():
+        for key, value in result.metrics.items():
             print(f"IoU+F1 {key:<14} {'n/a' if value is None else f'{value:.2f}'}")
+        print(result.rule_text)
     return 0
 
 

@@ -11,8 +11,10 @@ attribute F1   of a (detection, GT) pair: both attribute sets become binary vect
                (two empty sets give F1 1).
 categories     only categories *with attributes* use F1; the others are matched by IoU alone (plain COCOeval).
                Fashionpedia's evaluator hard-codes its list (`FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES`, category
-               ids of its 46 classes); for other data we take the categories of which at least one GT
-               annotation carries an attribute.
+               ids of its 46 classes) and applies it to any file, whatever its categories (its published
+               sample has 48); `evaluate_fashionpedia_results` does the same for a GT in Fashionpedia's format
+               or imported from it (rule "fashionpedia"), and otherwise takes the categories of which at least
+               one GT annotation carries an attribute (rule "data"). The result says which.
 matching       per image and category, detections by descending score (at most max_dets), GT non-ignored
                first; a detection takes the unmatched GT with IoU >= t_iou and F1 >= t_f1, and a later GT replaces
                it only if its IoU *and* its F1 are at least those of the current choice (FPEval's rule; plain
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
+from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
@@ -43,6 +47,7 @@ from workbench.engine.coco_index import coco_from_dict
 __all__ = [
     "FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES",
     "F1_THRESHOLDS",
+    "FashionpediaResult",
     "attribute_f1",
     "categories_with_attributes",
     "default_attributed",
@@ -212,6 +217,7 @@ def attribute_vocabulary(schema) -> dict[tuple[str, int], int]:
 
 
 def _results_problems(results: Any, gt: Mapping[str, Any], vocabulary: set[int], where: str) -> list:
+    from workbench.data.masks import compressed_rle_error
     from workbench.data.problems import Problem
 
     if not isinstance(results, list):
@@ -243,10 +249,14 @@ def _results_problems(results: Any, gt: Mapping[str, Any], vocabulary: set[int],
                 and seg["size"] != images[r["image_id"]]:
             problems.append(Problem("bad_size", f"{w}.segmentation.size", f"{seg['size']} is not image "
                                     f"{r['image_id']}'s [height, width] {images[r['image_id']]}"))
-        if not isinstance(r.get("score"), (int, float)) or isinstance(r.get("score"), bool):
-            problems.append(Problem("bad_format", f"{w}.score", f"must be a number, got {r.get('score')!r}"))
+        elif (why := compressed_rle_error(seg["counts"], *seg["size"])) is not None:
+            problems.append(Problem("bad_rle", f"{w}.segmentation.counts", f"not a valid compressed RLE of a "
+                                    f"{seg['size'][0]}x{seg['size'][1]} mask: {why}"))
+        score = r.get("score")
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+            problems.append(Problem("bad_format", f"{w}.score", f"must be a finite number, got {score!r}"))
         ids = r.get("attribute_ids")
-        if not isinstance(ids, list) or not all(isinstance(v, int) for v in ids):
+        if not isinstance(ids, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
             problems.append(Problem("bad_format", f"{w}.attribute_ids", f"must be a list of attribute ids, got {ids!r}"))
         elif set(ids) - vocabulary:
             problems.append(Problem("unknown_attribute", f"{w}.attribute_ids",
@@ -254,10 +264,10 @@ def _results_problems(results: Any, gt: Mapping[str, Any], vocabulary: set[int],
     return problems
 
 
-def fashionpedia_ground_truth(gt_path) -> tuple[dict, list[int]]:
+def fashionpedia_ground_truth(gt_path) -> tuple[dict, list[int], bool]:
     """A GT file in Fashionpedia's format (annotations with `attribute_ids`) or ours (imported, with
     `source_id`s, or any COCO-with-attributes file) -> (COCO dict with `attribute_ids`, ids > 0, `area`;
-    the attribute-id vocabulary)."""
+    the attribute-id vocabulary; whether the file is Fashionpedia's format or imported from it)."""
     from workbench.data.io import read_json
     from workbench.data.masks import segmentation_to_mask
     from workbench.data.problems import DataError, Problem
@@ -273,6 +283,7 @@ def fashionpedia_ground_truth(gt_path) -> tuple[dict, list[int]]:
             raise DataError(problems)
         vocabulary = [a["id"] for a in data["attributes"]]
         annotations = [dict(a, attribute_ids=list(a.get("attribute_ids", []))) for a in data["annotations"]]
+        from_fashionpedia = True
     else:
         problems = check_coco(data, where)
         if problems:
@@ -283,6 +294,7 @@ def fashionpedia_ground_truth(gt_path) -> tuple[dict, list[int]]:
                                      "AP(IoU+F1) needs an attribute vocabulary")])
         ids = attribute_vocabulary(schema)
         vocabulary = sorted(ids.values())
+        from_fashionpedia = all(a.source_ids for a in schema.attributes)  # `data import-fashionpedia` keeps them
         annotations = []
         for a in data["annotations"]:
             out = []
@@ -299,21 +311,51 @@ def fashionpedia_ground_truth(gt_path) -> tuple[dict, list[int]]:
             im = images[a["image_id"]]
             a["area"] = float(segmentation_to_mask(a["segmentation"], im["height"], im["width"]).sum())
     gt = {"images": list(data["images"]), "categories": list(data["categories"]), "annotations": annotations}
-    return gt, vocabulary
+    return gt, vocabulary, from_fashionpedia
 
 
-def evaluate_fashionpedia_results(gt_path, results_path, max_dets: int = 100) -> dict[str, float | None]:
-    """AP(IoU+F1) of a results file in Fashionpedia's format against a GT file (see `fashionpedia_ground_truth`).
+@dataclass(frozen=True)
+class FashionpediaResult:
+    """`workbench eval --fashionpedia-results`: the AP(IoU+F1) figures (see `iou_f1_ap`) and which categories
+    were scored with attribute F1, by which rule ("fashionpedia": FPEval's hard-coded list; "data": the
+    categories with an attribute in the GT)."""
 
-    Categories with attributes: Fashionpedia's own list when the GT has its 46 categories (ids 0..45), else
-    those with an attribute in the GT. Every GT image is evaluated, as FPEval does.
+    metrics: dict[str, float | None]
+    category_rule: str
+    categories_with_attributes: tuple[int, ...]
+
+    @property
+    def rule_text(self) -> str:
+        if self.category_rule == "fashionpedia":
+            return ("categories scored with attribute F1: FPEval's hard-coded Fashionpedia list (ids "
+                    f"{', '.join(map(str, sorted(self.categories_with_attributes)))}), as the fashionpedia "
+                    "package applies it to any file")
+        return ("categories scored with attribute F1: those with an attribute in the GT (ids "
+                f"{', '.join(map(str, sorted(self.categories_with_attributes)))}); the GT is not in "
+                "Fashionpedia's format, so FPEval's own list does not apply")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics, "category_rule": self.category_rule,
+                "categories_with_attributes": sorted(self.categories_with_attributes)}
+
+
+def evaluate_fashionpedia_results(gt_path, results_path, max_dets: int = 100) -> FashionpediaResult:
+    """AP(IoU+F1) of a results file in Fashionpedia's format against a GT file (see `fashionpedia_ground_truth`),
+    as the `fashionpedia` package's FPEval gives it.
+
+    Categories with attributes: FPEval's hard-coded list for a GT in Fashionpedia's format or imported from it
+    (FPEval applies it to any file), else those with an attribute in the GT. Every GT image is evaluated, as
+    FPEval does. A result entry that FPEval would score in silence (a NaN or infinite score, an RLE that is not
+    a mask of its image, a non-integer attribute id) is a `DataError` naming it.
     """
     from workbench.data.io import read_json
     from workbench.data.problems import DataError
 
-    gt, vocabulary = fashionpedia_ground_truth(gt_path)
+    gt, vocabulary, from_fashionpedia = fashionpedia_ground_truth(gt_path)
     results = read_json(results_path)
     problems = _results_problems(results, gt, set(vocabulary), str(results_path))
     if problems:
         raise DataError(problems)
-    return iou_f1_ap(gt, results, vocabulary, attributed=default_attributed(gt), max_dets=max_dets)
+    attributed = set(FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES if from_fashionpedia else categories_with_attributes(gt))
+    metrics = iou_f1_ap(gt, results, vocabulary, attributed=attributed, max_dets=max_dets)
+    return FashionpediaResult(metrics, "fashionpedia" if from_fashionpedia else "data", tuple(sorted(attributed)))

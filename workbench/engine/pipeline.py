@@ -113,8 +113,10 @@ def draw_dataset_overlays(run: LoadedRun, dataset, out_dir: Path, limit: int = 6
 
 
 def overlay_names(image_paths: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
-    """Output path per input: `<stem>.png`; inputs sharing a stem get `<stem>_<k>.png` (k = 1, 2, ... in input
-    order) so none overwrites another. Refuses an output folder that holds an input (an overlay could replace it)."""
+    """Output path per input, unique over all inputs: `<stem>.png` for a stem no other input has; inputs sharing
+    a stem get the next free `<stem>_<k>.png` (k = 1, 2, ... in input order, skipping names another input's own
+    stem takes: `a/x.png`, `b/x.png`, `a/x_1.png` -> x_2, x_3, x_1). Refuses an output folder that holds an
+    input (an overlay could replace it)."""
     from collections import Counter
 
     from workbench.errors import WorkbenchError
@@ -125,12 +127,18 @@ def overlay_names(image_paths: Sequence[str], out_dir: str | os.PathLike) -> lis
         raise WorkbenchError(f"--out {out_dir} holds input image(s) {inside[:3]}: overlays would be written among "
                              "(and could replace) them; choose another output folder")
     stems = Counter(Path(p).stem for p in image_paths)
-    seen: Counter = Counter()
+    taken = {stem for stem, n in stems.items() if n == 1}
     names = []
     for p in image_paths:
         stem = Path(p).stem
-        seen[stem] += 1
-        names.append(out_dir / (f"{stem}_{seen[stem]}.png" if stems[stem] > 1 else f"{stem}.png"))
+        if stems[stem] == 1:
+            names.append(out_dir / f"{stem}.png")
+            continue
+        k = 1
+        while f"{stem}_{k}" in taken:
+            k += 1
+        taken.add(f"{stem}_{k}")
+        names.append(out_dir / f"{stem}_{k}.png")
     return names
 
 

@@ -99,11 +99,13 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                                 "it or --overwrite to start again there (or choose another --out)")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: continue the run or start it again")
+    if resume and not run_dir.is_dir():  # nothing to continue: never create the folder
+        raise RunDirectoryError(f"--resume: {run_dir} does not exist; give the folder of the run to continue")
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_final.pt", "metrics.json",
              "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json", "pretrained_report.json",
-             "events.out.tfevents.*", "categories.json")
+             "events.out.tfevents.*", "categories.json", "overlays/*.png")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:

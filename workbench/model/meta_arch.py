@@ -95,6 +95,14 @@ def pad_images(images: Sequence[torch.Tensor], divisibility: int,
     return out
 
 
+def pad_batch(images: Sequence[torch.Tensor], cfg: ModelConfig) -> torch.Tensor:
+    """The model's own input rule, for every caller that feeds its graph (model(batch), the ONNX pre-processing):
+    `pad_images` with the pixel mean to multiples of `size_divisibility` and to at least 2x2 cells at the coarsest
+    stride, since GroupNorm needs more than one value per group and a tiny image (1x1, 32x32) would otherwise
+    give degenerate logits. (3, H_i, W_i) list -> (B, 3, H, W) float, 0..255."""
+    return pad_images(images, cfg.size_divisibility, cfg.pixel_mean, min_size=2 * cfg.size_divisibility)
+
+
 class MultiTaskMask2Former(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -208,11 +216,7 @@ class MultiTaskMask2Former(nn.Module):
     def _padded_images(self, batch: Batch) -> torch.Tensor:
         if not isinstance(batch, (list, tuple)) or not batch:
             raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
-        images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
-        # at least 2x2 cells at the coarsest stride: GroupNorm needs more than one value per group, so a tiny
-        # image (1x1, 32x32) is padded further instead of failing
-        return pad_images(images, self.cfg.size_divisibility, self.cfg.pixel_mean,
-                          min_size=2 * self.cfg.size_divisibility)
+        return pad_batch([torch.as_tensor(item["image"], device=self.device) for item in batch], self.cfg)
 
     @torch.no_grad()
     def predict(self, batch: Batch, tasks: Sequence[str] | None = None) -> list[dict]:

@@ -114,12 +114,42 @@ def upstream_class_names(num_classes: int) -> tuple[str, ...] | None:
     return {80: COCO_INSTANCE_CLASSES, 133: COCO_PANOPTIC_CLASSES, 150: ADE20K_CLASSES}.get(num_classes)
 
 
+def id2label_names(labels: Any, num_classes: int, path: str) -> tuple[str, ...]:
+    """config.json's `id2label` -> one name per class-head row, in row order. It must name every row 0..C-1 once
+    with distinct names: a short, gapped or repeated list would carry class rows to the wrong categories (or
+    none) in silence."""
+    where = f"{path}: config.json id2label"
+    if not isinstance(labels, Mapping):
+        raise CheckpointFormatError(f"{where}: expected an object {{\"0\": name, ...}}, got {type(labels).__name__}")
+    try:
+        by_row = {int(k): v for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise CheckpointFormatError(f"{where}: keys must be row numbers, got {sorted(map(str, labels))[:5]}") from None
+    gaps = [i for i in range(len(by_row)) if i not in by_row]
+    if gaps:
+        raise CheckpointFormatError(f"{where} has no class {gaps[0]} (its {len(by_row)} keys must be the class ids "
+                                    f"0..{len(by_row) - 1})")
+    if len(by_row) != num_classes:
+        raise CheckpointFormatError(f"{where} names {len(by_row)} classes but the class head has {num_classes} "
+                                    "category rows (+ no-object): give every row its name")
+    seen: dict[str, int] = {}
+    for i in range(num_classes):
+        name = by_row[i]
+        if not isinstance(name, str) or not name:
+            raise CheckpointFormatError(f"{where}[{i}]: expected a non-empty name, got {name!r}")
+        if name in seen:
+            raise CheckpointFormatError(f"{where}: {name!r} names rows {seen[name]} and {i}; names must be distinct "
+                                        "(categories are matched by name)")
+        seen[name] = i
+    return tuple(by_row[i] for i in range(num_classes))
+
+
 def class_names(ckpt: Checkpoint, num_classes: int) -> tuple[str, ...] | None:
     """The checkpoint's category names in class-head order: transformers' id2label; for an upstream checkpoint
     COCO's 80 or 133 (panoptic) or ADE20K's 150 by the class count; None when unknown."""
-    names = ckpt.class_names
-    if names is not None:
-        return names if len(names) == num_classes else None
+    labels = ckpt.config.get("id2label") if ckpt.config else None
+    if labels:
+        return id2label_names(labels, num_classes, ckpt.path)
     if ckpt.naming == "upstream":
         return upstream_class_names(num_classes)
     return None

@@ -17,10 +17,8 @@ from typing import Sequence
 import torch
 
 from workbench.pretrained.keymap import Drop
-from workbench.pretrained.source import read_checkpoint
+from workbench.pretrained.source import ATTRIBUTE_FILE, read_checkpoint
 from workbench.pretrained.transformers import TRANSFORMERS, to_config_dict
-
-ATTRIBUTE_FILE = "attribute_heads.safetensors"
 
 
 def transformers_state(model, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -97,6 +95,9 @@ def export_transformers(model, out_dir: str | os.PathLike, class_names: Sequence
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: the export is meant to be shared
+        for written in tmp.iterdir():  # and its files the mode open() gives (safetensors writes some 0600)
+            if written.is_file():
+                os.chmod(written, 0o666 & ~umask)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

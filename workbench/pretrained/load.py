@@ -17,7 +17,7 @@ from workbench.config import AttributeSpec, ModelConfig
 from workbench.pretrained.architecture import KEYMAPS, architecture, as_float, class_names
 from workbench.pretrained.keymap import Drop
 from workbench.pretrained.report import ClassRows, LoadReport
-from workbench.pretrained.source import Checkpoint, CheckpointFormatError, read_checkpoint
+from workbench.pretrained.source import ATTRIBUTE_FILE, Checkpoint, CheckpointFormatError, read_checkpoint
 
 CLASS_HEAD = ("decoder.class_head.weight", "decoder.class_head.bias")
 Source = str | os.PathLike | Checkpoint
@@ -98,6 +98,37 @@ def _class_rows(ckpt: Checkpoint, theirs: int, ours: int, categories: Sequence[s
                             tuple(n for i, n in enumerate(names) if i not in used), "name")
 
 
+def _attribute_heads(ckpt: Checkpoint, cfg, state) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
+    """The trained attribute heads of our own export (`attribute_heads.safetensors` beside it), for each of our
+    groups whose values and kind are the file's: {our key: tensor}; and the heads left fresh, with why."""
+    if not ckpt.attribute_heads:
+        return {}, []
+    spec = ckpt.attribute_spec or {}
+    prefix = "decoder.attribute_heads."
+    found, fresh = {}, []
+    for group in cfg.attributes:
+        keys = [k for k in state if k.startswith(f"{prefix}{group.name}.")]
+        theirs = spec.get(group.name)
+        why = None
+        if theirs is None:
+            why = f"not in {ATTRIBUTE_FILE}, initialised fresh"
+        elif list(theirs["values"]) != list(group.values) or theirs.get("kind", "single") != group.kind:
+            why = (f"{ATTRIBUTE_FILE} has {group.name} {theirs.get('kind', 'single')} {list(theirs['values'])}, this "
+                   f"model {group.kind} {list(group.values)}: initialised fresh")
+        else:
+            for key in keys:
+                tensor = ckpt.attribute_heads.get(key[len(prefix):])
+                if tensor is None or tuple(tensor.shape) != tuple(state[key].shape):
+                    raise CheckpointFormatError(
+                        f"{ckpt.path}: {ATTRIBUTE_FILE}: {key[len(prefix):]!r} is "
+                        f"{None if tensor is None else tuple(tensor.shape)}, our {key!r} {tuple(state[key].shape)}: "
+                        "the file does not fit its own metadata")
+                found[key] = tensor
+        if why is not None:
+            fresh += [(key, f"attribute head: {why}") for key in keys]
+    return found, fresh
+
+
 def load_pretrained(model: torch.nn.Module, source: Source,
                     categories: Sequence[str] | None = None) -> LoadReport:
     """Load `source` (upstream .pkl/.pth, transformers folder, .safetensors) into `model` in place.
@@ -141,10 +172,18 @@ def load_pretrained(model: torch.nn.Module, source: Source,
                                         f"{chunks[ours]} that make our {ours!r} are in the checkpoint")
         incoming[ours] = parts[0] if chunks[ours] == 1 else torch.cat([parts[c] for c in range(chunks[ours])], 0)
 
-    new: list[tuple[str, str]] = []
+    heads, new = _attribute_heads(ckpt, model.cfg, state)
+    incoming.update(heads)
+    origin.update({k: f"{ATTRIBUTE_FILE}: {k[len('decoder.attribute_heads.'):]}" for k in heads})
+    for ours, tensor in incoming.items():  # a NaN weight would surface at step 0 as a loss blamed on the data
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointFormatError(f"{ckpt.path}: tensor {origin[ours]!r} {tuple(tensor.shape)} holds {bad} NaN "
+                                        "or infinite value(s): the checkpoint is damaged (re-download or re-export "
+                                        "it); nothing was loaded")
     missing = []
     for ours in state:
-        if ours in incoming:
+        if ours in incoming or any(ours == k for k, _ in new):
             continue
         if ours.startswith("decoder.attribute_heads."):
             new.append((ours, "attribute head: not in Mask2Former checkpoints, initialised fresh"))

@@ -41,6 +41,10 @@ class Checkpoint:
     naming: str  # "upstream" | "transformers"
     tensors: Mapping[str, torch.Tensor]
     config: Mapping[str, Any] | None = field(default=None, repr=False)
+    # our own export's attribute_heads.safetensors beside the weights: {"<group>.weight": Tensor, ...} and its
+    # metadata {group: {"values": [...], "kind": ..., "threshold"?}}; None for any other checkpoint
+    attribute_heads: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
+    attribute_spec: Mapping[str, Any] | None = field(default=None, repr=False)
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -133,8 +137,11 @@ def _read_transformers_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         if not isinstance(weight_map, Mapping):
             raise CheckpointFormatError(f"{index}: no 'weight_map' {{tensor name: shard file}}")
         tensors: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in sorted(set(map(str, weight_map.values()))):
             shard_path = path / shard
+            if Path(shard).name != shard or shard in ("", ".", ".."):  # `../x`, `/abs/x`, `sub/x`: not a shard
+                raise CheckpointFormatError(f"{index}: weight_map names {shard!r}, which is not a file name in "
+                                            f"{path}; a checkpoint's shards must sit beside its index")
             if not shard_path.is_file():
                 raise FileNotFoundError(f"{index}: lists shard {shard}, which is not in {path}")
             tensors.update(_read_safetensors(shard_path))
@@ -146,12 +153,35 @@ def _read_transformers_dir(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                             f"not read: convert it with transformers' save_pretrained(safe_serialization=True))")
 
 
+ATTRIBUTE_FILE = "attribute_heads.safetensors"  # written by pretrained/export.py beside model.safetensors
+
+
+def _read_attribute_heads(folder: Path) -> tuple[dict[str, torch.Tensor] | None, dict | None]:
+    """Our export's attribute heads and their groups (values, kind, threshold), when the folder has them."""
+    path = folder / ATTRIBUTE_FILE
+    if not path.is_file():
+        return None, None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            spec = json.loads((f.metadata() or {}).get("attributes", "null"))
+    except (SafetensorError, json.JSONDecodeError) as err:
+        raise CheckpointFormatError(f"{path}: not a readable attribute-heads file ({err})") from err
+    if not isinstance(spec, Mapping) or not all(isinstance(g, Mapping) and isinstance(g.get("values"), list)
+                                                 for g in spec.values()):
+        raise CheckpointFormatError(f"{path}: its metadata 'attributes' must map each group to "
+                                    "{values, kind}; written by `workbench export-weights`?")
+    return _read_safetensors(path), dict(spec)
+
+
 def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
     """Read `source` (see the module docstring for the four forms) into a `Checkpoint`."""
     path = Path(source)
     if path.is_dir():
         tensors, config = _read_transformers_dir(path)
-        return Checkpoint(str(path), "transformers_dir", naming_of(tensors, path), tensors, config)
+        heads, spec = _read_attribute_heads(path)
+        return Checkpoint(str(path), "transformers_dir", naming_of(tensors, path), tensors, config, heads, spec)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (expected a .pkl, .pth, .safetensors file or a "
                                 f"transformers folder with config.json)")
@@ -172,6 +202,7 @@ def read_checkpoint(source: str | os.PathLike) -> Checkpoint:
         config = _read_json(config_path) if config_path.is_file() else None
         if not isinstance(config, Mapping) or config.get("model_type") != "mask2former":
             config = None
-        return Checkpoint(str(path), "safetensors", naming_of(tensors, path), tensors, config)
+        heads, spec = _read_attribute_heads(path.parent) if path.name != ATTRIBUTE_FILE else (None, None)
+        return Checkpoint(str(path), "safetensors", naming_of(tensors, path), tensors, config, heads, spec)
     raise CheckpointFormatError(f"{path}: unknown checkpoint kind {suffix!r}; expected .pkl (upstream model zoo), "
                                 f".pth (detectron2), .safetensors, or a transformers folder")
