@@ -164,10 +164,11 @@ def test_semantic_pngs_train_semantic_only(tmp_path):
 
 # --- synthetic data --------------------------------------------------------------------------------------------
 def tree_digest(folder) -> str:
-    """JSON/YAML bytes and PNG pixels (not the PNG encoder's bytes) of every file under `folder`."""
+    """JSON/YAML bytes and PNG pixels (not the PNG encoder's bytes) of every file under `folder` but synth's
+    record of what it wrote (`.synth.sha256`, issue 24: newer than the digest)."""
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name != ".synth.sha256":
             h.update(p.relative_to(folder).as_posix().encode())
             h.update(np.asarray(Image.open(p)).tobytes() if p.suffix == ".png" else p.read_bytes())
     return h.hexdigest()
