@@ -267,7 +267,7 @@ def demo_train_step(compile_model: bool = False):
     from pathlib import Path
 
     from workbench.engine.demo import demo_config
-    from workbench.engine.trainer import param_groups
+    from workbench.engine.optim import param_groups
 
     cfg = demo_config(Path("unused"))
     torch.manual_seed(0)

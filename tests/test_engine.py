@@ -15,7 +15,8 @@ from workbench.config import DataConfig, RunConfig, SolverConfig
 from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
 from workbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from workbench.engine.schedule import lr_factor, scaled_lr
-from workbench.engine.trainer import NonFiniteLossError, param_groups, train
+from workbench.engine.optim import param_groups
+from workbench.engine.trainer import NonFiniteLossError, train
 from workbench.harness.synthetic import synthetic_batch
 
 ATTRS = {"color": ["r", "g", "b"], "size": ["s", "m", "l"]}

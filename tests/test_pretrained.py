@@ -508,7 +508,7 @@ def test_weights_flag_overrides_the_yaml_and_resume_does_not_reload(hf_dir, shap
 
 def test_head_lr_multiplier_and_freeze():
     from workbench.config import SolverConfig
-    from workbench.engine.trainer import freeze_parameters, param_groups
+    from workbench.engine.optim import freeze_parameters, param_groups
 
     model = wb.build_model(wb.ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g"]}))
     groups = param_groups(model, SolverConfig(head_lr_multiplier=10.0), 1.0)

@@ -25,18 +25,16 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.config import RunConfig, SolverConfig
+from workbench.config import RunConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
 from workbench.data.io import remove_stale_temps
 from workbench.device import cpu_has_native_bf16
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
+from workbench.engine.optim import freeze_parameters, param_groups
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
 from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
-
-NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
-NO_DECAY_NAMES = ("level_embed", "relative_position_bias_table")  # parameters that are embeddings in all but type
 
 
 class NonFiniteLossError(WorkbenchError, FloatingPointError):
@@ -62,39 +60,6 @@ def init_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-HEAD_MODULES = ("decoder.class_head", "decoder.attribute_heads.")  # what the user's categories/attributes define
-
-
-def freeze_parameters(model: MultiTaskMask2Former, freeze: str) -> int:
-    """solver.freeze: "backbone" or "trunk" (all but HEAD_MODULES) get requires_grad=False; returns how many."""
-    frozen = 0
-    for name, param in model.named_parameters():
-        if (freeze == "backbone" and name.startswith("backbone.")) or \
-                (freeze == "trunk" and not name.startswith(HEAD_MODULES)):
-            param.requires_grad_(False)
-            frozen += param.numel()
-    return frozen
-
-
-def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -> list[dict]:
-    """Backbone at lr x backbone_lr_multiplier, heads (HEAD_MODULES) at lr x head_lr_multiplier; no weight
-    decay on norm layers, embeddings and Swin's relative position bias tables (as upstream); frozen parameters
-    are left out."""
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else
-                             solver.head_lr_multiplier if module_name.startswith(HEAD_MODULES) else 1.0)
-            no_decay = isinstance(module, NORM_TYPES) or name in NO_DECAY_NAMES
-            decay = 0.0 if no_decay else solver.weight_decay
-            groups.setdefault((group_lr, decay), []).append(param)
-    return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
 
 
 class EpochBatches:
