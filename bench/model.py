@@ -77,7 +77,7 @@ def transformers_config(preset: str, cfg: wb.ModelConfig):
         backbone = ResNetConfig(depths=[3, 4, 6 if preset == "coco_r50" else 23, 3], layer_type="bottleneck",
                                 hidden_sizes=[256, 512, 1024, 2048], embedding_size=64, out_features=stages)
     elif preset.startswith("coco_swin_"):
-        from workbench.model.swin import SWIN_VARIANTS
+        from workbench.model.backbones.swin import SWIN_VARIANTS
 
         v = SWIN_VARIANTS[cfg.backbone]
         backbone = SwinConfig(embed_dim=v.embed_dim, depths=list(v.depths), num_heads=list(v.num_heads),

@@ -84,12 +84,8 @@ def test_engine_does_not_import_inspect():
     assert not bad, f"workbench.engine must not import workbench.inspect (move shared code to workbench.drawing): {bad}"
 
 
-# Known cycles, each with why it is tolerated for now; anything else fails.
-KNOWN_CYCLES = {
-    # backbone.build_backbone imports swin lazily; swin subclasses backbone.Backbone. Breaking it means moving
-    # Backbone / FEATURE_NAMES / load_cached_state_dict below both (found when Swin was merged).
-    frozenset({"workbench.model.backbone", "workbench.model.swin"}),
-}
+# Known cycles, each with why it is tolerated for now (a frozenset of module names); anything else fails.
+KNOWN_CYCLES: set[frozenset[str]] = set()  # none today: backbones/ broke the backbone <-> swin one
 
 
 def test_no_import_cycles():

@@ -132,7 +132,7 @@ class ModelConfig:
     num_classes: int
     attributes: tuple[AttributeSpec, ...] = ()
     backbone: str = "resnet50"  # "resnet50" | "resnet101" | "mobilenet_v3_large" | "tiny" | "swin_t" | "swin_s"
-    #                             | "swin_b" | "swin_l" (see model/backbone.py, model/swin.py)
+    #                             | "swin_b" | "swin_l" (see model/backbones/)
     pretrained_backbone: bool = False  # load torchvision weights from the local cache (never downloads)
     backbone_norm: str = "auto"  # "auto" (frozen BN when pretrained, as upstream) | "bn" | "frozen_bn"; Swin: "auto"
     backbone_window_size: int = 7  # Swin only: attention window (upstream SWIN.WINDOW_SIZE; 12 for its Swin-B/L)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from workbench.config import ModelConfig
-from workbench.model.backbone import backbone_from_config
+from workbench.model.backbones import backbone_from_config
 from workbench.model.criterion import DEFAULT_TERMS, SetCriterion, build_weight_dict
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.matcher import HungarianMatcher

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention, SwinTransformerBlock
 
-from workbench.model.backbone import FEATURE_NAMES, Backbone, load_cached_state_dict
+from workbench.model.backbones.base import FEATURE_NAMES, Backbone, load_cached_state_dict
 
 __all__ = [
     "SWIN_VARIANTS", "SwinVariant", "SwinBackbone", "WindowAttention", "KeyMap", "build_swin_backbone",
