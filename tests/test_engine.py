@@ -145,8 +145,8 @@ def test_nan_loss_names_step_term_and_images_and_saves_the_batch(tmp_path, monke
     real_forward = wb.model.MultiTaskMask2Former.forward
     calls = {"n": 0}
 
-    def poisoned(self, batch, generator=None):
-        losses = real_forward(self, batch, generator)
+    def poisoned(self, batch, generator=None, **kwargs):
+        losses = real_forward(self, batch, generator, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
             losses["loss_dice"] = losses["loss_dice"] * float("nan")

@@ -15,6 +15,7 @@ __all__ = ["ATTRIBUTE_KINDS", "AttributeSpec", "AugmentConfig", "DataConfig", "L
 
 
 ATTRIBUTE_KINDS = ("single", "multi")
+CHECKPOINT_ACTIVATIONS = ("none", "backbone", "decoder", "all")
 MULTI_LABEL_LOSSES = ("bce", "focal")
 
 
@@ -322,6 +323,17 @@ class SolverConfig:
     num_workers: int = 0
     keep_checkpoints: int = 2  # last.pt + this many last_step<N>.pt in all; resume falls back to an older one
     compile: bool = False  # torch.compile the backbone and decoder: ~30 s first step, then ~0.97x on the demo
+    # gradient accumulation: each optimizer step sums the gradients of this many batches of batch_size, normalised
+    # as one batch of batch_size x accumulate (the effective batch: lr rule, warm-up and log use it)
+    accumulate: int = 1
+    # evaluate on data.val every this many steps (metrics.jsonl, TensorBoard, progress bar) and keep best.pt by
+    # best_metric; 0 = only once, at the end
+    eval_period: int = 0
+    best_metric: str = "segm/AP"  # "segm/AP", "joint/AP", "attribute_accuracy/<name>", ... (a metrics.json field)
+    # recompute activations in the backward instead of keeping them (torch.utils.checkpoint): less memory, ~1.3x
+    # the step time; "none" | "backbone" (its stages) | "decoder" (pixel-decoder encoder + transformer decoder
+    # layers) | "all"
+    checkpoint_activations: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -341,6 +353,23 @@ class SolverConfig:
             raise ValueError(f"solver.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.checkpoint_period <= 0 or self.log_period <= 0:
             raise ValueError("solver.checkpoint_period and solver.log_period must be > 0")
+        if isinstance(self.accumulate, bool) or not isinstance(self.accumulate, int) or self.accumulate < 1:
+            raise ValueError(f"solver.accumulate must be an integer >= 1 (batches per optimizer step), got "
+                             f"{self.accumulate!r}")
+        if isinstance(self.eval_period, bool) or not isinstance(self.eval_period, int) or self.eval_period < 0:
+            raise ValueError(f"solver.eval_period must be an integer >= 0 (0 = evaluate at the end only), got "
+                             f"{self.eval_period!r}")
+        if self.best_metric.count("/") != 1:
+            raise ValueError(f"solver.best_metric must be '<group>/<name>' as in metrics.json, e.g. 'segm/AP', "
+                             f"'joint/AP' or 'attribute_accuracy/<attribute>'; got {self.best_metric!r}")
+        if self.checkpoint_activations not in CHECKPOINT_ACTIVATIONS:
+            raise ValueError(f"solver.checkpoint_activations must be one of {CHECKPOINT_ACTIVATIONS}, got "
+                             f"{self.checkpoint_activations!r}")
+
+    @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step over all processes: batch_size (over all processes) x accumulate."""
+        return self.batch_size * self.accumulate
 
 
 @dataclass(frozen=True)

@@ -38,21 +38,11 @@ class TensorBoardLog:
         self.writer.flush()  # on disk at every logged step, also when training stops on an error later
 
     def evaluation(self, step: int, metrics) -> None:
-        """An `EvalResult` (engine/evaluate.py) as eval/... scalars; undefined values (None) are left out."""
-        for group, values in (("segm", metrics.segm), ("joint", metrics.joint)):
-            for key, value in values.items():
-                if value is not None:
-                    self.writer.add_scalar(f"eval/{group}/{key}", float(value), step)
-        for name, result in metrics.attributes.items():
-            if result.accuracy is not None:
-                self.writer.add_scalar(f"eval/attribute_accuracy/{name}", float(result.accuracy), step)
-        for name, result in metrics.multi_label.items():  # multi-label groups: F1 on true positives
-            for average, scores in (("micro", result.micro), ("macro", result.macro)):
-                if scores.get("f1") is not None:
-                    self.writer.add_scalar(f"eval/attribute_f1/{name}/{average}", float(scores["f1"]), step)
-        for key, value in metrics.iou_f1.items():  # Fashionpedia's AP(IoU+F1), when measured
-            if value is not None:
-                self.writer.add_scalar(f"eval/iou_f1/{key}", float(value), step)
+        """An `EvalResult` (engine/evaluate.py) as eval/<name> scalars (`EvalResult.scalars`: undefined values
+        are left out)."""
+        for name, value in metrics.scalars().items():
+            self.writer.add_scalar(f"eval/{name}", value, step)
+        self.writer.flush()
 
     def images(self, step: int, pngs: Sequence[str | os.PathLike], tag: str = "eval/overlay") -> None:
         """PNG files (the pipeline's overlays/) as images `<tag>/<file stem>`."""

@@ -12,7 +12,7 @@ from torch import nn
 
 from workbench.config import ModelConfig
 from workbench.model.backbones import backbone_from_config
-from workbench.model.criterion import DEFAULT_TERMS, SetCriterion, build_weight_dict
+from workbench.model.criterion import DEFAULT_TERMS, EffectiveBatch, LossTotals, SetCriterion, build_weight_dict
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.matcher import HungarianMatcher
 from workbench.model.outputs import ModelOutput
@@ -121,21 +121,19 @@ class MultiTaskMask2Former(nn.Module):
         return self.decoder(pixel.multi_scale_features, pixel.mask_features, return_aux=return_aux,
                             return_attention=return_attention)
 
-    def targets(self, batch: Batch, padded_size: tuple[int, int]) -> list[dict[str, Any]]:
-        """Instances of each image with masks zero-padded to the batch's padded size, on the model's device."""
+    def targets(self, batch: Batch, padded_size: tuple[int, int] | None) -> list[dict[str, Any]]:
+        """Instances of each image with masks zero-padded to the batch's padded size, on the model's device.
+        `padded_size` None: labels and attributes only (no masks, no ignore regions)."""
         out = []
         for i, item in enumerate(batch):
             inst = item.get("instances")
             if inst is None:
                 raise KeyError(f"batch[{i}] has no 'instances' (needed in training mode)")
-            masks = torch.as_tensor(inst["masks"], device=self.device)
-            padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
-            padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
             attrs = inst.get("attributes", {})
-            n = masks.shape[0]
+            labels = torch.as_tensor(inst["labels"], device=self.device).long()
+            n = labels.shape[0]
             target = {
-                "labels": torch.as_tensor(inst["labels"], device=self.device).long(),
-                "masks": padded,
+                "labels": labels,
                 "attributes": {a.name: self._single_target(attrs[a.name], a, i) if a.name in attrs
                                else torch.full((n,), -1, device=self.device)
                                for a in self.cfg.attributes if not a.multi},
@@ -150,7 +148,12 @@ class MultiTaskMask2Former(nn.Module):
                         hot, known = self._multi_target(attrs[a.name], labeled.get(a.name), a)
                     target["attributes"][a.name] = hot
                     target.setdefault("attribute_labeled", {})[a.name] = known.to(self.device)
-            if inst.get("ignore") is not None:  # crowd / __ignore__ pixels; padding is not ignored
+            if padded_size is not None:
+                masks = torch.as_tensor(inst["masks"], device=self.device)
+                padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
+                padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
+                target["masks"] = padded
+            if padded_size is not None and inst.get("ignore") is not None:  # crowd / __ignore__ pixels
                 ignore = torch.as_tensor(inst["ignore"], device=self.device).bool()
                 target["ignore"] = padded.new_zeros(padded_size)
                 target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] = ignore
@@ -183,8 +186,14 @@ class MultiTaskMask2Former(nn.Module):
                  else torch.ones(values.shape[0], dtype=torch.bool))
         return values.float(), known
 
-    def forward(self, batch: Batch, generator: torch.Generator | None = None):
-        """Training: dict[str, 0-dim Tensor] of weighted losses. Eval: list of per-image prediction dicts."""
+    def loss_totals(self, batch: Batch) -> LossTotals:
+        """The loss terms' denominators over `batch` (labels and attributes only), for an EffectiveBatch."""
+        return self.criterion.totals(self.targets(batch, None), self.cfg.num_queries)
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None,
+                effective: EffectiveBatch | None = None):
+        """Training: dict[str, 0-dim Tensor] of weighted losses (`effective`: `batch` is a micro-batch of that
+        batch, see SetCriterion.forward). Eval: list of per-image prediction dicts."""
         if not isinstance(batch, (list, tuple)) or not batch:
             raise TypeError("model(batch) expects a non-empty list of {'image': uint8 (3,H,W), ...} dicts")
         images = [torch.as_tensor(item["image"], device=self.device) for item in batch]
@@ -195,7 +204,7 @@ class MultiTaskMask2Former(nn.Module):
         if self.training:
             targets = self.targets(batch, padded.shape[-2:])
             outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
-            losses = self.criterion.weigh(self.criterion(outputs, targets, generator=generator))
+            losses = self.criterion.weigh(self.criterion(outputs, targets, generator=generator, effective=effective))
             bad = [k for k, v in losses.items() if v.dim() != 0]
             if bad:
                 raise RuntimeError(f"training losses must be 0-dim, got shapes for {bad}")
