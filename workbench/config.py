@@ -359,8 +359,8 @@ class SolverConfig:
         if isinstance(self.eval_period, bool) or not isinstance(self.eval_period, int) or self.eval_period < 0:
             raise ValueError(f"solver.eval_period must be an integer >= 0 (0 = evaluate at the end only), got "
                              f"{self.eval_period!r}")
-        if self.best_metric.count("/") != 1:
-            raise ValueError(f"solver.best_metric must be '<group>/<name>' as in metrics.json, e.g. 'segm/AP', "
+        if "/" not in self.best_metric:
+            raise ValueError(f"solver.best_metric must be '<group>/<name>' as evaluation names it, e.g. 'segm/AP', "
                              f"'joint/AP' or 'attribute_accuracy/<attribute>'; got {self.best_metric!r}")
         if self.checkpoint_activations not in CHECKPOINT_ACTIVATIONS:
             raise ValueError(f"solver.checkpoint_activations must be one of {CHECKPOINT_ACTIVATIONS}, got "

@@ -20,18 +20,30 @@ class LoadedRun:
     cfg: RunConfig
     model: MultiTaskMask2Former
     run_dir: Path
+    checkpoint: str = ""  # which weights: "best.pt (step 1500, segm/AP 70.1)", "model_final.pt (step 2000)", ...
+
+
+CHECKPOINT_CHOICES = ("last", "best")
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "model_final.pt") -> LoadedRun:
-    """A run directory's resolved config.yaml and weights (`model_final.pt`, else `last.pt`), in eval mode."""
+    """A run directory's resolved config.yaml and weights, in eval mode. `checkpoint`: "last" (=
+    "model_final.pt", else `last.pt` of an unfinished run), "best" (`best.pt`, kept by solver.eval_period) or a
+    file name in the run directory."""
+    from workbench.engine.best import BEST_FILE
+
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml (made by `workbench train`)")
     cfg = run_config_from_dict(read_yaml(cfg_path))
+    checkpoint = {"last": "model_final.pt", "best": BEST_FILE}.get(checkpoint, checkpoint)
     path = run_dir / checkpoint
     if not path.is_file() and checkpoint == "model_final.pt":
         path = run_dir / "last.pt"
+    if not path.is_file() and checkpoint == BEST_FILE:
+        raise CheckpointError(f"{path}: no best checkpoint in the run: it is kept when training evaluates as it goes "
+                              f"(solver.eval_period > 0 with data.val); use the last checkpoint instead")
     saved = load_checkpoint(path, map_location="cpu")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise CheckpointError(f"{path}: no 'model' state dict in it (a checkpoint written by `workbench train` has "
@@ -48,7 +60,11 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", che
                               f"another shape, {len(missing)} missing, {len(unexpected)} unexpected; first: {first}): "
                               f"was config.yaml edited after training?")
     model.load_state_dict(saved["model"])
-    return LoadedRun(cfg, model.to(device).eval(), run_dir)
+    step = saved.get("step")
+    what = f"step {step}" if step is not None else "final weights"
+    if "metric" in saved:
+        what += f", {saved['metric']} {float(saved['value']):.4g}"
+    return LoadedRun(cfg, model.to(device).eval(), run_dir, f"{path.name} ({what})")
 
 
 @torch.no_grad()

@@ -62,10 +62,12 @@ def open_tensorboard(run_dir: str | os.PathLike, cfg: LogConfig, purge_step: int
 
 
 def log_evaluation(run_dir: str | os.PathLike, cfg: LogConfig, step: int, metrics,
-                   overlays: Sequence[str | os.PathLike] = ()) -> None:
-    """One evaluation (an `EvalResult`) and its overlay PNGs into the run's events, at training step `step`."""
+                   overlays: Sequence[str | os.PathLike] = (), scalars: bool = True) -> None:
+    """One evaluation (an `EvalResult`) and its overlay PNGs into the run's events, at training step `step`
+    (`scalars` False: the overlays only, the training loop logged the scalars at that step)."""
     tensorboard = open_tensorboard(run_dir, cfg)
     if tensorboard is not None:
-        tensorboard.evaluation(step, metrics)
+        if scalars:
+            tensorboard.evaluation(step, metrics)
         tensorboard.images(step, overlays)
         tensorboard.close()

@@ -422,7 +422,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     if tensorboard is not None:
         tensorboard.close()
     if info.is_main:
-        save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
+        save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg), "step": stop})
     seconds = time.perf_counter() - started
     return TrainResult(model, run_dir, stop, seconds, lr.lr, last, best, best_metrics)
 
