@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from workbench.config import ModelConfig
+from workbench.model.activation_checkpoint import set_checkpointing
 from workbench.model.backbones import backbone_from_config
 from workbench.model.criterion import DEFAULT_TERMS, EffectiveBatch, LossTotals, SetCriterion, build_weight_dict
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
@@ -106,6 +107,12 @@ class MultiTaskMask2Former(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def checkpoint_activations(self, mode: str) -> None:
+        """solver.checkpoint_activations: "none" | "backbone" | "decoder" (pixel-decoder encoder and transformer
+        decoder layers) | "all": those parts recompute their activations in the backward
+        (model/activation_checkpoint.py); same losses and gradients, less memory."""
+        set_checkpointing(self, mode)
 
     def forward_raw(self, images: torch.Tensor, return_aux: bool = False,
                     return_attention: bool = False) -> ModelOutput:

@@ -36,6 +36,13 @@ class Backbone(nn.Module):
 
     out_channels: dict[str, int]
     out_strides: dict[str, int] = FEATURE_STRIDES
+    checkpoint_segments: bool = False  # recompute each stage's activations in the backward (activation_checkpoint.py)
+
+    def run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """stage(x), checkpointed when `checkpoint_segments` is set."""
+        from workbench.model.activation_checkpoint import run_segment
+
+        return run_segment(self, stage, stage, x)
 
 
 class StagedBackbone(Backbone):
@@ -45,10 +52,10 @@ class StagedBackbone(Backbone):
     stages: nn.ModuleDict
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(images)
+        x = self.run_stage(self.stem, images)
         feats = {}
         for name, stage in self.stages.items():
-            x = stage(x)
+            x = self.run_stage(stage, x)
             feats[name] = x
         return feats
 

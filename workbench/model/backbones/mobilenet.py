@@ -78,4 +78,10 @@ class MobileNetV3LargeBackbone(Backbone):
         )
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(self.body(images))
+        """IntermediateLayerGetter's walk over the blocks, each block a checkpoint segment when that is on."""
+        feats, x = {}, images
+        for name, block in self.body.items():
+            x = self.run_stage(block, x)
+            if name in self.body.return_layers:
+                feats[self.body.return_layers[name]] = x
+        return feats
