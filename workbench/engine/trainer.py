@@ -1,11 +1,13 @@
-"""Training loop: AdamW (backbone lr x 0.1), warmup + poly/step, gradient clipping, AMP (bf16 on CPU or CUDA,
-fp16 on CUDA), checkpoints that resume bit-for-bit, a NaN guard that names the step, term and images, and
-DistributedDataParallel when started by `torchrun` (WORLD_SIZE > 1).
+"""Training loop: AdamW (backbone lr x 0.1; engine/optim.py), warmup + poly/step, gradient clipping, AMP (bf16 on
+CPU or CUDA, fp16 on CUDA), gradient accumulation (solver.accumulate: a step is that many micro-batches, normalised
+as one), activation checkpointing (solver.checkpoint_activations), evaluation during training with the best
+checkpoint kept (solver.eval_period, engine/best.py), checkpoints that resume bit-for-bit, a NaN guard that names
+the step, term and images, and DistributedDataParallel when started by `torchrun` (WORLD_SIZE > 1).
 
-Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step), TensorBoard event files
-(the same records; engine/tracking.py), last.pt (resumable;
-a hard link to the newest of the `solver.keep_checkpoints` last_step<N>.pt), model_final.pt (weights +
-config), nan_batch_step<N>.pt (only when a loss went non-finite). An existing run directory is never
+Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step, one per evaluation during
+training), TensorBoard event files (the same records; engine/tracking.py), last.pt (resumable;
+a hard link to the newest of the `solver.keep_checkpoints` last_step<N>.pt), best.pt (with solver.eval_period),
+model_final.pt (weights + config + step), nan_batch_step<N>.pt (only when a loss went non-finite). An existing run directory is never
 silently reused: pass `resume=True` (continue; metrics.jsonl is cut back to the checkpoint's step) or
 `overwrite=True` (its run files are deleted first).
 """
