@@ -18,7 +18,8 @@ import workbench.model.matcher as matcher_module
 import workbench.model.points as points_module
 from workbench.config import AttributeSpec, RunConfig, SolverConfig
 from workbench.config_file import ConfigError, run_config_from_dict
-from workbench.engine.trainer import DistInfo, EpochBatches, accumulate_gradients, effective_batch, train
+from workbench.engine.accumulate import accumulate_gradients, effective_batch
+from workbench.engine.trainer import DistInfo, EpochBatches, train
 from workbench.harness.synthetic import synthetic_batch
 from workbench.model.criterion import EffectiveBatch
 
@@ -85,7 +86,7 @@ def worst(a: dict, b: dict) -> tuple[float, float]:
 
 def test_four_micro_batches_of_one_give_the_gradients_of_one_batch_of_four(fixed_points):
     cfg, items = model_cfg(), varied_images()
-    single = lambda model, micro: effective_batch(model, micro, DistInfo())  # noqa: E731
+    single = lambda model, micro: effective_batch(model, micro)  # noqa: E731
     big, big_loss, _ = gradients(cfg, [items], single)
     small, small_loss, _ = gradients(cfg, [[item] for item in items], single)
     difference, scale = worst(big, small)
@@ -103,7 +104,7 @@ def test_two_processes_of_two_micro_batches_average_to_the_batch_of_four(fixed_p
     """DDP's mean over processes of each process's accumulated gradients, simulated: the totals are summed over
     both processes' micro-batches (what the trainer's all_reduce gives)."""
     cfg, items = model_cfg(), varied_images()
-    big, _, model = gradients(cfg, [items], lambda model, micro: effective_batch(model, micro, DistInfo()))
+    big, _, model = gradients(cfg, [items], lambda model, micro: effective_batch(model, micro))
     ranks = [[[items[0]], [items[2]]], [[items[1]], [items[3]]]]  # rank r: every world-th item of each micro-batch
     totals = functools.reduce(operator.add, [model.loss_totals(micro) for rank in ranks for micro in rank])
     per_rank = [gradients(cfg, rank, lambda model, micro: EffectiveBatch(totals, processes=2))[0] for rank in ranks]
@@ -114,7 +115,7 @@ def test_two_processes_of_two_micro_batches_average_to_the_batch_of_four(fixed_p
 
 def test_a_grad_scaler_scales_each_micro_batch_and_unscales_once(fixed_points):
     cfg, items = model_cfg(), varied_images()
-    single = lambda model, micro: effective_batch(model, micro, DistInfo())  # noqa: E731
+    single = lambda model, micro: effective_batch(model, micro)  # noqa: E731
     plain, _, _ = gradients(cfg, [[item] for item in items], single)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
     scaled, _, model = gradients(cfg, [[item] for item in items], single, scaler)

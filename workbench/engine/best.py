@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.config import ModelConfig
-from workbench.config_file import ConfigError
+from workbench.config import ModelConfig, RunConfig
+from workbench.config_file import ConfigError, to_dict
 from workbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from workbench.engine.evaluate import AP_KEYS
 
@@ -78,3 +78,31 @@ def read_best(path: str | os.PathLike) -> Best:
     """The Best a best.pt records (its step, metric and value)."""
     saved = load_checkpoint(path)
     return Best(str(saved["metric"]), float(saved["value"]), int(saved["step"]))
+
+
+class PeriodicEvaluation:
+    """solver.eval_period: evaluate the model on data.val, log the metrics to TensorBoard (eval/<name> at the
+    step), write best.pt when solver.best_metric improved, and give the metrics.jsonl record ({"step", "eval":
+    {name: value}, "best": ...}). The validation set is read once."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike) -> None:
+        from workbench.engine.inference import eval_dataset
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.dataset = eval_dataset(cfg)
+
+    def __call__(self, model, step: int, best: Best | None, tensorboard) -> tuple[Any, Best | None, dict]:
+        """(EvalResult, the new Best or None, the metrics.jsonl record) of `model` at training `step`."""
+        from workbench.engine.inference import evaluate_model
+
+        metrics = evaluate_model(model, self.cfg.data.val, self.dataset, self.cfg.eval, progress=False)
+        model.train()
+        new_best = improved(best, self.cfg.solver.best_metric, metrics, step)
+        if new_best is not None:
+            metrics.checkpoint = {"file": BEST_FILE, **new_best.to_dict()}
+            save_best(self.run_dir, new_best, model.state_dict(), to_dict(self.cfg), metrics)
+        current = new_best or best
+        if tensorboard is not None:
+            tensorboard.evaluation(step, metrics)
+        record = {"step": step, "eval": metrics.scalars(), "best": current.to_dict() if current else None}
+        return metrics, new_best, record

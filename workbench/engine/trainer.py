@@ -13,17 +13,13 @@ silently reused: pass `resume=True` (continue; metrics.jsonl is cut back to the 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import json
-import math
-import operator
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -34,14 +30,14 @@ from workbench.config import RunConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
 from workbench.data.io import remove_stale_temps
 from workbench.device import cpu_has_native_bf16
-from workbench.engine.best import BEST_FILE, Best, check_best_metric, improved, save_best
+from workbench.engine.accumulate import accumulate_gradients, effective_batch
+from workbench.engine.best import Best, PeriodicEvaluation, check_best_metric
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from workbench.engine.optim import freeze_parameters, param_groups
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
 from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
-from workbench.model.criterion import EffectiveBatch
 
 
 class NonFiniteLossError(WorkbenchError, FloatingPointError):
@@ -170,46 +166,6 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     raise ConfigError(f"solver.amp: {amp!r} cannot run on {device.type}: use 'bf16' (CPU or CUDA), 'fp16' (CUDA) "
                       "or 'off'")
-
-
-def effective_batch(model: MultiTaskMask2Former, micro_batches: list[list[dict]], dist_info: DistInfo
-                    ) -> EffectiveBatch | None:
-    """The loss denominators of the whole optimizer step (this process's micro-batches, summed over processes);
-    None for one micro-batch on one process, whose loss normalises over itself exactly as without."""
-    if len(micro_batches) == 1 and dist_info.world_size == 1:
-        return None
-    totals = functools.reduce(operator.add, (model.loss_totals(micro) for micro in micro_batches))
-    if dist_info.world_size > 1:
-        summed = totals.to_tensor().to(model.device)
-        dist.all_reduce(summed)
-        totals = totals.with_values(summed.cpu())
-    return EffectiveBatch(totals, dist_info.world_size)
-
-
-def accumulate_gradients(net: nn.Module, micro_batches: list[list[dict]], generator: torch.Generator,
-                         effective: EffectiveBatch | None, scaler: torch.amp.GradScaler,
-                         autocast: Callable[[], contextlib.AbstractContextManager],
-                         on_nonfinite: Callable[[dict, list[dict]], None]) -> dict[str, float]:
-    """Forward and backward of each micro-batch into the parameters' .grad (zeroed by the caller), normalised over
-    the whole step (`effective`), so the summed gradients are those of one batch of all the micro-batches.
-    Under DDP only the last backward all-reduces the gradients (`no_sync` on the others). One host sync per
-    micro-batch reads every term for the NaN guard and the log. Returns each term summed over the micro-batches:
-    the step's loss."""
-    summed: dict[str, float] = {}
-    for index, micro in enumerate(micro_batches):
-        inner = index < len(micro_batches) - 1 and isinstance(net, nn.parallel.DistributedDataParallel)
-        with net.no_sync() if inner else contextlib.nullcontext():
-            with autocast():
-                losses = net(micro, generator=generator, effective=effective)
-            total = sum(losses.values())
-            values = dict(zip([*losses, "total"], torch.stack([v.detach().float() for v in losses.values()]
-                                                               + [total.detach().float()]).tolist()))
-            if not all(math.isfinite(v) for v in values.values()):
-                on_nonfinite(losses, micro)
-            scaler.scale(total).backward()
-        for key, value in values.items():
-            summed[key] = summed[key] + value if key in summed else value
-    return summed
 
 
 @dataclass
@@ -387,7 +343,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         net.train()
         optimizer.zero_grad(set_to_none=True)
         values = accumulate_gradients(net, micro_batches, step_generator(cfg.seed, step),
-                                      effective_batch(model, micro_batches, info), scaler, autocast, on_nonfinite)
+                                      effective_batch(model, micro_batches, info.world_size), scaler, autocast,
+                                      on_nonfinite)
         if solver.clip_grad_norm > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), solver.clip_grad_norm)
@@ -407,7 +364,8 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
                 if tensorboard is not None:
                     tensorboard.training(record)
             if periodic is not None and (done % solver.eval_period == 0 or done == stop):
-                metrics, new_best = periodic(model, done, best, tensorboard)
+                metrics, new_best, record = periodic(model, done, best, tensorboard)
+                write_jsonl(run_dir / "metrics.jsonl", record)
                 if new_best is not None:
                     best, best_metrics = new_best, metrics
                 postfix.update({solver.best_metric: f"{metrics.scalars().get(solver.best_metric, float('nan')):.3g}",
@@ -427,34 +385,6 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg), "step": stop})
     seconds = time.perf_counter() - started
     return TrainResult(model, run_dir, stop, seconds, lr.lr, last, best, best_metrics)
-
-
-class PeriodicEvaluation:
-    """solver.eval_period: evaluate the model on data.val, append the metrics to metrics.jsonl ({"step", "eval":
-    {name: value}, "best": ...}) and TensorBoard (eval/<name> at the step), and write best.pt when
-    solver.best_metric improved. The validation set is read once."""
-
-    def __init__(self, cfg: RunConfig, run_dir: Path) -> None:
-        from workbench.engine.inference import eval_dataset
-
-        self.cfg, self.run_dir = cfg, run_dir
-        self.dataset = eval_dataset(cfg)
-
-    def __call__(self, model: MultiTaskMask2Former, step: int, best: Best | None, tensorboard):
-        from workbench.engine.inference import evaluate_model
-
-        metrics = evaluate_model(model, self.cfg.data.val, self.dataset, self.cfg.eval, progress=False)
-        model.train()
-        new_best = improved(best, self.cfg.solver.best_metric, metrics, step)
-        if new_best is not None:
-            metrics.checkpoint = {"file": BEST_FILE, **new_best.to_dict()}
-            save_best(self.run_dir, new_best, model.state_dict(), to_dict(self.cfg), metrics)
-        current = new_best or best
-        write_jsonl(self.run_dir / "metrics.jsonl", {"step": step, "eval": metrics.scalars(),
-                                                     "best": current.to_dict() if current else None})
-        if tensorboard is not None:
-            tensorboard.evaluation(step, metrics)
-        return metrics, new_best
 
 
 def absolute_data_paths(cfg: RunConfig) -> RunConfig:
