@@ -14,10 +14,8 @@ from typing import Any
 
 from workbench.config import ModelConfig, RunConfig
 from workbench.config_file import ConfigError, to_dict
-from workbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from workbench.engine.checkpoint import BEST_FILE, save_checkpoint
 from workbench.engine.evaluate import AP_KEYS
-
-BEST_FILE = "best.pt"
 
 
 def metric_names(model: ModelConfig) -> list[str]:
@@ -72,12 +70,6 @@ def save_best(run_dir: str | os.PathLike, best: Best, model_state: dict, config:
     save_checkpoint(path, {"model": model_state, "config": config, **best.to_dict(),
                            "metrics": metrics.to_dict()})
     return path
-
-
-def read_best(path: str | os.PathLike) -> Best:
-    """The Best a best.pt records (its step, metric and value)."""
-    saved = load_checkpoint(path)
-    return Best(str(saved["metric"]), float(saved["value"]), int(saved["step"]))
 
 
 class PeriodicEvaluation:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import EvalConfig, RunConfig
 from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
-from workbench.engine.checkpoint import CheckpointError, load_checkpoint
+from workbench.engine.checkpoint import BEST_FILE, CheckpointError, load_checkpoint
 from workbench.model import MultiTaskMask2Former, build_model
 
 
@@ -23,15 +23,10 @@ class LoadedRun:
     checkpoint: str = ""  # which weights: "best.pt (step 1500, segm/AP 70.1)", "model_final.pt (step 2000)", ...
 
 
-CHECKPOINT_CHOICES = ("last", "best")
-
-
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "model_final.pt") -> LoadedRun:
     """A run directory's resolved config.yaml and weights, in eval mode. `checkpoint`: "last" (=
     "model_final.pt", else `last.pt` of an unfinished run), "best" (`best.pt`, kept by solver.eval_period) or a
     file name in the run directory."""
-    from workbench.engine.best import BEST_FILE
-
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
