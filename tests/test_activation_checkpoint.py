@@ -37,6 +37,7 @@ CASES = [
     ("decoder", {}),
     ("all", {}),
     ("all", {"backbone": "mobilenet_v3_large"}),
+    ("backbone", {"backbone": "resnet50"}),
     ("backbone", {"backbone": "swin_t", "backbone_drop_path_rate": 0.3, "hidden_dim": 32, "mask_dim": 32}),
 ]
 
