@@ -38,23 +38,11 @@ class Backbone(nn.Module):
     out_strides: dict[str, int] = FEATURE_STRIDES
     checkpoint_segments: bool = False  # recompute each stage's activations in the backward (activation_checkpoint.py)
 
-    def run_stage(self, stage: nn.Module, x: torch.Tensor, by_block: bool = True) -> torch.Tensor:
-        """stage(x). With `checkpoint_segments` each block of the stage (a Sequential's children, a module's
-        `blocks_in_order()`) is a segment of its own, so the backward recomputes one block's activations at a
-        time, not a whole stage's (`by_block` False: the stage is one segment, e.g. a stem of single layers).
-        A segment must not start with an in-place op (its saved input would change under it): blocks, never a
-        Sequential of conv / norm / in-place activation, are split."""
+    def run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """stage(x), checkpointed when `checkpoint_segments` is set."""
         from workbench.model.activation_checkpoint import run_segment
 
-        if not self.checkpoint_segments:
-            return stage(x)
-        parts = [stage]
-        if by_block:
-            parts = list(stage) if isinstance(stage, nn.Sequential) else \
-                stage.blocks_in_order() if hasattr(stage, "blocks_in_order") else [stage]
-        for part in parts:
-            x = run_segment(self, part, part, x)
-        return x
+        return run_segment(self, stage, stage, x)
 
 
 class StagedBackbone(Backbone):
@@ -64,7 +52,7 @@ class StagedBackbone(Backbone):
     stages: nn.ModuleDict
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.run_stage(self.stem, images, by_block=False)
+        x = self.run_stage(self.stem, images)
         feats = {}
         for name, stage in self.stages.items():
             x = self.run_stage(stage, x)

@@ -81,7 +81,7 @@ class MobileNetV3LargeBackbone(Backbone):
         """IntermediateLayerGetter's walk over the blocks, each block a checkpoint segment when that is on."""
         feats, x = {}, images
         for name, block in self.body.items():
-            x = self.run_stage(block, x, by_block=False)  # a block already (its children end in in-place activations)
+            x = self.run_stage(block, x)
             if name in self.body.return_layers:
                 feats[self.body.return_layers[name]] = x
         return feats

@@ -166,10 +166,6 @@ class SwinStage(nn.Module):
             x = self.downsample(x)
         return self.blocks(x)
 
-    def blocks_in_order(self) -> list[nn.Module]:
-        """What forward applies, one module after the other (activation checkpointing's segments)."""
-        return ([self.downsample] if self.downsample is not None else []) + list(self.blocks)
-
 
 class SwinBackbone(Backbone):
     """Swin V1 for dense prediction: images (B, 3, H, W) -> {"res2": (B, C, ceil(H/4), ceil(W/4)), ...,
@@ -218,7 +214,7 @@ class SwinBackbone(Backbone):
         self.loaded_weights: str | None = None
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.run_stage(self.patch_embed, images, by_block=False)
+        x = self.run_stage(self.patch_embed, images)
         feats = {}
         for name, stage in self.stages.items():
             x = self.run_stage(stage, x)
