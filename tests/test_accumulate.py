@@ -73,8 +73,8 @@ def gradients(cfg, micro_batches, effective, scaler=None):
     def fail(losses, micro):
         raise AssertionError(f"non-finite loss {losses}")
 
-    values = accumulate_gradients(model, micro_batches, torch.Generator().manual_seed(0), effective(model, micro_batches),
-                                  scaler, contextlib.nullcontext, fail)
+    values = accumulate_gradients(model, micro_batches, torch.Generator().manual_seed(0),
+                                  effective(model, micro_batches), scaler, contextlib.nullcontext, fail)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, values, model
 
 
@@ -136,7 +136,7 @@ def test_epoch_batches_cut_the_effective_batch_into_micro_batches():
         assert all(len(micro) == 1 for micro in accumulated.micro_batches(step))
     ranks = [EpochBatches(12, 2, seed=3, dist_info=DistInfo(rank=r, world_size=2), accumulate=2) for r in (0, 1)]
     assert sorted(ranks[0].indices(1) + ranks[1].indices(1)) == sorted(four.indices(1))
-    with pytest.raises(ConfigError, match=r"fewer than one effective batch of solver.batch_size 4 x solver.accumulate 4"):
+    with pytest.raises(ConfigError, match=r"fewer than one effective batch of solver.batch_size 4 x solver.accumulate"):
         EpochBatches(12, 4, seed=3, dist_info=DistInfo(), accumulate=4)
 
 

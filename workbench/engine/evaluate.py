@@ -137,8 +137,9 @@ class EvalResult:
         out.update({f"attribute_accuracy/{name}": float(a.accuracy) for name, a in self.attributes.items()
                     if a.accuracy is not None})
         for name, m in self.multi_label.items():
-            out.update({f"attribute_f1/{name}/{average}": float(scores["f1"])
-                        for average, scores in (("micro", m.micro), ("macro", m.macro)) if scores.get("f1") is not None})
+            averages = (("micro", m.micro), ("macro", m.macro))
+            out.update({f"attribute_f1/{name}/{average}": float(scores["f1"]) for average, scores in averages
+                        if scores.get("f1") is not None})
         return out
 
     def to_dict(self) -> dict[str, Any]:

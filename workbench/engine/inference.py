@@ -23,7 +23,8 @@ class LoadedRun:
     checkpoint: str = ""  # which weights: "best.pt (step 1500, segm/AP 70.1)", "model_final.pt (step 2000)", ...
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "model_final.pt") -> LoadedRun:
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             checkpoint: str = "model_final.pt") -> LoadedRun:
     """A run directory's resolved config.yaml and weights, in eval mode. `checkpoint`: "last" (=
     "model_final.pt", else `last.pt` of an unfinished run), "best" (`best.pt`, kept by solver.eval_period) or a
     file name in the run directory."""

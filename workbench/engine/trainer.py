@@ -7,9 +7,9 @@ the step, term and images, and DistributedDataParallel when started by `torchrun
 Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step, one per evaluation during
 training), TensorBoard event files (the same records; engine/tracking.py), last.pt (resumable;
 a hard link to the newest of the `solver.keep_checkpoints` last_step<N>.pt), best.pt (with solver.eval_period),
-model_final.pt (weights + config + step), nan_batch_step<N>.pt (only when a loss went non-finite). An existing run directory is never
-silently reused: pass `resume=True` (continue; metrics.jsonl is cut back to the checkpoint's step) or
-`overwrite=True` (its run files are deleted first).
+model_final.pt (weights + config + step), nan_batch_step<N>.pt (only when a loss went non-finite). An existing
+run directory is never silently reused: pass `resume=True` (continue; metrics.jsonl is cut back to the checkpoint's
+step) or `overwrite=True` (its run files are deleted first).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,6 +38,9 @@ from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
 from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
+
+if TYPE_CHECKING:
+    from workbench.engine.evaluate import EvalResult
 
 
 class NonFiniteLossError(WorkbenchError, FloatingPointError):
@@ -177,7 +180,7 @@ class TrainResult:
     lr: float
     last_losses: dict[str, float]
     best: Best | None = None  # with solver.eval_period: the best evaluation (best.pt), resumed runs' included
-    best_metrics: Any = None  # its EvalResult when this process evaluated it (else read best.pt)
+    best_metrics: EvalResult | None = None  # its evaluation when this process ran it (else: evaluate best.pt)
 
 
 class RunDirectoryError(WorkbenchError, FileExistsError):

@@ -47,8 +47,8 @@ class _RestoreRunningStats(contextlib.AbstractContextManager):
 
 
 def run_segment(owner: nn.Module, segment: nn.Module | None, fn: Callable, *args):
-    """fn(*args) (the forward of `segment`, a part of `owner`; None: one without BatchNorm), through torch.utils.checkpoint when
-    `owner.checkpoint_segments` is set and autograd records (training); plainly otherwise (inference, no_grad,
+    """fn(*args) (the forward of `segment`, a part of `owner`; None: one without BatchNorm), through
+    torch.utils.checkpoint when `owner.checkpoint_segments` is set and autograd records (training); plainly otherwise (inference, no_grad,
     the flag off)."""
     if not (getattr(owner, "checkpoint_segments", False) and torch.is_grad_enabled()):
         return fn(*args)

@@ -1,4 +1,5 @@
-"""Backbones (one file per family, `build.py` picks one by name) returning res2..res5 feature maps at strides 4, 8, 16, 32.
+"""Backbones returning res2..res5 feature maps at strides 4, 8, 16, 32: one file per family, `build.py` picks one
+by name.
 
     "resnet50"            torchvision ResNet-50, channels 256/512/1024/2048
     "resnet101"           torchvision ResNet-101, same stages and channels (23 blocks in res4 instead of 6)
