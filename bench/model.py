@@ -77,7 +77,7 @@ def transformers_config(preset: str, cfg: wb.ModelConfig):
         backbone = ResNetConfig(depths=[3, 4, 6 if preset == "coco_r50" else 23, 3], layer_type="bottleneck",
                                 hidden_sizes=[256, 512, 1024, 2048], embedding_size=64, out_features=stages)
     elif preset.startswith("coco_swin_"):
-        from workbench.model.swin import SWIN_VARIANTS
+        from workbench.model.backbones.swin import SWIN_VARIANTS
 
         v = SWIN_VARIANTS[cfg.backbone]
         backbone = SwinConfig(embed_dim=v.embed_dim, depths=list(v.depths), num_heads=list(v.num_heads),
@@ -179,15 +179,18 @@ def kernel_split(fn) -> tuple[float, float]:
     return kernels / 1e6, wall
 
 
-def our_step_functions(cfg: wb.ModelConfig, items: list[dict], ops_backend: str = "auto", bf16: bool = False):
+def our_step_functions(cfg: wb.ModelConfig, items: list[dict], ops_backend: str = "auto", bf16: bool = False,
+                       checkpoint_activations: str = "none", device: str = "cpu"):
     """(train step, raw forward, inference with post-processing) of our model on `items`. A train step is forward
     with losses (under CPU bf16 autocast with `bf16`, as the trainer's solver.amp), backward and AdamW, fused
-    as our trainer builds it; each call draws its points from the next seed."""
+    as our trainer builds it; each call draws its points from the next seed. `checkpoint_activations` as
+    solver.checkpoint_activations."""
     from workbench.model.meta_arch import pad_images
     from workbench.ops import MSDeformAttn
 
     torch.manual_seed(0)
-    model = wb.build_model(cfg)
+    model = wb.build_model(cfg).to(device)
+    model.checkpoint_activations(checkpoint_activations)
     for module in model.modules():
         if isinstance(module, MSDeformAttn):
             module.backend = ops_backend
@@ -197,7 +200,7 @@ def our_step_functions(cfg: wb.ModelConfig, items: list[dict], ops_backend: str 
 
     def train() -> None:
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             losses = model(items, generator=torch.Generator().manual_seed(next(seeds)))
         opt.zero_grad()
         sum(losses.values()).backward()
@@ -216,18 +219,19 @@ def our_step_functions(cfg: wb.ModelConfig, items: list[dict], ops_backend: str 
     return train, raw, infer
 
 
-def transformers_step_functions(hf_cfg, items: list[dict], bf16: bool = False):
+def transformers_step_functions(hf_cfg, items: list[dict], bf16: bool = False, device: str = "cpu"):
     """(train step, forward) of transformers' model on `items`: AdamW at torch's default (not fused)."""
     from transformers import Mask2FormerForUniversalSegmentation
 
     torch.manual_seed(0)
-    model = Mask2FormerForUniversalSegmentation(hf_cfg)
+    model = Mask2FormerForUniversalSegmentation(hf_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     pixels, masks, labels = _transformers_inputs(items)
+    pixels, masks, labels = pixels.to(device), [m.to(device) for m in masks], [t.to(device) for t in labels]
 
     def train() -> None:
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(pixel_values=pixels, mask_labels=masks, class_labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -267,7 +271,7 @@ def demo_train_step(compile_model: bool = False):
     from pathlib import Path
 
     from workbench.engine.demo import demo_config
-    from workbench.engine.trainer import param_groups
+    from workbench.engine.optim import param_groups
 
     cfg = demo_config(Path("unused"))
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from workbench.model import backbone as bb
+from workbench.model import backbones as bb
 
 
 @pytest.mark.parametrize("name", ["tiny", "resnet50", "resnet101"])

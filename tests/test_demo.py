@@ -20,6 +20,7 @@ def test_demo_pipeline_writes_every_output(tmp_path, capsys):
     assert len(events.Tags()["images"]) == 4
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["attributes"]) == {"color", "size"}
+    assert metrics["checkpoint"]["file"] == "best.pt" and (out / "best.pt").is_file()  # evaluated as it trained
     assert "AP" in metrics["segm"] and "AP" in metrics["joint"]
     printed = capsys.readouterr().out
     assert "linear scaling rule" in printed and "segm AP" in printed and "color accuracy" in printed

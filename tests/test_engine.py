@@ -15,7 +15,8 @@ from workbench.config import DataConfig, RunConfig, SolverConfig
 from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
 from workbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from workbench.engine.schedule import lr_factor, scaled_lr
-from workbench.engine.trainer import NonFiniteLossError, param_groups, train
+from workbench.engine.optim import param_groups
+from workbench.engine.trainer import NonFiniteLossError, train
 from workbench.harness.synthetic import synthetic_batch
 
 ATTRS = {"color": ["r", "g", "b"], "size": ["s", "m", "l"]}
@@ -144,8 +145,8 @@ def test_nan_loss_names_step_term_and_images_and_saves_the_batch(tmp_path, monke
     real_forward = wb.model.MultiTaskMask2Former.forward
     calls = {"n": 0}
 
-    def poisoned(self, batch, generator=None):
-        losses = real_forward(self, batch, generator)
+    def poisoned(self, batch, generator=None, **kwargs):
+        losses = real_forward(self, batch, generator, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
             losses["loss_dice"] = losses["loss_dice"] * float("nan")

@@ -96,12 +96,8 @@ def test_metrics_sit_below_the_engine():
     assert not bad, f"workbench.metrics imports a higher layer: {bad}"
 
 
-# Known cycles, each with why it is tolerated for now; anything else fails.
-KNOWN_CYCLES = {
-    # backbone.build_backbone imports swin lazily; swin subclasses backbone.Backbone. Breaking it means moving
-    # Backbone / FEATURE_NAMES / load_cached_state_dict below both (found when Swin was merged).
-    frozenset({"workbench.model.backbone", "workbench.model.swin"}),
-}
+# Known cycles, each with why it is tolerated for now (a frozenset of module names); anything else fails.
+KNOWN_CYCLES: set[frozenset[str]] = set()  # none today: backbones/ broke the backbone <-> swin one
 
 
 def test_no_import_cycles():

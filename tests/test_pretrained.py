@@ -4,7 +4,7 @@ forms, the load report, errors that name the key, training from a checkpoint, an
 The checkpoints are randomly initialised transformers `Mask2FormerForUniversalSegmentation`s (ResNet-50 or
 Swin-T backbone, 32 wide heads, 2 encoder and 3 decoder layers, 6 queries, COCO's 80 names), built once per
 module and saved as transformers saves them; the upstream files are the same tensors under upstream's names
-(`as_upstream`; Swin's backbone names from model/swin.py's key map).
+(`as_upstream`; Swin's backbone names from model/backbones/swin.py's key map).
 """
 import json
 import os
@@ -508,7 +508,7 @@ def test_weights_flag_overrides_the_yaml_and_resume_does_not_reload(hf_dir, shap
 
 def test_head_lr_multiplier_and_freeze():
     from workbench.config import SolverConfig
-    from workbench.engine.trainer import freeze_parameters, param_groups
+    from workbench.engine.optim import freeze_parameters, param_groups
 
     model = wb.build_model(wb.ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g"]}))
     groups = param_groups(model, SolverConfig(head_lr_multiplier=10.0), 1.0)
@@ -530,7 +530,7 @@ def test_swin_checkpoint_forms_and_export(checkpoints, tmp_path):
     from safetensors.torch import save_file
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from workbench.model.swin import SWIN_VARIANTS, upstream_swin_keys
+    from workbench.model.backbones.swin import SWIN_VARIANTS, upstream_swin_keys
     from workbench.pretrained import export_transformers
 
     path, hf, model, report = checkpoints["swin_t"]

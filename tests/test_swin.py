@@ -1,4 +1,4 @@
-"""Swin backbones (workbench/model/swin.py): parity with transformers' SwinBackbone and torchvision, key maps,
+"""Swin backbones (workbench/model/backbones/swin.py): parity with transformers' SwinBackbone and torchvision, key maps,
 presets, odd sizes, and the options that do not apply to Swin."""
 import dataclasses
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.model import backbone as bb
-from workbench.model import swin as S
+from workbench.model import backbones as bb
+from workbench.model.backbones import swin as S
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))  # two blocks per stage: one shifted
 

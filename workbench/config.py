@@ -20,6 +20,7 @@ ATTRIBUTE_KINDS = ("single", "multi")
 # is read, so a typo is a config error before any data is read or any folder made
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "tiny", "swin_t", "swin_s", "swin_b", "swin_l")
 DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::\d+)?")  # what device.resolve_device reads (any case, spaces around)
+CHECKPOINT_ACTIVATIONS = ("none", "backbone", "decoder", "all")
 MULTI_LABEL_LOSSES = ("bce", "focal")
 TASKS = ("instance", "semantic", "panoptic")  # what `model(batch)` returns in eval mode (model/meta_arch.py)
 
@@ -138,7 +139,7 @@ class ModelConfig:
     num_classes: int
     attributes: tuple[AttributeSpec, ...] = ()
     backbone: str = "resnet50"  # "resnet50" | "resnet101" | "mobilenet_v3_large" | "tiny" | "swin_t" | "swin_s"
-    #                             | "swin_b" | "swin_l" (see model/backbone.py, model/swin.py)
+    #                             | "swin_b" | "swin_l" (see model/backbones/)
     pretrained_backbone: bool = False  # load torchvision weights from the local cache (never downloads)
     backbone_norm: str = "auto"  # "auto" (frozen BN when pretrained, as upstream) | "bn" | "frozen_bn"; Swin: "auto"
     backbone_window_size: int = 7  # Swin only: attention window (upstream SWIN.WINDOW_SIZE; 12 for its Swin-B/L)
@@ -360,6 +361,18 @@ class SolverConfig:
     num_workers: int = 0
     keep_checkpoints: int = 2  # last.pt + this many last_step<N>.pt in all; resume falls back to an older one
     compile: bool = False  # torch.compile the backbone and decoder: ~30 s first step, then ~0.97x on the demo
+    # gradient accumulation: each optimizer step sums the gradients of this many batches of batch_size, normalised
+    # as one batch of batch_size x accumulate (the effective batch: lr rule, warm-up and log use it)
+    accumulate: int = 1
+    # evaluate on data.val every this many steps (metrics.jsonl, TensorBoard, progress bar) and keep best.pt by
+    # best_metric; 0 = only once, at the end
+    eval_period: int = 0
+    best_metric: str = "segm/AP"  # "segm/AP", "joint/AP", "attribute_accuracy/<name>", ...; panoptic and semantic
+    # models: "panoptic/PQ" (their default), "joint_panoptic/PQ", "semantic/mIoU" (their default) ...
+    # recompute activations in the backward instead of keeping them (torch.utils.checkpoint): less memory, ~1.3x
+    # the step time; "none" | "backbone" (its stages) | "decoder" (pixel-decoder encoder + transformer decoder
+    # layers) | "all"
+    checkpoint_activations: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
@@ -382,6 +395,23 @@ class SolverConfig:
             raise ValueError(f"solver.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.checkpoint_period <= 0 or self.log_period <= 0:
             raise ValueError("solver.checkpoint_period and solver.log_period must be > 0")
+        if isinstance(self.accumulate, bool) or not isinstance(self.accumulate, int) or self.accumulate < 1:
+            raise ValueError(f"solver.accumulate must be an integer >= 1 (batches per optimizer step), got "
+                             f"{self.accumulate!r}")
+        if isinstance(self.eval_period, bool) or not isinstance(self.eval_period, int) or self.eval_period < 0:
+            raise ValueError(f"solver.eval_period must be an integer >= 0 (0 = evaluate at the end only), got "
+                             f"{self.eval_period!r}")
+        if "/" not in self.best_metric:
+            raise ValueError(f"solver.best_metric must be '<group>/<name>' as evaluation names it, e.g. 'segm/AP', "
+                             f"'joint/AP' or 'attribute_accuracy/<attribute>'; got {self.best_metric!r}")
+        if self.checkpoint_activations not in CHECKPOINT_ACTIVATIONS:
+            raise ValueError(f"solver.checkpoint_activations must be one of {CHECKPOINT_ACTIVATIONS}, got "
+                             f"{self.checkpoint_activations!r}")
+
+    @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step over all processes: batch_size (over all processes) x accumulate."""
+        return self.batch_size * self.accumulate
 
 
 @dataclass(frozen=True)
@@ -485,6 +515,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not DEVICE_SPEC.fullmatch(str(self.device).strip().lower()):
             raise ValueError(f"device: {self.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.model.task != "instance" and self.solver.best_metric == SolverConfig.best_metric:
+            # the default names instance segmentation's headline; a panoptic or semantic model has its own
+            headline = {"panoptic": "panoptic/PQ", "semantic": "semantic/mIoU"}[self.model.task]
+            object.__setattr__(self, "solver", dataclasses.replace(self.solver, best_metric=headline))
 
 
 @dataclass(frozen=True)

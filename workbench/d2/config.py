@@ -115,7 +115,7 @@ def add_multitask_config(cfg: CN) -> None:
       ATTRIBUTE_NO_OBJECT_WEIGHTS  cross-entropy weight of each head's "no object" slot; empty = 0.1 each
       SCORING                      "main" | "product" | "mean": the score instances are ranked by (see
                                    workbench.config.EvalConfig) -- Instances.scores and so COCOEvaluator
-      BACKBONE.NAME / PRETRAINED / NORM   our backbones (workbench.model.backbone.BACKBONE_NAMES: ResNet,
+      BACKBONE.NAME / PRETRAINED / NORM   our backbones (workbench.model.backbones.BACKBONE_NAMES: ResNet,
                                    MobileNetV3, Swin, tiny; weights from the local torch hub cache; "auto" |
                                    "bn" | "frozen_bn"), used when MODEL.BACKBONE.NAME is "build_workbench_backbone"
       BACKBONE.WINDOW_SIZE / DROP_PATH_RATE   Swin only (upstream's MODEL.SWIN.WINDOW_SIZE / DROP_PATH_RATE):

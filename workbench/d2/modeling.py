@@ -33,7 +33,7 @@ from workbench.config import ModelConfig
 from workbench.d2.translate import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_config_from_cfg
 from workbench.d2.data import check_cfg_matches_datasets
 from workbench.engine.scoring import ranking_scores, to_numpy
-from workbench.model.backbone import FEATURE_NAMES, FEATURE_STRIDES, backbone_from_config
+from workbench.model.backbones import FEATURE_NAMES, FEATURE_STRIDES, backbone_from_config
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.meta_arch import build_criterion, build_decoder, build_pixel_decoder
 from workbench.model.outputs import ModelOutput
@@ -75,7 +75,7 @@ def build_transformer_decoder(cfg, in_channels: int) -> nn.Module:
 
 # --- backbone --------------------------------------------------------------------------------------------------
 class WorkbenchBackbone(Backbone):
-    """One of our backbones (workbench.model.backbone) behind detectron2's Backbone interface."""
+    """One of our backbones (workbench.model.backbones) behind detectron2's Backbone interface."""
 
     def __init__(self, model_cfg: ModelConfig) -> None:
         super().__init__()

@@ -9,7 +9,7 @@ from detectron2.config import CfgNode as CN
 
 from workbench.config import AttributeSpec, LossConfig, ModelConfig
 from workbench.engine.scoring import SCORING_MODES
-from workbench.model.backbone import BACKBONE_NAMES, NORMS
+from workbench.model.backbones import BACKBONE_NAMES, NORMS
 from workbench.model.matcher import HungarianMatcher
 
 __all__ = ["UPSTREAM_DECODER_NAME", "attribute_cost_weights", "matcher_from_cfg", "model_config_from_cfg"]

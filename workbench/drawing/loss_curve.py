@@ -17,6 +17,7 @@ def loss_curve_figure(metrics_jsonl: str | os.PathLike | Sequence[Mapping]) -> F
         records = [json.loads(line) for line in text.splitlines() if line.strip()]
     else:
         records = list(metrics_jsonl)
+    records = [r for r in records if "total" in r]  # training records (evaluation ones hold "eval")
     fig = Figure(figsize=(10, 3.2), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     ax1.set(title="total loss", xlabel="step")

@@ -28,6 +28,7 @@ import torch
 from workbench.errors import WorkbenchError
 
 STEP_FILE = re.compile(r"last_step(\d+)\.pt")
+BEST_FILE = "best.pt"  # the best evaluation's weights (solver.eval_period; engine/best.py)
 
 
 class CheckpointError(WorkbenchError, ValueError):

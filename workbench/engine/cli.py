@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--scoring", choices=["main", "product", "mean"], default=None)
     p.add_argument("--dedupe-iou", type=float, default=None)
     p.add_argument("--json", action="store_true", help="print metrics as JSON instead of a table")
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="the run's final weights (default) "
+                   "or best.pt (kept by solver.eval_period)")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser("predict", help="draw each instance's mask, category and attributes on images")
@@ -59,6 +61,8 @@ def add_parser(sub) -> None:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--out", required=True, help="output folder for PNG overlays")
     p.add_argument("--device", default=None, type=device_arg)
+    p.add_argument("--checkpoint", choices=["last", "best"], default="last", help="the run's final weights (default) "
+                   "or best.pt (kept by solver.eval_period)")
     p.set_defaults(func=run_predict)
 
 
@@ -162,7 +166,8 @@ def run_eval(args) -> int:
     from workbench.engine.evaluate import write_metrics_json
     from workbench.engine.inference import eval_dataset, evaluate_model, load_run
 
-    run = load_run(args.run, device=resolve_device(args.device or "auto"))
+    run = load_run(args.run, device=resolve_device(args.device or "auto"), checkpoint=args.checkpoint)
+    print(f"[workbench] evaluating {run.checkpoint}", file=sys.stderr, flush=True)
     eval_cfg = run.cfg.eval
     try:
         if args.scoring:
@@ -173,6 +178,7 @@ def run_eval(args) -> int:
         raise UsageError(f"workbench eval: {err}") from err
     dataset = eval_dataset(run.cfg, args.data, args.images)
     result = evaluate_model(run.model, args.data or run.cfg.data.val, dataset, eval_cfg, progress=not args.json)
+    result.checkpoint = {"file": run.checkpoint.split(" ")[0], "description": run.checkpoint}
     out = Path(args.run) / ("metrics.json" if args.data is None else metrics_name(Path(args.run), result.data))
     write_metrics_json(result, out)
     print(f"wrote {out}", file=sys.stderr)
@@ -212,7 +218,8 @@ def run_predict(args) -> int:
     from workbench.engine.pipeline import draw_predictions
     from workbench.engine.inference import load_run
 
-    run = load_run(args.run, device=resolve_device(args.device or "auto"))
+    run = load_run(args.run, device=resolve_device(args.device or "auto"), checkpoint=args.checkpoint)
+    print(f"[workbench] predicting with {run.checkpoint}", file=sys.stderr, flush=True)
     failures: list[str] = []
     for path in draw_predictions(run, args.images, args.out, failures=failures):
         print(path)

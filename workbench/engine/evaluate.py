@@ -124,6 +124,23 @@ class EvalResult:
     multi_label: dict[str, MultiLabelResult] = field(default_factory=dict)
     iou_f1: dict[str, float | None] = field(default_factory=dict)  # AP(IoU+F1), see the module docstring
     data: dict[str, str] = field(default_factory=dict)  # {"path", "sha256"} of the ground truth (data_record)
+    # which weights were scored: {"file": "best.pt" | "model_final.pt" | ..., "step": N, ...}; {} = not recorded
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, float]:
+        """The headline numbers by name, None left out: `segm/<AP key>`, `joint/<AP key>` (%),
+        `attribute_accuracy/<name>` (single groups), `attribute_f1/<name>/{micro,macro}` (multi groups),
+        `iou_f1/<AP key>` (when measured). TensorBoard's eval/ tags and `solver.best_metric` use these names."""
+        out = {}
+        for group, values in (("segm", self.segm), ("joint", self.joint), ("iou_f1", self.iou_f1)):
+            out.update({f"{group}/{key}": float(v) for key, v in values.items() if v is not None})
+        out.update({f"attribute_accuracy/{name}": float(a.accuracy) for name, a in self.attributes.items()
+                    if a.accuracy is not None})
+        for name, m in self.multi_label.items():
+            averages = (("micro", m.micro), ("macro", m.macro))
+            out.update({f"attribute_f1/{name}/{average}": float(scores["f1"]) for average, scores in averages
+                        if scores.get("f1") is not None})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (no NaN: undefined values are None)."""

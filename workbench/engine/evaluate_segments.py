@@ -25,10 +25,11 @@ from workbench.metrics.semantic import SemanticEvaluator, SemanticResult
 SEGMENT_TASKS = ("panoptic", "semantic")
 
 
-@dataclass(frozen=True)
+@dataclass
 class SegmentationEvalResult:
     """One evaluation of a panoptic or semantic model. `panoptic` holds PQ, joint PQ and the attribute scores
-    (None for a semantic-only evaluation); `semantic` the mIoU family (None unless asked for)."""
+    (None for a semantic-only evaluation); `semantic` the mIoU family (None unless asked for). Mutable as
+    EvalResult is: the pipeline records which checkpoint it scored in `checkpoint`."""
 
     task: str
     panoptic: PanopticAttributeResult | None

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from workbench.config import EvalConfig, RunConfig
 from workbench.config_file import ConfigError, read_yaml, run_config_from_dict
-from workbench.engine.checkpoint import CheckpointError, load_checkpoint, load_latest, step_files
+from workbench.engine.checkpoint import BEST_FILE, CheckpointError, load_checkpoint, load_latest, step_files
 from workbench.model import MultiTaskMask2Former, build_model
 
 
@@ -20,20 +20,27 @@ class LoadedRun:
     cfg: RunConfig
     model: MultiTaskMask2Former
     run_dir: Path
+    checkpoint: str = ""  # which weights: "best.pt (step 1500, segm/AP 70.1)", "model_final.pt (step 2000)", ...
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str = "model_final.pt") -> LoadedRun:
-    """A run directory's resolved config.yaml and weights (`model_final.pt`, else the newest readable of
-    `last.pt` and `last_step<N>.pt`, saying on stderr what was skipped and why), in eval mode."""
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             checkpoint: str = "model_final.pt") -> LoadedRun:
+    """A run directory's resolved config.yaml and weights, in eval mode. `checkpoint`: "last" (=
+    "model_final.pt", else `last.pt` of an unfinished run), "best" (`best.pt`, kept by solver.eval_period) or a
+    file name in the run directory."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.yaml (made by `workbench train`)")
     cfg = run_config_from_dict(read_yaml(cfg_path))
+    checkpoint = {"last": "model_final.pt", "best": BEST_FILE}.get(checkpoint, checkpoint)
     path = run_dir / checkpoint
-    if checkpoint == "model_final.pt":
+    if checkpoint == "model_final.pt":  # last: model_final.pt, else the newest readable training checkpoint
         saved, path = _final_or_latest(run_dir)
     else:
+        if not path.is_file() and checkpoint == BEST_FILE:
+            raise CheckpointError(f"{path}: no best checkpoint in the run: it is kept when training evaluates as it "
+                                  f"goes (solver.eval_period > 0 with data.val); use the last checkpoint instead")
         saved = load_checkpoint(path, map_location="cpu")
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise CheckpointError(f"{path}: no 'model' state dict in it (a checkpoint written by `workbench train` has "
@@ -50,7 +57,11 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", che
                               f"another shape, {len(missing)} missing, {len(unexpected)} unexpected; first: {first}): "
                               f"was config.yaml edited after training?")
     model.load_state_dict(saved["model"])
-    return LoadedRun(cfg, model.to(device).eval(), run_dir)
+    step = saved.get("step")
+    what = f"step {step}" if step is not None else "final weights"
+    if "metric" in saved:
+        what += f", {saved['metric']} {float(saved['value']):.4g}"
+    return LoadedRun(cfg, model.to(device).eval(), run_dir, f"{path.name} ({what})")
 
 
 def _final_or_latest(run_dir: Path) -> tuple[dict, Path]:

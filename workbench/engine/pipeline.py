@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from workbench.config import RunConfig
-from workbench.engine.inference import LoadedRun, eval_dataset, evaluate_model
+from workbench.engine.inference import LoadedRun, eval_dataset, evaluate_model, load_run
 from workbench.engine.run_folder import releases_run_locks
 from workbench.engine.tracking import log_evaluation
 from workbench.engine.trainer import TrainResult, train
@@ -24,7 +24,8 @@ def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str |
                        evaluate: bool = True, dataset=None, progress: bool = True, num_overlays: int = 6,
                        overwrite: bool = False):
     """Train, then (on the main process, when data.val is set) write metrics.json, loss_curve.png and
-    overlays/ into `run_dir`. Returns (TrainResult, EvalResult or None)."""
+    overlays/ into `run_dir`: of best.pt when training evaluated as it went (solver.eval_period), else of the
+    final weights; metrics.json's "checkpoint" says which. Returns (TrainResult, EvalResult or None)."""
     from workbench.engine.evaluate import write_metrics_json
     from workbench.drawing.loss_curve import plot_loss_curve
 
@@ -38,12 +39,26 @@ def train_and_evaluate(cfg: RunConfig, run_dir: str | os.PathLike, device: str |
     if not (evaluate and cfg.data.val):
         return result, None
     val = eval_dataset(cfg)
-    metrics = evaluate_model(result.model, cfg.data.val, val, cfg.eval, progress=progress)
+    if result.best is not None:  # solver.eval_period: the best checkpoint, already evaluated and logged
+        run = load_run(run_dir, device=result.model.device, checkpoint="best")
+        metrics = result.best_metrics
+        if metrics is None or metrics.checkpoint.get("step") != result.best.step:  # found before a resume
+            metrics = evaluate_model(run.model, cfg.data.val, val, cfg.eval, progress=progress)
+        step, scalars = result.best.step, False
+    else:
+        if cfg.solver.eval_period:
+            print(f"[workbench] no evaluation gave a value of solver.best_metric {cfg.solver.best_metric}: "
+                  "evaluating the final weights", flush=True)
+        run = LoadedRun(cfg, result.model, run_dir, f"model_final.pt (step {result.steps})")
+        metrics = evaluate_model(result.model, cfg.data.val, val, cfg.eval, progress=progress)
+        step, scalars = result.steps, True
+    metrics.checkpoint = {"file": run.checkpoint.split(" ")[0], "step": step,
+                          **(result.best.to_dict() if result.best is not None else {})}
     write_metrics_json(metrics, run_dir / "metrics.json")
-    run = LoadedRun(cfg, result.model, run_dir)
     overlays = draw_dataset_overlays(run, val, run_dir / "overlays", limit=num_overlays)
-    log_evaluation(run_dir, cfg.log, result.steps, metrics, overlays)
+    log_evaluation(run_dir, cfg.log, step, metrics, overlays, scalars=scalars)
     print(metrics.table().to_string(index=False), flush=True)
+    print(f"[workbench] metrics.json and overlays/ are of {run.checkpoint}", flush=True)
     return result, metrics
 
 

@@ -105,7 +105,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "last_step*.pt", "model_final.pt", "metrics.json",
              "metrics_*.json", "loss_curve.png", "nan_batch_step*.pt", "train.json", "pretrained_report.json",
-             "events.out.tfevents.*", "categories.json", "overlays/*.png")
+             "events.out.tfevents.*", "categories.json", "overlays/*.png", "best.pt")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:

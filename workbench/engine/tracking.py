@@ -38,26 +38,11 @@ class TensorBoardLog:
         self.writer.flush()  # on disk at every logged step, also when training stops on an error later
 
     def evaluation(self, step: int, metrics) -> None:
-        """An `EvalResult` (engine/evaluate.py) as eval/... scalars; undefined values (None) are left out. A
-        panoptic or semantic result (engine/evaluate_segments.py) names its own: eval/panoptic/PQ, ..."""
-        if hasattr(metrics, "scalars"):
-            for key, value in metrics.scalars().items():
-                self.writer.add_scalar(f"eval/{key}", value, step)
-            return
-        for group, values in (("segm", metrics.segm), ("joint", metrics.joint)):
-            for key, value in values.items():
-                if value is not None:
-                    self.writer.add_scalar(f"eval/{group}/{key}", float(value), step)
-        for name, result in metrics.attributes.items():
-            if result.accuracy is not None:
-                self.writer.add_scalar(f"eval/attribute_accuracy/{name}", float(result.accuracy), step)
-        for name, result in metrics.multi_label.items():  # multi-label groups: F1 on true positives
-            for average, scores in (("micro", result.micro), ("macro", result.macro)):
-                if scores.get("f1") is not None:
-                    self.writer.add_scalar(f"eval/attribute_f1/{name}/{average}", float(scores["f1"]), step)
-        for key, value in metrics.iou_f1.items():  # Fashionpedia's AP(IoU+F1), when measured
-            if value is not None:
-                self.writer.add_scalar(f"eval/iou_f1/{key}", float(value), step)
+        """An `EvalResult` (engine/evaluate.py) as eval/<name> scalars (`EvalResult.scalars`: undefined values
+        are left out)."""
+        for name, value in metrics.scalars().items():
+            self.writer.add_scalar(f"eval/{name}", value, step)
+        self.writer.flush()
 
     def images(self, step: int, pngs: Sequence[str | os.PathLike], tag: str = "eval/overlay") -> None:
         """PNG files (the pipeline's overlays/) as images `<tag>/<file stem>`."""
@@ -77,10 +62,12 @@ def open_tensorboard(run_dir: str | os.PathLike, cfg: LogConfig, purge_step: int
 
 
 def log_evaluation(run_dir: str | os.PathLike, cfg: LogConfig, step: int, metrics,
-                   overlays: Sequence[str | os.PathLike] = ()) -> None:
-    """One evaluation (an `EvalResult`) and its overlay PNGs into the run's events, at training step `step`."""
+                   overlays: Sequence[str | os.PathLike] = (), scalars: bool = True) -> None:
+    """One evaluation (an `EvalResult`) and its overlay PNGs into the run's events, at training step `step`
+    (`scalars` False: the overlays only, the training loop logged the scalars at that step)."""
     tensorboard = open_tensorboard(run_dir, cfg)
     if tensorboard is not None:
-        tensorboard.evaluation(step, metrics)
+        if scalars:
+            tensorboard.evaluation(step, metrics)
         tensorboard.images(step, overlays)
         tensorboard.close()

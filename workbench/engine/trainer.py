@@ -1,43 +1,47 @@
-"""Training loop: AdamW (backbone lr x 0.1), warmup + poly/step, gradient clipping, AMP (bf16 on CPU or CUDA,
-fp16 on CUDA), checkpoints that resume bit-for-bit, a NaN guard that names the step, term and images, and
-DistributedDataParallel when started by `torchrun` (WORLD_SIZE > 1).
+"""Training loop: AdamW (backbone lr x 0.1; engine/optim.py), warmup + poly/step, gradient clipping, AMP (bf16 on
+CPU or CUDA, fp16 on CUDA), gradient accumulation (solver.accumulate: a step is that many micro-batches, normalised
+as one), activation checkpointing (solver.checkpoint_activations), evaluation during training with the best
+checkpoint kept (solver.eval_period, engine/best.py), checkpoints that resume bit-for-bit, a NaN guard that names
+the step, term and images, and DistributedDataParallel when started by `torchrun` (WORLD_SIZE > 1).
 
-Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step), TensorBoard event files
-(the same records; engine/tracking.py), last.pt (resumable;
-a hard link to the newest of the `solver.keep_checkpoints` last_step<N>.pt), model_final.pt (weights +
-config), nan_batch_step<N>.pt (only when a loss went non-finite). An existing run directory is never
-silently reused: pass `resume=True` (continue; metrics.jsonl is cut back to the checkpoint's step) or
-`overwrite=True` (its run files are deleted first).
+Run directory layout: config.yaml (resolved), metrics.jsonl (one line per logged step, one per evaluation during
+training), TensorBoard event files (the same records; engine/tracking.py), last.pt (resumable;
+a hard link to the newest of the `solver.keep_checkpoints` last_step<N>.pt), best.pt (with solver.eval_period),
+model_final.pt (weights + config + step), nan_batch_step<N>.pt (only when a loss went non-finite). An existing
+run directory is never silently reused: pass `resume=True` (continue; metrics.jsonl is cut back to the checkpoint's
+step) or `overwrite=True` (its run files are deleted first).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.config import RunConfig, SolverConfig
+from workbench.config import RunConfig
 from workbench.config_file import ConfigError, dump_yaml, to_dict
 from workbench.device import cpu_has_native_bf16
+from workbench.engine.accumulate import accumulate_gradients, effective_batch
+from workbench.engine.best import Best, PeriodicEvaluation, check_best_metric
 from workbench.engine.checkpoint import load_latest, rng_state, save_checkpoint, save_rotating, set_rng_state
 from workbench.engine.run_folder import (RunDirectoryError, check_run_dir, open_run_dir, prepare_run_dir,  # noqa: F401
                                         releases_run_locks, truncate_jsonl, write_jsonl)
+from workbench.engine.optim import freeze_parameters, param_groups
 from workbench.engine.schedule import lr_factor, scaled_lr
 from workbench.engine.tracking import open_tensorboard
 from workbench.errors import WorkbenchError
 from workbench.model import MultiTaskMask2Former, build_model
 
-NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.Embedding)
-NO_DECAY_NAMES = ("level_embed", "relative_position_bias_table")  # parameters that are embeddings in all but type
+if TYPE_CHECKING:
+    from workbench.engine.evaluate import EvalResult
 
 
 class NonFiniteLossError(WorkbenchError, FloatingPointError):
@@ -65,55 +69,25 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-HEAD_MODULES = ("decoder.class_head", "decoder.attribute_heads.")  # what the user's categories/attributes define
-
-
-def freeze_parameters(model: MultiTaskMask2Former, freeze: str) -> int:
-    """solver.freeze: "backbone" or "trunk" (all but HEAD_MODULES) get requires_grad=False; returns how many."""
-    frozen = 0
-    for name, param in model.named_parameters():
-        if (freeze == "backbone" and name.startswith("backbone.")) or \
-                (freeze == "trunk" and not name.startswith(HEAD_MODULES)):
-            param.requires_grad_(False)
-            frozen += param.numel()
-    return frozen
-
-
-def param_groups(model: MultiTaskMask2Former, solver: SolverConfig, lr: float) -> list[dict]:
-    """Backbone at lr x backbone_lr_multiplier, heads (HEAD_MODULES) at lr x head_lr_multiplier; no weight
-    decay on norm layers, embeddings and Swin's relative position bias tables (as upstream); frozen parameters
-    are left out."""
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            group_lr = lr * (solver.backbone_lr_multiplier if module_name.startswith("backbone.") else
-                             solver.head_lr_multiplier if module_name.startswith(HEAD_MODULES) else 1.0)
-            no_decay = isinstance(module, NORM_TYPES) or name in NO_DECAY_NAMES
-            decay = 0.0 if no_decay else solver.weight_decay
-            groups.setdefault((group_lr, decay), []).append(param)
-    return [{"params": ps, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), ps in groups.items()]
-
-
 class EpochBatches:
-    """Deterministic batches: epoch e is a permutation drawn from (seed, e); rank r takes every world-th item.
+    """Deterministic batches: epoch e is a permutation drawn from (seed, e); a step takes the next
+    batch_size x accumulate images (the effective batch), cut into `accumulate` micro-batches of batch_size, of
+    which rank r takes every world-th item.
 
-    Starting at any global step reproduces the same batches, which is what makes resume exact.
+    Starting at any global step reproduces the same batches, which is what makes resume exact; 4 micro-batches
+    of 1 hold the same images as one batch of 4.
     """
 
-    def __init__(self, dataset_len: int, batch_size: int, seed: int, dist_info: DistInfo) -> None:
+    def __init__(self, dataset_len: int, batch_size: int, seed: int, dist_info: DistInfo, accumulate: int = 1) -> None:
         if batch_size % dist_info.world_size:
             raise ConfigError(f"solver.batch_size {batch_size} must be divisible by the {dist_info.world_size} "
                               f"processes")
         self.per_process = batch_size // dist_info.world_size
-        self.steps_per_epoch = dataset_len // batch_size
+        self.steps_per_epoch = dataset_len // (batch_size * accumulate)
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"dataset has {dataset_len} images, fewer than one batch of solver.batch_size "
-                              f"{batch_size}")
-        self.batch_size, self.seed, self.dist = batch_size, seed, dist_info
+            raise ConfigError(f"dataset has {dataset_len} images, fewer than one effective batch of solver.batch_size "
+                              f"{batch_size} x solver.accumulate {accumulate}")
+        self.batch_size, self.accumulate, self.seed, self.dist = batch_size, accumulate, seed, dist_info
         self.dataset_len = dataset_len
         self._perm, self._perm_epoch = torch.empty(0, dtype=torch.long), -1
 
@@ -126,14 +100,22 @@ class EpochBatches:
             self._perm, self._perm_epoch = torch.randperm(self.dataset_len, generator=gen), epoch
         return self._perm
 
-    def indices(self, step: int) -> list[int]:
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """This rank's dataset indices of each of the step's `accumulate` micro-batches."""
         epoch, offset = divmod(step, self.steps_per_epoch)
-        chunk = self.permutation(epoch)[offset * self.batch_size : (offset + 1) * self.batch_size]
-        return chunk[self.dist.rank :: self.dist.world_size].tolist()
+        size = self.batch_size * self.accumulate
+        chunk = self.permutation(epoch)[offset * size : (offset + 1) * size]
+        return [chunk[a * self.batch_size : (a + 1) * self.batch_size][self.dist.rank :: self.dist.world_size].tolist()
+                for a in range(self.accumulate)]
+
+    def indices(self, step: int) -> list[int]:
+        """This rank's dataset indices of the whole step (all micro-batches, in order)."""
+        return [i for micro in self.micro_batches(step) for i in micro]
 
 
-def iterate(dataset, batches: EpochBatches, start: int, stop: int, num_workers: int) -> Iterator[tuple[int, list]]:
-    """(step, batch) for steps [start, stop), one DataLoader per epoch so `set_epoch` reaches the workers."""
+def iterate(dataset, batches: EpochBatches, start: int, stop: int,
+            num_workers: int) -> Iterator[tuple[int, list[list]]]:
+    """(step, micro-batches) for steps [start, stop), one DataLoader per epoch so `set_epoch` reaches the workers."""
     from torch.utils.data import DataLoader
 
     from workbench.data.dataset import collate
@@ -144,11 +126,15 @@ def iterate(dataset, batches: EpochBatches, start: int, stop: int, num_workers: 
         epoch_end = min(stop, (epoch + 1) * batches.steps_per_epoch)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
-        plan = [batches.indices(s) for s in range(step, epoch_end)]
+        plan = [micro for s in range(step, epoch_end) for micro in batches.micro_batches(s)]
         loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=num_workers)
+        micro_batches = []
         for batch in loader:
-            yield step, batch
-            step += 1
+            micro_batches.append(batch)
+            if len(micro_batches) == batches.accumulate:
+                yield step, micro_batches
+                micro_batches = []
+                step += 1
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -194,6 +180,8 @@ class TrainResult:
     seconds: float
     lr: float
     last_losses: dict[str, float]
+    best: Best | None = None  # with solver.eval_period: the best evaluation (best.pt), resumed runs' included
+    best_metrics: EvalResult | None = None  # its evaluation when this process ran it (else: evaluate best.pt)
 
 
 @releases_run_locks
@@ -240,23 +228,35 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     if solver.compile:  # in place: state_dict keys and checkpoints stay as without (the pixel decoder's op is eager)
         model.backbone.compile()
         model.decoder.compile()
-    lr = scaled_lr(solver)
+    if solver.checkpoint_activations != "none":
+        model.checkpoint_activations(solver.checkpoint_activations)
+    lr = scaled_lr(solver, batch_size=solver.effective_batch)
     optimizer = torch.optim.AdamW(param_groups(model, solver, lr.lr), lr=lr.lr, weight_decay=solver.weight_decay,
                                   fused=dev.type in ("cpu", "cuda"))  # one kernel for all tensors: 0.3x the time
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(solver, s))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    batches = EpochBatches(len(dataset), solver.batch_size, cfg.seed, info)
-    start = 0
+    batches = EpochBatches(len(dataset), solver.batch_size, cfg.seed, info, solver.accumulate)
+    start, best = 0, None
     if resume:
         ckpt, ckpt_path = load_latest(run_dir, map_location=dev)
         if ckpt["config"]["model"] != to_dict(cfg.model):
             raise ConfigError(f"{ckpt_path}: its model config differs from the one given; refusing to resume")
+        saved_accumulate = ckpt["config"].get("solver", {}).get("accumulate", 1)
+        if saved_accumulate != solver.accumulate:
+            raise ConfigError(f"{ckpt_path}: trained with solver.accumulate {saved_accumulate}, the config says "
+                              f"{solver.accumulate}: the effective batch, its lr and the data order would change "
+                              f"mid-run; resume with solver.accumulate: {saved_accumulate}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
+        best = Best.from_dict(ckpt.get("best"))
+        if best is not None and best.metric != solver.best_metric:
+            print(f"[workbench] solver.best_metric is now {solver.best_metric} (was {best.metric}): the next "
+                  f"evaluation replaces best.pt", flush=True)
+            best = None
         if info.is_main:
             truncate_jsonl(run_dir / "metrics.jsonl", start)
     elif info.is_main:
@@ -267,31 +267,34 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
             from workbench.engine.run_categories import save_category_names
 
             save_category_names(run_dir, dataset.schema.category_names, str(getattr(dataset, "where", cfg.data.train)))
-        print(f"[workbench] device {dev}, {info.world_size} process(es); {lr.message}", flush=True)
+        print(f"[workbench] device {dev}, {info.world_size} process(es); effective batch {solver.effective_batch} = "
+              f"solver.batch_size {solver.batch_size} ({batches.per_process} per process) x solver.accumulate "
+              f"{solver.accumulate}; {lr.message}", flush=True)
+    periodic = PeriodicEvaluation(cfg, run_dir) if info.is_main and solver.eval_period and cfg.data.val else None
     tensorboard = (open_tensorboard(run_dir, cfg.log, purge_step=start + 1 if resume else None)
                    if info.is_main else None)
     net: nn.Module = model
     if info.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
+    def on_nonfinite(losses: dict, micro: list[dict]) -> None:
+        check_finite(losses, step, micro, run_dir if info.is_main else None)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
     stop = min(solver.max_iter, max_iter or solver.max_iter)
     bar = tqdm(total=stop, initial=start, desc="train", disable=not (progress and info.is_main), dynamic_ncols=True)
-    started, last = time.perf_counter(), {}
+    started, last, best_metrics, postfix = time.perf_counter(), {}, None, {}
     waited, data_seconds, since_record = started, 0.0, 0  # data_time: time spent waiting for batches
-    for step, batch in iterate(dataset, batches, start, stop, solver.num_workers):
+    for step, micro_batches in iterate(dataset, batches, start, stop, solver.num_workers):
         data_seconds += time.perf_counter() - waited
         since_record += 1
         net.train()
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            losses = net(batch, generator=step_generator(cfg.seed, step))
-        total = sum(losses.values())
-        # One host sync per step (it stalls a GPU): every term and the total, for the NaN guard and the log.
-        values = dict(zip([*losses, "total"], torch.stack([v.detach().float() for v in losses.values()]
-                                                           + [total.detach().float()]).tolist()))
-        if not all(math.isfinite(v) for v in values.values()):
-            check_finite(losses, step, batch, run_dir if info.is_main else None)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
+        values = accumulate_gradients(net, micro_batches, step_generator(cfg.seed, step),
+                                      effective_batch(model, micro_batches, info.world_size), scaler, autocast,
+                                      on_nonfinite)
         if solver.clip_grad_norm > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), solver.clip_grad_norm)
@@ -302,7 +305,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         last = {k: v for k, v in values.items() if not k[-1].isdigit()}  # the final stage's terms, the total
         if info.is_main:
             bar.update(1)
-            bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()}, refresh=False)
+            postfix.update({k.replace("loss_", ""): f"{v:.3f}" for k, v in last.items()})
             if done % solver.log_period == 0 or done == stop:
                 record = {"step": done, "lr": max(g["lr"] for g in optimizer.param_groups),
                           "time": time.perf_counter() - started, "data_time": data_seconds / since_record, **last}
@@ -310,19 +313,28 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
                 write_jsonl(run_dir / "metrics.jsonl", record)
                 if tensorboard is not None:
                     tensorboard.training(record)
+            if periodic is not None and (done % solver.eval_period == 0 or done == stop):
+                metrics, new_best, record = periodic(model, done, best, tensorboard)
+                write_jsonl(run_dir / "metrics.jsonl", record)
+                if new_best is not None:
+                    best, best_metrics = new_best, metrics
+                postfix.update({solver.best_metric: f"{metrics.scalars().get(solver.best_metric, float('nan')):.3g}",
+                                "best": f"{best.value:.3g}@{best.step}" if best else "-"})
+            bar.set_postfix(postfix, refresh=False)
             if done % solver.checkpoint_period == 0 or done == stop:
                 save_rotating(run_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                        "rng": rng_state(), "step": done, "config": to_dict(cfg)},
+                                        "rng": rng_state(), "step": done, "config": to_dict(cfg),
+                                        "best": best.to_dict() if best else {}},
                               keep=solver.keep_checkpoints)
         waited = time.perf_counter()
     bar.close()
     if tensorboard is not None:
         tensorboard.close()
     if info.is_main:
-        save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg)})
+        save_checkpoint(run_dir / "model_final.pt", {"model": model.state_dict(), "config": to_dict(cfg), "step": stop})
     seconds = time.perf_counter() - started
-    return TrainResult(model, run_dir, stop, seconds, lr.lr, last)
+    return TrainResult(model, run_dir, stop, seconds, lr.lr, last, best, best_metrics)
 
 
 def absolute_data_paths(cfg: RunConfig) -> RunConfig:
@@ -354,11 +366,17 @@ def check_data(cfg: RunConfig, dataset) -> None:
         if train_schema is not None:
             check_kinds_agree(train_schema, str(where), val.schema, cfg.data.val)
         check_images_exist([r["file_name"] for r in val.records], cfg.data.val)
-    if len(dataset) < cfg.solver.batch_size:
+    if len(dataset) < cfg.solver.effective_batch:
+        accumulated = f" x solver.accumulate {cfg.solver.accumulate}" if cfg.solver.accumulate > 1 else ""
         raise ConfigError(f"{getattr(dataset, 'where', None) or cfg.data.train or '(training dataset)'}: "
                           f"{len(dataset)} training images, fewer than "
-                          f"one batch of solver.batch_size {cfg.solver.batch_size}: lower solver.batch_size or add "
-                          f"images")
+                          f"one batch of solver.batch_size {cfg.solver.batch_size}{accumulated}: lower "
+                          f"solver.batch_size{' or solver.accumulate' if accumulated else ''} or add images")
+    if cfg.solver.eval_period:
+        if not cfg.data.val:
+            raise ConfigError(f"solver.eval_period {cfg.solver.eval_period} evaluates on data.val, which is empty: "
+                              f"set data.val or solver.eval_period: 0")
+        check_best_metric(cfg.solver.best_metric, cfg.model)
 
 
 def build_train_dataset(cfg: RunConfig):

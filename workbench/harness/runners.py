@@ -18,7 +18,7 @@ from workbench.harness.synthetic import (
     random_images,
     synthetic_batch,
 )
-from workbench.model.backbone import build_backbone
+from workbench.model.backbones import build_backbone
 from workbench.model.matcher import HungarianMatcher
 from workbench.model.meta_arch import build_criterion, build_decoder, build_matcher, build_pixel_decoder
 

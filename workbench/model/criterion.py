@@ -24,6 +24,7 @@ exactly as before.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -306,6 +307,24 @@ class SetCriterion(nn.Module):
         return {"loss_boundary": boundary_loss(src_masks.float(), tgt_masks, num_masks, valid=valid)}
 
     # ---- driver ----
+    def totals(self, targets, num_queries: int) -> "LossTotals":
+        """The denominators of every term over `targets`' images, from the targets alone (see LossTotals)."""
+        masks = classes = 0.0
+        attributes = {a.name: 0.0 for a in self.attributes}
+        no_object = float(self.empty_weight[-1])
+        for t in targets:
+            n = len(t["labels"])
+            matched = min(n, num_queries)  # the Hungarian matcher pairs min(Q, T) queries at every stage
+            share = matched / n if n else 0.0  # expected matched fraction of the labeled ones when T > Q
+            masks += n
+            classes += matched + (num_queries - matched) * no_object
+            for a in self.attributes:
+                labeled = float(labeled_mask(t, a.name, n, "cpu").sum()) if a.multi else \
+                    float((torch.as_tensor(t["attributes"][a.name]) >= 0).sum())
+                attributes[a.name] += labeled * share if a.multi else \
+                    labeled * share + (num_queries - matched) * float(getattr(self, f"attr_weight_{a.name}")[-1])
+        return LossTotals(masks, classes, attributes)
+
     def num_masks(self, targets, device) -> float:
         """Targets in the batch, averaged over distributed workers, at least 1."""
         n = torch.as_tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
@@ -314,10 +333,19 @@ class SetCriterion(nn.Module):
             n = n / dist.get_world_size()
         return max(float(n), 1.0)
 
-    def forward(self, outputs: ModelOutput, targets: Sequence[Target],
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: ModelOutput, targets: Sequence[Target], generator: torch.Generator | None = None,
+                effective: "EffectiveBatch | None" = None) -> dict[str, torch.Tensor]:
+        """`effective`: this batch is one micro-batch (of one process) of a larger effective batch: every term is
+        normalised over that whole batch (see EffectiveBatch), so the summed gradients of the micro-batches (and
+        DDP's mean over processes) are those of the effective batch. None: over this batch (and, for the mask
+        terms, over all processes, as upstream)."""
         self.check(outputs, targets)
-        num_masks = self.num_masks(targets, outputs.class_logits.device)
+        scale: dict[str, float] = {}
+        if effective is None:
+            num_masks = self.num_masks(targets, outputs.class_logits.device)
+        else:
+            num_masks = max(effective.totals.masks / effective.processes, 1.0)
+            scale = effective.scales(self.totals(targets, outputs.class_logits.shape[1]))
         terms = {"labels": self.loss_labels, "attributes": self.loss_attributes, "masks": self.loss_masks,
                  "boundary": self.loss_boundary}
         losses: dict[str, torch.Tensor] = {}
@@ -328,7 +356,7 @@ class SetCriterion(nn.Module):
             indices = Matches(self.matcher(stage, targets, generator=generator, padded=padded), has_ignore)
             for term in self.losses:
                 for key, value in terms[term](stage, targets, indices, num_masks, generator).items():
-                    losses[key + suffix] = value
+                    losses[key + suffix] = value * scale[key] if key in scale else value
         return losses
 
     def weigh(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -337,6 +365,52 @@ class SetCriterion(nn.Module):
         if missing:
             raise KeyError(f"loss keys without a weight: {missing}")
         return {k: v * self.weight_dict[k] for k, v in losses.items()}
+
+
+@dataclass(frozen=True)
+class LossTotals:
+    """Denominators of the loss terms over a set of images: `masks` the target masks (mask, dice and boundary
+    terms), `classes` the class cross-entropy's weights (1 per matched query, `no_object_weight` per other query),
+    `attributes[name]` a single group's weights (1 per matched labeled instance, its no_object_weight per
+    unmatched query) or a multi group's matched labeled instances. Exact when no image has more instances than
+    queries (then every instance is matched); otherwise the matched share is the expected one."""
+
+    masks: float
+    classes: float
+    attributes: Mapping[str, float]
+
+    def __add__(self, other: "LossTotals") -> "LossTotals":
+        return LossTotals(self.masks + other.masks, self.classes + other.classes,
+                          {k: v + other.attributes[k] for k, v in self.attributes.items()})
+
+    def to_tensor(self) -> torch.Tensor:
+        """(2 + groups,) float64, for one all_reduce over processes."""
+        return torch.tensor([self.masks, self.classes, *self.attributes.values()], dtype=torch.float64)
+
+    def with_values(self, values: torch.Tensor) -> "LossTotals":
+        v = values.tolist()
+        return LossTotals(v[0], v[1], dict(zip(self.attributes, v[2:])))
+
+
+@dataclass(frozen=True)
+class EffectiveBatch:
+    """The optimizer step's whole batch: `totals` summed over its micro-batches and `processes` processes.
+
+    A micro-batch's cross-entropy terms (means over its own weights) are multiplied by
+    processes x (its weights / the effective batch's), and the mask terms divide by the effective batch's masks
+    / processes (upstream's per-process average): summed over micro-batches and averaged over processes (DDP),
+    every term is the effective batch's own mean."""
+
+    totals: LossTotals
+    processes: int = 1
+
+    def scales(self, local: LossTotals) -> dict[str, float]:
+        def share(mine: float, everyone: float) -> float:
+            return self.processes * mine / everyone if everyone > 0 else 1.0
+
+        out = {"loss_ce": share(local.classes, self.totals.classes)}
+        out.update({f"loss_attr_{k}": share(v, self.totals.attributes[k]) for k, v in local.attributes.items()})
+        return out
 
 
 class Matches(list):

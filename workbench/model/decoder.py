@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.config import AttributeSpec
+from workbench.model.activation_checkpoint import run_segment
 from workbench.model.outputs import ModelOutput
 from workbench.model.position_encoding import SinePositionEncoding
 
@@ -113,6 +114,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     whose `aux` holds the `dec_layers` earlier predictions (first: learnable queries only).
     """
 
+    checkpoint_segments = False  # recompute each layer's activations in the backward (activation_checkpoint.py)
+
     def __init__(self, num_classes: int, attributes: tuple[AttributeSpec, ...], hidden_dim: int, num_queries: int,
                  nheads: int, dim_feedforward: int, dec_layers: int, mask_dim: int, in_channels: int,
                  num_feature_levels: int = 3, dropout: float = 0.0) -> None:
@@ -153,6 +156,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         attn_mask = (resized.sigmoid() < 0.5).detach()
         return ModelOutput(class_logits, attribute_logits, mask_logits), attn_mask
 
+    def layer(self, i: int, output: torch.Tensor, src: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+              query_pos: torch.Tensor) -> torch.Tensor:
+        """Decoder layer i: masked cross-attention to `src` (B, S, D), self-attention, FFN; (B, Q, D) -> (B, Q, D)."""
+        output = self.cross_attention[i](output, src, mask, pos, query_pos)
+        output = self.self_attention[i](output, query_pos)
+        return self.ffn[i](output)
+
     def forward(self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor,
                 return_aux: bool = False, return_attention: bool = False) -> ModelOutput:
         if len(multi_scale_features) != self.num_feature_levels:
@@ -175,9 +185,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             lvl = i % self.num_feature_levels
             mask = attn_mask.flatten(2)  # (B, Q, S)
             mask = mask & ~mask.all(-1, keepdim=True)  # a query that masks everything attends everywhere
-            output = self.cross_attention[i](output, srcs[lvl], mask, pos[lvl], query_pos)
-            output = self.self_attention[i](output, query_pos)
-            output = self.ffn[i](output)
+            output = run_segment(self, None, self.layer, i, output, srcs[lvl], mask, pos[lvl], query_pos)
             pred, attn_mask = self.predict(output, mask_features, sizes[(i + 1) % self.num_feature_levels])
         if return_attention:
             pred.attention_mask = attn_mask

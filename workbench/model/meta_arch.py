@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from workbench.config import TASKS, ModelConfig
-from workbench.model.backbone import backbone_from_config
-from workbench.model.criterion import DEFAULT_TERMS, SetCriterion, build_weight_dict
+from workbench.model.activation_checkpoint import set_checkpointing
+from workbench.model.backbones import backbone_from_config
+from workbench.model.criterion import DEFAULT_TERMS, EffectiveBatch, LossTotals, SetCriterion, build_weight_dict
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.matcher import HungarianMatcher
 from workbench.model.outputs import ModelOutput
@@ -118,6 +119,12 @@ class MultiTaskMask2Former(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def checkpoint_activations(self, mode: str) -> None:
+        """solver.checkpoint_activations: "none" | "backbone" | "decoder" (pixel-decoder encoder and transformer
+        decoder layers) | "all": those parts recompute their activations in the backward
+        (model/activation_checkpoint.py); same losses and gradients, less memory."""
+        set_checkpointing(self, mode)
+
     def forward_raw(self, images: torch.Tensor, return_aux: bool = False,
                     return_attention: bool = False) -> ModelOutput:
         """images: float (B, 3, H, W) RGB in 0..255, H and W multiples of 32 -> ModelOutput (see outputs.py)."""
@@ -132,21 +139,19 @@ class MultiTaskMask2Former(nn.Module):
         return self.decoder(pixel.multi_scale_features, pixel.mask_features, return_aux=return_aux,
                             return_attention=return_attention)
 
-    def targets(self, batch: Batch, padded_size: tuple[int, int]) -> list[dict[str, Any]]:
-        """Instances of each image with masks zero-padded to the batch's padded size, on the model's device."""
+    def targets(self, batch: Batch, padded_size: tuple[int, int] | None) -> list[dict[str, Any]]:
+        """Instances of each image with masks zero-padded to the batch's padded size, on the model's device.
+        `padded_size` None: labels and attributes only (no masks, no ignore regions)."""
         out = []
         for i, item in enumerate(batch):
             inst = item.get("instances")
             if inst is None:
                 raise KeyError(f"batch[{i}] has no 'instances' (needed in training mode)")
-            masks = torch.as_tensor(inst["masks"], device=self.device)
-            padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
-            padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
             attrs = inst.get("attributes", {})
-            n = masks.shape[0]
+            labels = torch.as_tensor(inst["labels"], device=self.device).long()
+            n = labels.shape[0]
             target = {
-                "labels": torch.as_tensor(inst["labels"], device=self.device).long(),
-                "masks": padded,
+                "labels": labels,
                 "attributes": {a.name: self._single_target(attrs[a.name], a, i) if a.name in attrs
                                else torch.full((n,), -1, device=self.device)
                                for a in self.cfg.attributes if not a.multi},
@@ -161,11 +166,16 @@ class MultiTaskMask2Former(nn.Module):
                         hot, known = self._multi_target(attrs[a.name], labeled.get(a.name), a)
                     target["attributes"][a.name] = hot
                     target.setdefault("attribute_labeled", {})[a.name] = known.to(self.device)
+            if padded_size is not None:
+                masks = torch.as_tensor(inst["masks"], device=self.device)
+                padded = masks.new_zeros((masks.shape[0], *padded_size), dtype=torch.bool)
+                padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
+                target["masks"] = padded
             # crowd / label 255 / __ignore__ pixels, on the item or its instances (both: their union); padding is
             # not ignored
             regions = [torch.as_tensor(r, device=self.device).bool() for r in (item.get("ignore"), inst.get("ignore"))
                        if r is not None]
-            if regions:
+            if padded_size is not None and regions:
                 target["ignore"] = padded.new_zeros(padded_size)
                 for ignore in regions:
                     target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] |= ignore
@@ -198,14 +208,20 @@ class MultiTaskMask2Former(nn.Module):
                  else torch.ones(values.shape[0], dtype=torch.bool))
         return values.float(), known
 
-    def forward(self, batch: Batch, generator: torch.Generator | None = None):
-        """Training: dict[str, 0-dim Tensor] of weighted losses. Eval: list of per-image prediction dicts of the
-        config's task (see `predict`)."""
+    def loss_totals(self, batch: Batch) -> LossTotals:
+        """The loss terms' denominators over `batch` (labels and attributes only), for an EffectiveBatch."""
+        return self.criterion.totals(self.targets(batch, None), self.cfg.num_queries)
+
+    def forward(self, batch: Batch, generator: torch.Generator | None = None,
+                effective: EffectiveBatch | None = None):
+        """Training: dict[str, 0-dim Tensor] of weighted losses (`effective`: `batch` is a micro-batch of that
+        batch, see SetCriterion.forward). Eval: list of per-image prediction dicts of the config's task (see
+        `predict`)."""
         padded = self._padded_images(batch)
         if self.training:
             targets = self.targets(batch, padded.shape[-2:])
             outputs = self.forward_raw(padded, return_aux=self.cfg.loss.deep_supervision)
-            losses = self.criterion.weigh(self.criterion(outputs, targets, generator=generator))
+            losses = self.criterion.weigh(self.criterion(outputs, targets, generator=generator, effective=effective))
             bad = [k for k, v in losses.items() if v.dim() != 0]
             if bad:
                 raise RuntimeError(f"training losses must be 0-dim, got shapes for {bad}")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.model.activation_checkpoint import run_segment
 from workbench.model.chunks import chunk_slices
 from workbench.model.outputs import PixelDecoderOutput
 from workbench.model.position_encoding import SinePositionEncoding
@@ -111,6 +112,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
     """features {"res2".."res5"} -> PixelDecoderOutput(mask_features (B, mask_dim, H/4, W/4),
     multi_scale_features [(B, D, H/32, W/32), (B, D, H/16, W/16), (B, D, H/8, W/8)])."""
 
+    # recompute each encoder layer's and the FPN level's activations in the backward (activation_checkpoint.py)
+    checkpoint_segments = False
+
     def __init__(self, in_channels: dict[str, int], conv_dim: int, mask_dim: int, enc_layers: int,
                  nheads: int, dim_feedforward: int, n_points: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
@@ -152,12 +156,20 @@ class MSDeformAttnPixelDecoder(nn.Module):
         ref = reference_points(level_shapes, b, src_flat.device).to(src_flat.dtype)
         memory = src_flat
         for layer in self.encoder:
-            memory = layer(memory, pos_flat, ref, spatial_shapes, level_start_index, level_shapes)
+            memory = run_segment(self, layer, layer, memory, pos_flat, ref, spatial_shapes, level_start_index,
+                                 level_shapes)
         maps = [
             chunk.transpose(1, 2).reshape(b, -1, h, w)
             for chunk, (h, w) in zip(memory.split([h * w for h, w in level_shapes], dim=1), level_shapes)
         ]
-        lateral = self.lateral_conv(features["res2"])
-        fine = self.output_conv(lateral + F.interpolate(maps[-1], size=lateral.shape[-2:], mode="bilinear",
+        mask_features = run_segment(self, None, self.fpn, features["res2"], maps[-1])
+        return PixelDecoderOutput(mask_features=mask_features, multi_scale_features=maps)
+
+    def fpn(self, res2: torch.Tensor, finest: torch.Tensor) -> torch.Tensor:
+        """The 1/4-resolution FPN level: res2 (B, C2, H/4, W/4) + the upsampled finest encoder map (B, D, H/8, W/8)
+        -> mask features (B, mask_dim, H/4, W/4). Its activations are the pixel decoder's largest (a checkpoint
+        segment of its own)."""
+        lateral = self.lateral_conv(res2)
+        fine = self.output_conv(lateral + F.interpolate(finest, size=lateral.shape[-2:], mode="bilinear",
                                                         align_corners=False))
-        return PixelDecoderOutput(mask_features=self.mask_features(fine), multi_scale_features=maps)
+        return self.mask_features(fine)

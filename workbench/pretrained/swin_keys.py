@@ -1,8 +1,8 @@
-"""Swin backbones in the loader: model/swin.py's key maps (our key <- source keys) turned into the per-key
+"""Swin backbones in the loader: model/backbones/swin.py's key maps (our key <- source keys) turned into the per-key
 functions `KeyMap.backbone_keys` takes, and the Swin architecture read from tensor shapes.
 
 A source key that is one of several concatenated into one of ours (transformers' separate query/key/value
-into torchvision's fused `qkv`) becomes a Slot chunk; a key model/swin.py ignores (recomputed
+into torchvision's fused `qkv`) becomes a Slot chunk; a key model/backbones/swin.py ignores (recomputed
 `relative_position_index`, SwinModel's unused final norm) becomes a Drop with its reason.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ UPSTREAM_DROP_PATH = 0.3  # every upstream COCO Swin YAML (SWIN.DROP_PATH_RATE);
 
 @lru_cache(maxsize=None)
 def _table(naming: str, backbone: str) -> dict[str, Slot | Drop]:
-    from workbench.model.swin import SWIN_VARIANTS, transformers_swin_keys, upstream_swin_keys
+    from workbench.model.backbones.swin import SWIN_VARIANTS, transformers_swin_keys, upstream_swin_keys
 
     depths = SWIN_VARIANTS[backbone].depths
     keymap = (upstream_swin_keys if naming == "upstream" else transformers_swin_keys)(depths)
@@ -39,7 +39,7 @@ def swin_keys(naming: str, backbone: str) -> BackboneKeys:
 def swin_fields(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window_size: int,
                 drop_path_rate: float) -> dict:
     """ModelConfig backbone fields for a Swin of these sizes (an error names the sizes if none matches)."""
-    from workbench.model.swin import swin_variant_name
+    from workbench.model.backbones.swin import swin_variant_name
     from workbench.pretrained.source import CheckpointFormatError
 
     try:

@@ -16,7 +16,7 @@ import re
 from typing import Any, Mapping
 
 from workbench.errors import UsageError
-from workbench.model.backbone import SWIN_NAMES
+from workbench.model.backbones import SWIN_NAMES
 from workbench.pretrained.keymap import KeyMap, Slot, sub_rules
 from workbench.pretrained.source import CheckpointFormatError
 from workbench.pretrained.swin_keys import UPSTREAM_DROP_PATH, swin_fields, swin_fields_from_shapes, swin_keys
@@ -175,7 +175,7 @@ def to_config_dict(cfg, class_names) -> dict[str, Any]:
         backbone_config = dict(model_type="resnet", depths=list(backbones[cfg.backbone]), layer_type="bottleneck",
                                hidden_sizes=[256, 512, 1024, 2048], embedding_size=64, out_features=stages)
     elif cfg.backbone in SWIN_NAMES:
-        from workbench.model.swin import SWIN_VARIANTS
+        from workbench.model.backbones.swin import SWIN_VARIANTS
 
         v = SWIN_VARIANTS[cfg.backbone]
         backbone_config = dict(model_type="swin", embed_dim=v.embed_dim, depths=list(v.depths),

@@ -9,7 +9,7 @@ input_proj, class_embed, mask_embed}`. Self- and cross-attention are nn.Multihea
 """
 from __future__ import annotations
 
-from workbench.model.backbone import SWIN_NAMES
+from workbench.model.backbones import SWIN_NAMES
 from workbench.pretrained.keymap import KeyMap, sub_rules
 from workbench.pretrained.source import CheckpointFormatError
 from workbench.pretrained.swin_keys import UPSTREAM_DROP_PATH, swin_fields_from_shapes, swin_keys

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.swin_transformer import PatchMerging, ShiftedWindowAttention, SwinTransformerBlock
 
-from workbench.model.backbone import FEATURE_NAMES, Backbone, load_cached_state_dict
+from workbench.model.backbones.base import FEATURE_NAMES, Backbone, load_cached_state_dict
 
 __all__ = [
     "SWIN_VARIANTS", "SwinVariant", "SwinBackbone", "WindowAttention", "KeyMap", "build_swin_backbone",
@@ -214,10 +214,10 @@ class SwinBackbone(Backbone):
         self.loaded_weights: str | None = None
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.patch_embed(images)
+        x = self.run_stage(self.patch_embed, images)
         feats = {}
         for name, stage in self.stages.items():
-            x = stage(x)
+            x = self.run_stage(stage, x)
             feats[name] = self.norms[name](x).permute(0, 3, 1, 2).contiguous()
         return feats
 
