@@ -310,7 +310,7 @@ def test_device_errors_are_one_message_and_exit_2(command, device, tiny_run, sha
 
 def test_config_backbones_are_the_models():
     from workbench.config import BACKBONES
-    from workbench.model.backbone import BACKBONE_NAMES
+    from workbench.model.backbones import BACKBONE_NAMES
 
     assert BACKBONES == BACKBONE_NAMES
 

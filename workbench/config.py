@@ -16,7 +16,7 @@ __all__ = ["ATTRIBUTE_KINDS", "TASKS", "AttributeSpec", "AugmentConfig", "DataCo
 
 
 ATTRIBUTE_KINDS = ("single", "multi")
-# model/backbone.py's BACKBONE_NAMES (tests/test_cli_robustness.py keeps them equal): checked here, when a config
+# model/backbones/build.py's BACKBONE_NAMES (tests/test_cli_robustness.py keeps them equal): checked here, when a config
 # is read, so a typo is a config error before any data is read or any folder made
 BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large", "tiny", "swin_t", "swin_s", "swin_b", "swin_l")
 DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::\d+)?")  # what device.resolve_device reads (any case, spaces around)
