@@ -178,11 +178,13 @@ class Selection:
 
 
 def select_instances(prediction: Mapping[str, Any], eval_cfg: EvalConfig,
-                     attribute_names: Sequence[str], multi_label_names: Sequence[str] = ()) -> Selection:
+                     attribute_names: Sequence[str], multi_label_names: Sequence[str] = (),
+                     rles: Sequence | None = None) -> Selection:
     """Apply ranking, threshold, `drop_no_object`, duplicate suppression and `max_dets` (module docstring).
 
     attribute_names: the single-label groups (ranking and `drop_no_object`); multi_label_names: the
-    multi-label groups, which enter the ranking score only (they have no no-object slot).
+    multi-label groups, which enter the ranking score only (they have no no-object slot). rles: the RLEs of
+    all of prediction["masks"] when the caller has them already (the inspector, per threshold change).
 
     `prediction` is one image's prediction dict (torch or numpy); use `take(to_numpy(prediction), sel.index)`
     for the kept instances, e.g. to draw what was evaluated.
@@ -198,7 +200,7 @@ def select_instances(prediction: Mapping[str, Any], eval_cfg: EvalConfig,
         keep &= ~flags
     index = np.flatnonzero(keep)
     index = index[np.argsort(-scores[index], kind="mergesort")]
-    rles = encode_masks(_require(prediction, "masks")[index])
+    rles = encode_masks(_require(prediction, "masks")[index]) if rles is None else [rles[i] for i in index]
     if eval_cfg.dedupe_iou is not None:
         kept = suppress_duplicates(rles, scores[index], eval_cfg.dedupe_iou)
         removed["duplicate"] = int(len(index) - len(kept))
