@@ -383,6 +383,13 @@ def test_train_live_continues_a_run_up_to_max_iter(tmp_path, monkeypatch):
 
 
 # ---- interactive speed: what a click reuses, and that reusing it changes nothing (issue 27) ------------------------
+def test_png_bytes_round_trip():
+    from workbench.inspect.panels import png_bytes
+
+    array = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_png_array(png_bytes(array)), array)
+
+
 def _png_array(data) -> np.ndarray:
     import io
 
@@ -454,7 +461,7 @@ def test_query_view_is_a_fresh_render_of_its_state_and_rule_changes_do_not_redra
 
 
 def test_query_panel_shows_the_queries_mask_distributions_and_stages(inspection):
-    from workbench.inspect.panels import PanelLayout, colour_lut, levels, query_panel
+    from workbench.inspect.panels import PanelLayout, colour_lut, fit, levels, query_panel
 
     q = inspection
     table = query_table(q)
@@ -465,10 +472,8 @@ def test_query_panel_shows_the_queries_mask_distributions_and_stages(inspection)
     # the final stage's cell is the magma map of that query's final mask probability
     x, y = layout.origin(1, q.num_stages - 1)
     h, w = layout.image_size
-    final = layer_masks(q, 0)[-1]
-    from PIL import Image
-
-    expected = colour_lut("magma")[np.asarray(Image.fromarray(levels(final)).resize((w, h), Image.NEAREST))]
+    expected = colour_lut("magma")[levels(fit(layer_masks(q, 0)[-1], layout))]
+    assert expected.shape == (h, w, 3)
     np.testing.assert_array_equal(a[y:y + h, x:x + w], expected)
     # one query's stages resized alone equal the full stack at image size (to float rounding: the resize
     # kernel vectorises differently over 1 and Q channels)

@@ -47,21 +47,32 @@ def _fmt(value: Any) -> str:
 def table_html(table: pd.DataFrame, selected: int | None = None, columns: Sequence[str] | None = None) -> str:
     """The query table as compact HTML: the selected query highlighted, queries that are not kept greyed out,
     duplicates marked. Rows keep the frame's order."""
-    columns = [c for c in (columns or table.columns) if c not in _HIDDEN]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["query", *columns])
-    rows = []
-    for q, row in zip(table.index, table.to_dict("records")):  # iterrows builds a Series per row: 10x slower
-        style = []
-        if q == selected:
-            style.append("background:#ffe08a;font-weight:bold")
-        elif not row["kept"]:
-            style.append("color:#999")
-        cls = "wb-row-selected" if q == selected else ("wb-row-kept" if row["kept"] else "wb-row-dropped")
-        cells = "".join(f"<td>{_fmt(row[c])}</td>" for c in columns)
-        rows.append(f'<tr class="{cls}" style="{";".join(style)}"><td>q{q}</td>{cells}</tr>')
-    return ('<div style="max-height:260px;overflow:auto"><table class="wb-query-table" '
-            'style="border-collapse:collapse;font-size:11px;font-family:monospace">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return _TableCells(table, columns).html(selected)
+
+
+class _TableCells:
+    """The table's cells formatted once; `html(selected)` only changes the highlighted row (a click)."""
+
+    def __init__(self, table: pd.DataFrame, columns: Sequence[str] | None = None) -> None:
+        columns = [c for c in (columns or table.columns) if c not in _HIDDEN]
+        self.head = "".join(f"<th>{html.escape(c)}</th>" for c in ["query", *columns])
+        self.records = table.to_dict("records")  # iterrows builds a Series per row: ~10x slower
+        self.rows = [(q, bool(row["kept"]), "".join(f"<td>{_fmt(row[c])}</td>" for c in columns))
+                     for q, row in zip(table.index, self.records)]
+
+    def html(self, selected: int | None) -> str:
+        rows = []
+        for q, kept, cells in self.rows:
+            style = []
+            if q == selected:
+                style.append("background:#ffe08a;font-weight:bold")
+            elif not kept:
+                style.append("color:#999")
+            cls = "wb-row-selected" if q == selected else ("wb-row-kept" if kept else "wb-row-dropped")
+            rows.append(f'<tr class="{cls}" style="{";".join(style)}"><td>q{q}</td>{cells}</tr>')
+        return ('<div style="max-height:260px;overflow:auto"><table class="wb-query-table" '
+                'style="border-collapse:collapse;font-size:11px;font-family:monospace">'
+                f"<thead><tr>{self.head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 class QueryInspector:
@@ -93,6 +104,7 @@ class QueryInspector:
         self.inspection: ImageQueries | None = None
         self.table: pd.DataFrame | None = None
         self._updating = False
+        self._cells: _TableCells | None = None
         self.renders = 0  # how many times the query figure was drawn (tests, and a sanity readout)
 
         records = getattr(items, "records", None)
@@ -224,9 +236,10 @@ class QueryInspector:
         if self.table is None:
             return
         frame = self._sorted()
+        self._cells = _TableCells(frame)
         keep = select if select is not None else self.query.value
         options = []
-        for q, row in zip(frame.index, frame.to_dict("records")):
+        for q, row in zip(frame.index, self._cells.records):
             flags = ("kept" if row["kept"] else "    ") + (f" dup of q{row['duplicate_of']}" if row["duplicate"] else "")
             gt = f" GT{row['matched_gt']}" if row["matched_gt"] >= 0 else ""
             options.append((f"q{q:<3} {row['class']:<9.9} {row['combined']:.2f} {flags}{gt}", int(q)))
@@ -258,7 +271,7 @@ class QueryInspector:
     def _on_query(self) -> None:
         if self._updating or self.query.value is None or self.table is None:
             return
-        self.table_view.value = table_html(self._sorted(), self.query.value)
+        self.table_view.value = self._cells.html(self.query.value)
         self.query_view.value = self.query_png(self.query.value)
 
     # ---- display --------------------------------------------------------------------------------------------
