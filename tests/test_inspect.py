@@ -383,6 +383,29 @@ def test_train_live_continues_a_run_up_to_max_iter(tmp_path, monkeypatch):
 
 
 # ---- interactive speed: what a click reuses, and that reusing it changes nothing (issue 27) ------------------------
+def test_pairwise_mask_iou_equals_pycocotools_to_the_last_bit(inspection):
+    from workbench.engine.scoring import encode_masks, mask_iou, pairwise_mask_iou
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((12, 37, 53)) < rng.random((12, 1, 1))  # fragmented, some nearly empty
+    masks[3] = False  # empty: IoU 0 with everything, itself included (as pycocotools)
+    masks[4] = masks[5]
+    for m in (masks, inspection.masks):
+        rles = encode_masks(m)
+        np.testing.assert_array_equal(pairwise_mask_iou(m), mask_iou(rles, rles))
+
+
+def test_select_instances_with_precomputed_rles_and_iou_keeps_the_same(inspection):
+    q = inspection
+    pred = query_prediction(q)
+    for iou in (0.05, 0.3, 0.8):
+        cfg = EvalConfig(scoring="mean", dedupe_iou=iou, max_dets=q.num_queries)
+        plain = select_instances(pred, cfg, ["color", "size"])
+        cached = select_instances(pred, cfg, ["color", "size"], rles=q.rles, pairwise_iou=q.pairwise_iou)
+        np.testing.assert_array_equal(plain.index, cached.index)
+        assert plain.rles == cached.rles and plain.removed == cached.removed
+
+
 def test_png_bytes_round_trip():
     from workbench.inspect.panels import png_bytes
 

@@ -105,7 +105,9 @@ def _title(draw: ImageDraw.ImageDraw, layout: PanelLayout, row: int, col: int, t
 
 
 def _bars(draw: ImageDraw.ImageDraw, layout: PanelLayout, col: int, series, threshold: float | None) -> None:
-    """One head's probabilities as horizontal bars, first value on top, x from 0 to 1 (ticks 0, 0.5, 1)."""
+    """One head's probabilities as horizontal bars, first value on top, x from 0 to 1 (ticks 0, 0.5, 1). Every
+    bar is drawn; when the labels would overlap (80 COCO classes in one cell) only the 3 most probable values and
+    no-object are named."""
     x0, y0 = layout.origin(0, col)
     probs = series.to_numpy()
     n = len(probs)
@@ -119,12 +121,15 @@ def _bars(draw: ImageDraw.ImageDraw, layout: PanelLayout, col: int, series, thre
         colours = [BLUE] * n
         colours[-1] = GREY
         colours[int(np.argmax(probs))] = ORANGE
+    named = set(range(n)) if step >= 9 else {*np.argsort(-probs, kind="mergesort")[:3].tolist(),
+                                              *([n - 1] if threshold is None else [])}
     for i, (name, p) in enumerate(zip(series.index, probs)):
         top = y0 + i * step + step * 0.1
         height = max(1.0, step * 0.8)
         if p > 0:
             draw.rectangle([left, top, left + float(p) * (right - left), top + height], fill=colours[i])
-        draw.text((left - 3, top + height / 2), str(name)[:9], fill=(0, 0, 0), font=_font(8), anchor="rm")
+        if i in named:
+            draw.text((left - 3, top + height / 2), str(name)[:9], fill=(0, 0, 0), font=_font(8), anchor="rm")
     draw.line([left, y0, left, bottom], fill=(0, 0, 0))
     draw.line([left, bottom, right, bottom], fill=(0, 0, 0))
     for t in (0.0, 0.5, 1.0):

@@ -25,7 +25,7 @@ import torch
 
 from workbench.config import EvalConfig
 from workbench.drawing.overlay import value_set_text
-from workbench.engine.scoring import encode_masks, mask_iou, ranking_scores, select_instances
+from workbench.engine.scoring import encode_masks, mask_iou, pairwise_mask_iou, ranking_scores, select_instances
 from workbench.model.meta_arch import pad_images
 from workbench.model.postprocess import resize_mask_logits
 
@@ -125,9 +125,11 @@ class ImageQueries:
     @property
     def mask_scores(self) -> np.ndarray:
         """(Q,) mean foreground probability inside each mask (upstream's mask score; 0 for an empty mask)."""
-        def compute():
-            probs, masks = _sigmoid(self.mask_logits), self.masks
-            return (probs * masks).reshape(len(masks), -1).sum(1) / (masks.reshape(len(masks), -1).sum(1) + 1e-6)
+        def compute():  # in torch, as postprocess.py: numpy's exp over Q x H x W took ~0.3 s at 512^2
+            logits = torch.from_numpy(self.mask_logits)
+            inside = logits > 0
+            scores = logits.sigmoid().mul_(inside).flatten(1).sum(1) / (inside.flatten(1).sum(1) + 1e-6)
+            return scores.numpy().astype(np.float64)
         return self._cached("mask_scores", compute)
 
     @property
@@ -150,7 +152,7 @@ class ImageQueries:
     def pairwise_iou(self) -> np.ndarray:
         """(Q, Q) mask IoU between the queries' final masks."""
         if "pairwise_iou" not in self._cache:
-            self._cache["pairwise_iou"] = mask_iou(self.rles, self.rles)
+            self._cache["pairwise_iou"] = pairwise_mask_iou(self.masks)  # = mask_iou(rles, rles), faster
         return self._cache["pairwise_iou"]
 
     @property
@@ -357,7 +359,8 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     frame["duplicate"] = frame["duplicate_of"] >= 0
     eval_cfg = EvalConfig(scoring=scoring, dedupe_iou=duplicate_iou, score_threshold=score_threshold,
                           drop_no_object=drop_no_object, max_dets=max(1, q.num_queries))
-    kept = select_instances(pred, eval_cfg, single, [n for n in names if n in q.multi_label], rles=q.rles).index
+    kept = select_instances(pred, eval_cfg, single, [n for n in names if n in q.multi_label], rles=q.rles,
+                            pairwise_iou=q.pairwise_iou).index
     frame["kept"] = np.isin(np.arange(q.num_queries), kept)
     return frame.sort_values("rank")
 
