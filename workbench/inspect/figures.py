@@ -120,9 +120,9 @@ def kept_instances_image(q: ImageQueries, table, min_side: int = 256) -> np.ndar
     would change the colours the `color` attribute is about."""
     k = max(1, -(-min_side // min(q.image.shape[:2])))
     by_query = table.sort_index()
-    # the upscaled masks and their outlines do not depend on the table: once per image, not per threshold
-    masks = q._cached(f"masks_x{k}", lambda: _upscale_masks(q.masks, k))
-    outlines = q._cached(f"outlines_x{k}", lambda: outline(masks))
+    # the upscaled masks and each kept one's outline do not depend on the table: once per image, not per change
+    masks = q.masks if k == 1 else q._cached(f"masks_x{k}", lambda: _upscale_masks(q.masks, k))
+    outlines = q._cached(f"outlines_x{k}", dict)
     pred = {
         "masks": masks,
         "labels": np.array([q.categories.index(c) for c in by_query["class"]]),
@@ -136,6 +136,8 @@ def kept_instances_image(q: ImageQueries, table, min_side: int = 256) -> np.ndar
     index = list(table.index[table["kept"]])
     image = _upscale(q.image, k).copy()
     for n, i in enumerate(index):
+        if i not in outlines:
+            outlines[i] = outline(masks[i])
         image[outlines[i]] = PALETTE[n % len(PALETTE)].astype(np.uint8)
     return draw_instances(image, pred, q.categories, q.attribute_values, index=index, alpha=0.0)
 

@@ -9,7 +9,8 @@ where the next layer's cross-attention may look (white), framed, with the visibl
 Why not matplotlib: drawing and constrained layout of that figure took ~75 % of a click (issue 27). Here the
 layout is a fixed grid computed once per image shape (`PanelLayout`), colour maps are 256-entry lookup tables,
 resizing samples the nearest pixel (as matplotlib's interpolation="nearest") before anything per-pixel is
-computed (sigmoid, colour map), and the PNG is written with the fastest zlib level and no row filter. The output is deterministic: the same inspection, query and row give the same pixels.
+computed (sigmoid, colour map), and the PNG is written with the fastest zlib level and no row filter. The
+output is deterministic: the same inspection, query and row give the same pixels.
 """
 from __future__ import annotations
 
