@@ -398,12 +398,17 @@ def test_pairwise_mask_iou_equals_pycocotools_to_the_last_bit(inspection):
 def test_select_instances_with_precomputed_rles_and_iou_keeps_the_same(inspection):
     q = inspection
     pred = query_prediction(q)
-    for iou in (0.05, 0.3, 0.8):
-        cfg = EvalConfig(scoring="mean", dedupe_iou=iou, max_dets=q.num_queries)
-        plain = select_instances(pred, cfg, ["color", "size"])
-        cached = select_instances(pred, cfg, ["color", "size"], rles=q.rles, pairwise_iou=q.pairwise_iou)
-        np.testing.assert_array_equal(plain.index, cached.index)
-        assert plain.rles == cached.rles and plain.removed == cached.removed
+    scores = ranking_scores(pred, "mean", ["color", "size"])
+    suppressed = 0
+    for threshold in (0.0, float(np.median(scores))):  # all queries, then a subset of them
+        for iou in (0.05, 0.2, 0.5, 0.8):
+            cfg = EvalConfig(scoring="mean", dedupe_iou=iou, score_threshold=threshold, max_dets=q.num_queries)
+            plain = select_instances(pred, cfg, ["color", "size"])
+            cached = select_instances(pred, cfg, ["color", "size"], rles=q.rles, pairwise_iou=q.pairwise_iou)
+            np.testing.assert_array_equal(plain.index, cached.index)
+            assert plain.rles == cached.rles and plain.removed == cached.removed
+            suppressed += plain.removed["duplicate"]
+    assert suppressed > 0  # the cases exercise duplicate suppression
 
 
 def test_png_bytes_round_trip():
@@ -492,6 +497,13 @@ def test_query_panel_shows_the_queries_mask_distributions_and_stages(inspection)
     layout = PanelLayout.for_inspection(q)
     assert a.shape == (*layout.size, 3) and a.dtype == np.uint8
     assert not np.array_equal(a, b)
+    # bars: in the class head's cell, the top-1 value orange and no-object grey
+    from workbench.inspect.panels import GREY, ORANGE
+
+    x, y = layout.origin(0, 1)
+    cell = a[y:y + layout.cell, x:x + layout.cell].reshape(-1, 3)
+    for colour in (ORANGE, GREY):
+        assert (cell == colour).all(1).any(), colour
     # the final stage's cell is the magma map of that query's final mask probability
     x, y = layout.origin(1, q.num_stages - 1)
     h, w = layout.image_size
@@ -510,10 +522,11 @@ def test_inspection_cache_is_a_small_lru(model, items):
     inspector = QueryInspector(model, items, score_threshold=0.0, cache_size=2)
     first = inspector.inspection
     inspector.image.value = 1
-    inspector.image.value = 0  # still cached
+    inspector.image.value = 0  # still cached, and now the most recently shown
     assert inspector.inspection is first and inspector.forwards == 2
-    inspector.image.value = 1
-    inspector.image.value = 2  # evicts image 0, the least recently shown
+    inspector.image.value = 2  # evicts image 1, the least recently shown
     inspector.image.value = 0
-    assert inspector.forwards == 4 and inspector.inspection is not first
-    np.testing.assert_array_equal(inspector.inspection.masks, first.masks)
+    assert inspector.inspection is first and inspector.forwards == 3
+    inspector.image.value = 1  # evicted: runs again, with the same result
+    assert inspector.forwards == 4
+    np.testing.assert_array_equal(inspector.inspection.masks, inspect_item(model, items[1]).masks)
