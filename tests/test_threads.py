@@ -126,3 +126,34 @@ def test_apply_leaves_the_count_alone_without_a_request(monkeypatch):
     assert policy.threads is None and torch.get_num_threads() == before
     assert "torch's default threads" in policy.describe()
     assert threads.ThreadPolicy(None, {}, False, False).describe().startswith("thread policy off")
+
+
+def test_notebook_helper_sets_the_kernels_threads(monkeypatch):
+    from workbench.inspect.notebook import use_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored afterwards
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 3
+    try:
+        policy = use_threads(want)
+        assert policy.threads == want and torch.get_num_threads() == want
+        assert f"{want} threads" in policy.describe()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_trainer_applies_workbench_threads(tmp_path, monkeypatch):
+    from workbench.engine.trainer import train
+    from workbench.inspect.notebook import small_run_config, small_shapes_data
+
+    train_json, val_json = small_shapes_data(tmp_path / "data", train_images=2, val_images=1, image_size=64)
+    cfg = small_run_config(train_json, val_json, max_iter=1, batch_size=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored afterwards
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 3
+    monkeypatch.setenv("WORKBENCH_THREADS", str(want))
+    try:
+        train(cfg, tmp_path / "run", progress=False)
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
