@@ -50,6 +50,24 @@ def _font(size: int):
     return ImageFont.load_default(size=size)
 
 
+@lru_cache(maxsize=2048)
+def _text_mask(text: str, size: int, anchor: str) -> tuple[Image.Image, int, int]:
+    """The rendered text as an "L" coverage mask and its offset from the anchor point: titles and value names
+    repeat from query to query, so each is rasterised once."""
+    font = _font(size)
+    x0, y0, x1, y1 = font.getbbox(text, anchor=anchor)
+    mask = Image.new("L", (max(1, x1 - x0), max(1, y1 - y0)), 0)
+    ImageDraw.Draw(mask).text((-x0, -y0), text, fill=255, font=font, anchor=anchor)
+    return mask, x0, y0
+
+
+def _text(canvas: Image.Image, xy: tuple[float, float], text: str, size: int, anchor: str,
+          fill: tuple[int, int, int] = (0, 0, 0)) -> None:
+    mask, dx, dy = _text_mask(text, size, anchor)
+    x, y = round(xy[0]) + dx, round(xy[1]) + dy
+    canvas.paste(fill, (x, y, x + mask.width, y + mask.height), mask)
+
+
 @dataclass(frozen=True)
 class PanelLayout:
     """The grid of one query view: `cols` cells of `cell` x `cell` pixels (plus a title strip each) in 3 rows;
@@ -97,15 +115,15 @@ def fit(array: np.ndarray, layout: PanelLayout) -> np.ndarray:
     return array[..., rows, cols, :] if channels_last else array[..., rows, cols]
 
 
-def _title(draw: ImageDraw.ImageDraw, layout: PanelLayout, row: int, col: int, text: str) -> None:
+def _title(canvas: Image.Image, layout: PanelLayout, row: int, col: int, text: str) -> None:
     x, y = layout.origin(row, col)
     lines = text.split("\n")[-2:]
     for k, line in enumerate(lines):
-        draw.text((x + layout.cell // 2, y - TITLE_H + 1 + (2 - len(lines) + k) * LINE_H), line, fill=(0, 0, 0),
-                  font=_font(10), anchor="ma")
+        _text(canvas, (x + layout.cell // 2, y - TITLE_H + 1 + (2 - len(lines) + k) * LINE_H), line, 10, "ma")
 
 
-def _bars(draw: ImageDraw.ImageDraw, layout: PanelLayout, col: int, series, threshold: float | None) -> None:
+def _bars(canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: PanelLayout, col: int, series,
+          threshold: float | None) -> None:
     """One head's probabilities as horizontal bars, first value on top, x from 0 to 1 (ticks 0, 0.5, 1). Every
     bar is drawn; when the labels would overlap (80 COCO classes in one cell) only the 3 most probable values and
     no-object are named."""
@@ -130,18 +148,18 @@ def _bars(draw: ImageDraw.ImageDraw, layout: PanelLayout, col: int, series, thre
         if p > 0:
             draw.rectangle([left, top, left + float(p) * (right - left), top + height], fill=colours[i])
         if i in named:
-            draw.text((left - 3, top + height / 2), str(name)[:9], fill=(0, 0, 0), font=_font(8), anchor="rm")
+            _text(canvas, (left - 3, top + height / 2), str(name)[:9], 8, "rm")
     draw.line([left, y0, left, bottom], fill=(0, 0, 0))
     draw.line([left, bottom, right, bottom], fill=(0, 0, 0))
     for t in (0.0, 0.5, 1.0):
         x = left + t * (right - left)
         draw.line([x, bottom, x, bottom + 3], fill=(0, 0, 0))
-        draw.text((x, bottom + 3), f"{t:g}", fill=(0, 0, 0), font=_font(8), anchor="ma")
+        _text(canvas, (x, bottom + 3), f"{t:g}", 8, "ma")
     if threshold is not None:
         x = left + threshold * (right - left)
         for y in range(y0, bottom, 6):
             draw.line([x, y, x, min(y + 3, bottom)], fill=RED)
-    _title(draw, layout, 0, col, str(series.name))
+    _title(canvas, layout, 0, col, str(series.name))
 
 
 def query_panel(q: ImageQueries, query: int, row: Mapping | None = None,
@@ -167,16 +185,16 @@ def query_panel(q: ImageQueries, query: int, row: Mapping | None = None,
         title += f"\n{row['class']} {row['combined']:.2f}"
         if row.get("matched_gt", -1) >= 0:
             title += f" GT{int(row['matched_gt'])} IoU {row['iou']:.2f}"
-    _title(draw, layout, 0, 0, title)
+    _title(canvas, layout, 0, 0, title)
     for j, (name, series) in enumerate(distributions(q, query).items(), start=1):
-        _bars(draw, layout, j, series, q.multi_label.get(name))
+        _bars(canvas, draw, layout, j, series, q.multi_label.get(name))
 
     probs = _sigmoid(fit(q.stage_logits(query), layout))  # layer_masks(q, query), at the cell's pixels only
     allowed = attention_masks(q, query)
     stages = q.num_stages
     for s in range(stages):
         canvas.paste(Image.fromarray(colour_lut("magma")[levels(probs[s])]), layout.origin(1, s))
-        _title(draw, layout, 1, s, "queries" if s == 0 else f"layer {s}" + (" (final)" if s == stages - 1 else ""))
+        _title(canvas, layout, 1, s, "queries" if s == 0 else f"layer {s}" + (" (final)" if s == stages - 1 else ""))
         if allowed[s] is None:
             continue
         x, y = layout.origin(2, s)
@@ -185,7 +203,7 @@ def query_panel(q: ImageQueries, query: int, row: Mapping | None = None,
         h, w = layout.image_size
         draw.rectangle([x - 1, y - 1, x + w, y + h], outline=(0, 0, 0))  # an all-visible mask still shows as a square
         frac = 100 * allowed[s].mean()
-        _title(draw, layout, 2, s, f"attn -> layer {s + 1}\n{frac:.0f}% visible" if s < stages - 1
+        _title(canvas, layout, 2, s, f"attn -> layer {s + 1}\n{frac:.0f}% visible" if s < stages - 1
                else f"attn (unused)\n{frac:.0f}% visible")
     return np.asarray(canvas)
 
