@@ -384,3 +384,153 @@ def test_train_live_continues_a_run_up_to_max_iter(tmp_path, monkeypatch):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for key, value in result.model.state_dict().items():
         torch.testing.assert_close(again.model.state_dict()[key], value, msg=key)
+
+
+# ---- interactive speed: what a click reuses, and that reusing it changes nothing (issue 27) ------------------------
+def test_pairwise_mask_iou_equals_pycocotools_to_the_last_bit(inspection):
+    from workbench.engine.scoring import encode_masks, mask_iou, pairwise_mask_iou
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((12, 37, 53)) < rng.random((12, 1, 1))  # fragmented, some nearly empty
+    masks[3] = False  # empty: IoU 0 with everything, itself included (as pycocotools)
+    masks[4] = masks[5]
+    for m in (masks, inspection.masks):
+        rles = encode_masks(m)
+        np.testing.assert_array_equal(pairwise_mask_iou(m), mask_iou(rles, rles))
+
+
+def test_select_instances_with_precomputed_rles_and_iou_keeps_the_same(inspection):
+    q = inspection
+    pred = query_prediction(q)
+    scores = ranking_scores(pred, "mean", ["color", "size"])
+    suppressed = 0
+    for threshold in (0.0, float(np.median(scores))):  # all queries, then a subset of them
+        for iou in (0.05, 0.2, 0.5, 0.8):
+            cfg = EvalConfig(scoring="mean", dedupe_iou=iou, score_threshold=threshold, max_dets=q.num_queries)
+            plain = select_instances(pred, cfg, ["color", "size"])
+            cached = select_instances(pred, cfg, ["color", "size"], rles=q.rles, pairwise_iou=q.pairwise_iou)
+            np.testing.assert_array_equal(plain.index, cached.index)
+            assert plain.rles == cached.rles and plain.removed == cached.removed
+            suppressed += plain.removed["duplicate"]
+    assert suppressed > 0  # the cases exercise duplicate suppression
+
+
+def test_png_bytes_round_trip():
+    from workbench.inspect.panels import png_bytes
+
+    array = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_png_array(png_bytes(array)), array)
+
+
+def _png_array(data) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"))
+
+
+def _state(inspector) -> dict:
+    return {"image": inspector.image.value, "selected": inspector.selected, "kept": inspector.kept,
+            "options": list(inspector.query.options), "summary": inspector.summary.value,
+            "table": inspector.table_view.value, "query_png": _png_array(inspector.query_view.value),
+            "kept_png": _png_array(inspector.kept_view.value)}
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key
+
+
+def test_clicks_and_rule_changes_end_in_the_state_of_opening_there_directly(model, items):
+    """Cached forwards, panels and per-image post-processing must not change what is shown: after a sequence
+    of image switches, clicks and rule changes, the widget equals a fresh one opened at the end state."""
+    from workbench.inspect.widgets import QueryInspector
+
+    inspector = QueryInspector(model, items, score_threshold=0.0, duplicate_iou=0.8)
+    inspector.query.value = int(inspector.table.index[-1])
+    inspector.image.value = 1
+    inspector.query.value = int(inspector.table.index[2])
+    inspector.threshold.value = 0.3
+    inspector.scoring.value = "main"
+    inspector.image.value = 2
+    inspector.image.value = 1  # back: from the cache
+    inspector.duplicate_iou.value = 0.3
+    chosen = int(inspector.table.index[1])
+    inspector.query.value = chosen
+    inspector.threshold.value = 0.0
+    assert inspector.forwards == 3  # one model forward per image, reused by every later click
+
+    fresh = QueryInspector(model, items, score_threshold=0.0, duplicate_iou=0.3, scoring="main")
+    fresh.image.value = 1
+    fresh.query.value = chosen
+    _assert_same_state(_state(inspector), _state(fresh))
+
+
+def test_query_view_is_a_fresh_render_of_its_state_and_rule_changes_do_not_redraw_it(model, items):
+    from workbench.inspect.panels import query_panel
+    from workbench.inspect.widgets import QueryInspector
+
+    inspector = QueryInspector(model, items, score_threshold=0.0, duplicate_iou=0.8)
+    query = int(inspector.table.index[3])
+    inspector.query.value = query
+    renders = inspector.renders
+    fresh = query_panel(inspect_item(model, items[0]), query, inspector.table.loc[query])
+    np.testing.assert_array_equal(_png_array(inspector.query_view.value), fresh)
+    for value in (0.2, 0.5, 0.0):  # threshold changes: the kept set and table change, the query's view does not
+        inspector.threshold.value = value
+    inspector.drop_no_object.value = True
+    assert inspector.renders == renders
+    np.testing.assert_array_equal(_png_array(inspector.query_view.value), fresh)
+    inspector.scoring.value = "main"  # the caption's ranking score changes: drawn again
+    assert inspector.renders == renders + 1
+    np.testing.assert_array_equal(_png_array(inspector.query_view.value),
+                                  query_panel(inspector.inspection, query, inspector.table.loc[query]))
+
+
+def test_query_panel_shows_the_queries_mask_distributions_and_stages(inspection):
+    from workbench.inspect.panels import PanelLayout, colour_lut, fit, levels, query_panel
+
+    q = inspection
+    table = query_table(q)
+    a, b = query_panel(q, 0, table.loc[0]), query_panel(q, 1, table.loc[1])
+    layout = PanelLayout.for_inspection(q)
+    assert a.shape == (*layout.size, 3) and a.dtype == np.uint8
+    assert not np.array_equal(a, b)
+    # bars: in the class head's cell, the top-1 value orange and no-object grey
+    from workbench.inspect.panels import GREY, ORANGE
+
+    x, y = layout.origin(0, 1)
+    cell = a[y:y + layout.cell, x:x + layout.cell].reshape(-1, 3)
+    for colour in (ORANGE, GREY):
+        assert (cell == colour).all(1).any(), colour
+    # the final stage's cell is the magma map of that query's final mask probability
+    x, y = layout.origin(1, q.num_stages - 1)
+    h, w = layout.image_size
+    expected = colour_lut("magma")[levels(fit(layer_masks(q, 0)[-1], layout))]
+    assert expected.shape == (h, w, 3)
+    np.testing.assert_array_equal(a[y:y + h, x:x + w], expected)
+    # one query's stages resized alone equal the full stack at image size (to float rounding: the resize
+    # kernel vectorises differently over 1 and Q channels)
+    np.testing.assert_allclose(q.stage_logits(4), q.stage_mask_logits[:, 4], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(q.mask_logits, q.stage_mask_logits[-1])
+
+
+def test_inspection_cache_is_a_small_lru(model, items):
+    from workbench.inspect.widgets import QueryInspector
+
+    inspector = QueryInspector(model, items, score_threshold=0.0, cache_size=2)
+    first = inspector.inspection
+    inspector.image.value = 1
+    inspector.image.value = 0  # still cached, and now the most recently shown
+    assert inspector.inspection is first and inspector.forwards == 2
+    inspector.image.value = 2  # evicts image 1, the least recently shown
+    inspector.image.value = 0
+    assert inspector.inspection is first and inspector.forwards == 3
+    inspector.image.value = 1  # evicted: runs again, with the same result
+    assert inspector.forwards == 4
+    np.testing.assert_array_equal(inspector.inspection.masks, inspect_item(model, items[1]).masks)

@@ -51,7 +51,7 @@ def draw_instances(image: np.ndarray, pred: Mapping, categories: Sequence[str],
     masks = _numpy(pred["masks"]).astype(bool)
     index = range(len(masks)) if index is None else index
     canvas = image.astype(np.float32).copy()
-    for n, i in enumerate(index):
+    for n, i in enumerate(index if alpha else ()):  # alpha 0 (outlines only) leaves every pixel as it is
         colour = PALETTE[n % len(PALETTE)]
         canvas[masks[i]] = (1 - alpha) * canvas[masks[i]] + alpha * colour
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))

@@ -27,6 +27,7 @@ __all__ = [
     "encode_masks",
     "mask_iou",
     "no_object_flags",
+    "pairwise_mask_iou",
     "predicted_attribute_values",
     "ranking_scores",
     "select_instances",
@@ -145,17 +146,38 @@ def mask_iou(rles_a: Sequence[dict], rles_b: Sequence[dict]) -> np.ndarray:
     return np.asarray(mask_utils.iou(list(rles_a), list(rles_b), [0] * len(rles_b)), dtype=np.float64)
 
 
-def suppress_duplicates(rles: Sequence[dict], scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def pairwise_mask_iou(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, N) float64 mask IoU, equal to the last bit to `mask_iou` on their RLEs (both divide
+    the same integer counts). From dense masks with one matrix product: pycocotools walks the runs of every
+    pair, which on fragmented masks (an untrained model's) takes ~1 s for 100 queries at 512^2."""
+    import torch
+
+    masks = np.asarray(masks, dtype=bool)
+    n = masks.shape[0]
+    flat = torch.from_numpy(masks.reshape(n, -1))
+    # float32 sums of 0/1 are exact integers below 2^24 pixels; float64 beyond
+    dtype = torch.float32 if flat.shape[1] < (1 << 24) else torch.float64
+    flat = flat.to(dtype)
+    inter = (flat @ flat.T).to(torch.float64).numpy()
+    area = np.diag(inter).copy()
+    union = area[:, None] + area[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def suppress_duplicates(rles: Sequence[dict], scores: np.ndarray, iou_threshold: float,
+                        iou: np.ndarray | None = None) -> np.ndarray:
     """Greedy class-agnostic mask-IoU suppression. Returns the kept indices, highest score first.
 
     Visit instances by descending score (stable); keep one unless its IoU with an already kept instance is
     >= iou_threshold. Class-agnostic on purpose: several queries (or one query under several labels from the
-    top-k over queries x classes) on one object are duplicates of that object.
+    top-k over queries x classes) on one object are duplicates of that object. iou: their (N, N) pairwise IoU
+    when the caller has it already.
     """
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
     if len(order) == 0:
         return order.astype(np.int64)
-    iou = mask_iou(rles, rles)
+    iou = mask_iou(rles, rles) if iou is None else iou
     kept: list[int] = []
     for i in order:
         if not kept or iou[i, kept].max() < iou_threshold:
@@ -178,11 +200,14 @@ class Selection:
 
 
 def select_instances(prediction: Mapping[str, Any], eval_cfg: EvalConfig,
-                     attribute_names: Sequence[str], multi_label_names: Sequence[str] = ()) -> Selection:
+                     attribute_names: Sequence[str], multi_label_names: Sequence[str] = (),
+                     rles: Sequence | None = None, pairwise_iou: np.ndarray | None = None) -> Selection:
     """Apply ranking, threshold, `drop_no_object`, duplicate suppression and `max_dets` (module docstring).
 
     attribute_names: the single-label groups (ranking and `drop_no_object`); multi_label_names: the
-    multi-label groups, which enter the ranking score only (they have no no-object slot).
+    multi-label groups, which enter the ranking score only (they have no no-object slot). rles: the RLEs of
+    all of prediction["masks"] and pairwise_iou (N, N) their IoU, when the caller has them already (the
+    inspector, per threshold change).
 
     `prediction` is one image's prediction dict (torch or numpy); use `take(to_numpy(prediction), sel.index)`
     for the kept instances, e.g. to draw what was evaluated.
@@ -198,9 +223,10 @@ def select_instances(prediction: Mapping[str, Any], eval_cfg: EvalConfig,
         keep &= ~flags
     index = np.flatnonzero(keep)
     index = index[np.argsort(-scores[index], kind="mergesort")]
-    rles = encode_masks(_require(prediction, "masks")[index])
+    rles = encode_masks(_require(prediction, "masks")[index]) if rles is None else [rles[i] for i in index]
     if eval_cfg.dedupe_iou is not None:
-        kept = suppress_duplicates(rles, scores[index], eval_cfg.dedupe_iou)
+        kept = suppress_duplicates(rles, scores[index], eval_cfg.dedupe_iou,
+                                   None if pairwise_iou is None else pairwise_iou[np.ix_(index, index)])
         removed["duplicate"] = int(len(index) - len(kept))
         index, rles = index[kept], [rles[i] for i in kept]
     if len(index) > eval_cfg.max_dets:

@@ -192,7 +192,9 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
     `max_iter` stops early (the schedule still follows cfg.solver.max_iter), used by resume tests.
     An existing run in `run_dir` needs `resume` or `overwrite` (see the module docstring)."""
     from workbench.device import resolve_device  # looked up per call: tests stand in for it
+    from workbench.threads import apply as apply_thread_policy
 
+    apply_thread_policy()  # WORKBENCH_THREADS; the OpenMP wait policy was set when workbench was imported
     run_dir = Path(run_dir)
     cfg = absolute_data_paths(cfg)
     dev = resolve_device(device if device is not None else cfg.device)

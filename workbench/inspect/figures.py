@@ -11,7 +11,14 @@ from matplotlib.figure import Figure
 
 from workbench.drawing.loss_curve import loss_curve_figure  # noqa: F401 -- part of this module's API
 from workbench.drawing.overlay import PALETTE, draw_instances, value_set_text
-from workbench.inspect.queries import ImageQueries, attention_masks, distributions, layer_masks, query_prediction
+from workbench.inspect.queries import (
+    ImageQueries,
+    attention_masks,
+    distributions,
+    layer_masks,
+    outline,
+    query_prediction,
+)
 
 __all__ = [
     "annotation_grid",
@@ -39,11 +46,7 @@ def _spotlight(image: np.ndarray, mask: np.ndarray, dim: float = 0.3) -> np.ndar
     return out.clip(0, 255).astype(np.uint8)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a bool mask (inside pixels with an outside 4-neighbour)."""
-    m = np.pad(mask, 1)
-    inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return mask & ~inner
+_outline = outline  # boundary pixels of a bool mask
 
 
 def _bars(ax, series, highlight_last: bool = True, threshold: float | None = None) -> None:
@@ -80,7 +83,7 @@ def query_figure(q: ImageQueries, query: int, row: Mapping | None = None) -> Fig
     image = _spotlight(q.image, q.masks[query])
     if q.gt is not None and q.matched_gt is not None and q.matched_gt[query] >= 0:
         image[_outline(q.gt["masks"][q.matched_gt[query]])] = (40, 220, 40)
-    image[_outline(q.masks[query])] = (255, 230, 0)
+    image[q.outlines[query]] = (255, 230, 0)
     ax.imshow(image, interpolation="nearest")
     title = f"query {query}"
     if row is not None:
@@ -117,7 +120,9 @@ def kept_instances_image(q: ImageQueries, table, min_side: int = 256) -> np.ndar
     would change the colours the `color` attribute is about."""
     k = max(1, -(-min_side // min(q.image.shape[:2])))
     by_query = table.sort_index()
-    masks = _upscale_masks(q.masks, k)
+    # the upscaled masks and each kept one's outline do not depend on the table: once per image, not per change
+    masks = q.masks if k == 1 else q._cached(f"masks_x{k}", lambda: _upscale_masks(q.masks, k))
+    outlines = q._cached(f"outlines_x{k}", dict)
     pred = {
         "masks": masks,
         "labels": np.array([q.categories.index(c) for c in by_query["class"]]),
@@ -131,7 +136,9 @@ def kept_instances_image(q: ImageQueries, table, min_side: int = 256) -> np.ndar
     index = list(table.index[table["kept"]])
     image = _upscale(q.image, k).copy()
     for n, i in enumerate(index):
-        image[_outline(masks[i])] = PALETTE[n % len(PALETTE)].astype(np.uint8)
+        if i not in outlines:
+            outlines[i] = outline(masks[i])
+        image[outlines[i]] = PALETTE[n % len(PALETTE)].astype(np.uint8)
     return draw_instances(image, pred, q.categories, q.attribute_values, index=index, alpha=0.0)
 
 

@@ -7,7 +7,19 @@ from pathlib import Path
 
 from workbench.config import AugmentConfig, DataConfig, EvalConfig, LossConfig, ModelConfig, RunConfig, SolverConfig
 
-__all__ = ["display_figure", "small_run_config", "small_shapes_data", "train_live"]
+__all__ = ["display_figure", "small_run_config", "small_shapes_data", "train_live", "use_threads"]
+
+
+def use_threads(threads: int | None = None):
+    """This kernel's thread policy (`workbench.threads`): `threads` intra-op threads (default WORKBENCH_THREADS,
+    else torch's). Returns the `ThreadPolicy`; its `describe()` says whether the OpenMP wait policy is in effect
+    (only when workbench was imported before torch in this kernel)."""
+    from workbench.threads import apply
+
+    return apply(threads)
+
+
+use_threads()  # importing the notebooks' helper applies WORKBENCH_THREADS
 
 
 def small_shapes_data(work_dir: str | os.PathLike, train_images: int = 32, val_images: int = 8,

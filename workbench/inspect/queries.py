@@ -25,9 +25,9 @@ import torch
 
 from workbench.config import EvalConfig
 from workbench.drawing.overlay import value_set_text
-from workbench.engine.scoring import encode_masks, mask_iou, ranking_scores, select_instances
+from workbench.engine.scoring import encode_masks, pairwise_mask_iou, ranking_scores, select_instances
 from workbench.model.meta_arch import pad_images
-from workbench.model.postprocess import resize_mask_logits
+from workbench.model.postprocess import _masks_and_scores, resize_mask_logits
 
 __all__ = [
     "NO_OBJECT",
@@ -37,6 +37,7 @@ __all__ = [
     "duplicate_flags",
     "inspect_item",
     "layer_masks",
+    "outline",
     "query_prediction",
     "query_table",
 ]
@@ -53,8 +54,11 @@ class ImageQueries:
     class_probs      (Q, C+1) softmax, last column = no object
     attribute_probs  {name: (Q, K+1)} softmax, last column = that head's no object; a multi-label group
                      (named in `multi_label`, with its threshold) is {name: (Q, K)} sigmoid, no no-object column
-    stage_mask_logits (L+1, Q, H, W) float32 at image size; stage 0 = the learnable queries before the first
-                     layer, stage L = the final prediction
+    stage_mask_logits_low (L+1, Q, h, w) float32 as the model predicts them (stride 4 of the padded input of
+                     size `padded_size`); stage 0 = the learnable queries before the first layer, stage L = the
+                     final prediction. At image size: `mask_logits` (final, all queries), `stage_logits(i)` (one
+                     query, all stages) or `stage_mask_logits` (everything: (L+1) x Q x H x W floats, ~1 GB
+                     at 512^2 and 100 queries, which is why only the low-resolution stack is kept)
     stage_attention  L+1 arrays (Q, h_s, w_s) bool: True = position masked out for the cross-attention of the
                      layer after stage s (the last one would feed a layer the model does not have)
     gt               None or {"labels": (T,), "masks": (T, H, W) bool, "attributes": {name: (T,)}}
@@ -66,7 +70,8 @@ class ImageQueries:
     attribute_values: dict[str, list[str]]
     class_probs: np.ndarray
     attribute_probs: dict[str, np.ndarray]
-    stage_mask_logits: np.ndarray
+    stage_mask_logits_low: np.ndarray
+    padded_size: tuple[int, int]
     stage_attention: list[np.ndarray]
     gt: dict[str, Any] | None = None
     matched_gt: np.ndarray | None = None
@@ -80,7 +85,28 @@ class ImageQueries:
 
     @property
     def num_stages(self) -> int:
-        return self.stage_mask_logits.shape[0]
+        return self.stage_mask_logits_low.shape[0]
+
+    def _cached(self, key: str, compute):
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def _to_image_size(self, logits: np.ndarray) -> np.ndarray:
+        """(K, h, w) low-resolution logits -> (K, H, W) at image size, as postprocessing resizes them."""
+        size = tuple(self.image.shape[:2])
+        return resize_mask_logits(torch.from_numpy(np.ascontiguousarray(logits)), self.padded_size, size,
+                                  size).numpy()
+
+    def stage_logits(self, query: int) -> np.ndarray:
+        """(L+1, H, W) float32 mask logits of one query after every stage, at image size (resized alone: equal to
+        `stage_mask_logits[:, query]` to float rounding, ~1e-7)."""
+        return self._to_image_size(self.stage_mask_logits_low[:, query])
+
+    @property
+    def stage_mask_logits(self) -> np.ndarray:
+        """(L+1, Q, H, W) float32 every stage's mask logits at image size (large: see the class docstring)."""
+        return np.stack([self._to_image_size(s) for s in self.stage_mask_logits_low])
 
     @property
     def attribute_names(self) -> list[str]:
@@ -88,19 +114,39 @@ class ImageQueries:
 
     @property
     def mask_logits(self) -> np.ndarray:
-        """(Q, H, W) final-stage mask logits at image size."""
-        return self.stage_mask_logits[-1]
+        """(Q, H, W) final-stage mask logits at image size (computed once, when asked: masks and scores do not
+        need them)."""
+        return self._cached("mask_logits", lambda: self._to_image_size(self.stage_mask_logits_low[-1]))
+
+    def _final(self) -> tuple[np.ndarray, np.ndarray]:
+        """(masks (Q, H, W) bool, mask scores (Q,)) by the postprocessing's own code: the same numbers as the
+        model's predictions, a cache-sized chunk of queries at a time (no Q x H x W float temporaries)."""
+        def compute():
+            size = tuple(self.image.shape[:2])
+            masks, scores = _masks_and_scores(torch.from_numpy(self.stage_mask_logits_low[-1]),
+                                              torch.arange(self.num_queries), self.padded_size, size, size)
+            return masks.numpy(), scores.numpy().astype(np.float64)
+        return self._cached("final", compute)
 
     @property
     def masks(self) -> np.ndarray:
         """(Q, H, W) bool final masks (logit > 0, as postprocessing)."""
-        return self.mask_logits > 0
+        return self._final()[0]
 
     @property
     def mask_scores(self) -> np.ndarray:
         """(Q,) mean foreground probability inside each mask (upstream's mask score; 0 for an empty mask)."""
-        probs, masks = _sigmoid(self.mask_logits), self.masks
-        return (probs * masks).reshape(len(masks), -1).sum(1) / (masks.reshape(len(masks), -1).sum(1) + 1e-6)
+        return self._final()[1]
+
+    @property
+    def mask_areas(self) -> np.ndarray:
+        """(Q,) pixels in each final mask."""
+        return self._cached("mask_areas", lambda: self.masks.reshape(self.num_queries, -1).sum(1))
+
+    @property
+    def outlines(self) -> np.ndarray:
+        """(Q, H, W) bool boundary pixels of each final mask (see `outline`)."""
+        return self._cached("outlines", lambda: outline(self.masks))
 
     @property
     def rles(self) -> list:
@@ -112,19 +158,32 @@ class ImageQueries:
     def pairwise_iou(self) -> np.ndarray:
         """(Q, Q) mask IoU between the queries' final masks."""
         if "pairwise_iou" not in self._cache:
-            self._cache["pairwise_iou"] = mask_iou(self.rles, self.rles)
+            self._cache["pairwise_iou"] = pairwise_mask_iou(self.masks)  # = mask_iou(rles, rles), faster
         return self._cache["pairwise_iou"]
 
     @property
     def matched_iou(self) -> np.ndarray:
         """(Q,) mask IoU between each matched query's final mask and its target; NaN where unmatched."""
+        return self._cached("matched_iou", self._matched_iou).copy()
+
+    def _matched_iou(self) -> np.ndarray:
         out = np.full(self.num_queries, np.nan)
         if self.gt is None or self.matched_gt is None:
             return out
-        gt_rles = encode_masks(np.asarray(self.gt["masks"], dtype=bool))
-        for q in np.flatnonzero(self.matched_gt >= 0):
-            out[q] = mask_iou([self.rles[q]], [gt_rles[self.matched_gt[q]]])[0, 0]
+        gt = np.asarray(self.gt["masks"], dtype=bool)
+        for q in np.flatnonzero(self.matched_gt >= 0):  # integer counts divided as pycocotools' mask IoU does
+            a, b = self.masks[q], gt[self.matched_gt[q]]
+            inter = int(np.count_nonzero(a & b))
+            out[q] = inter / (int(np.count_nonzero(a)) + int(np.count_nonzero(b)) - inter) if inter else 0.0
         return out
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a bool mask (..., H, W): inside pixels with an outside 4-neighbour."""
+    pad = [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)]
+    m = np.pad(mask, pad)
+    inner = (m[..., 1:-1, 1:-1] & m[..., :-2, 1:-1] & m[..., 2:, 1:-1] & m[..., 1:-1, :-2] & m[..., 1:-1, 2:])
+    return mask & ~inner
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -183,10 +242,8 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
     finally:
         model.train(was_training)
     stages = list(raw.aux) + [raw]
-    size = tuple(int(s) for s in image.shape[-2:])
     padded_size = tuple(int(s) for s in padded.shape[-2:])
-    logits = np.stack([resize_mask_logits(s.mask_logits[0].float(), padded_size, size, size).cpu().numpy()
-                       for s in stages])
+    logits = np.stack([s.mask_logits[0].float().cpu().numpy() for s in stages])  # resized on demand
     attention = [s.attention_mask[0].cpu().numpy() if s.attention_mask is not None else None for s in stages]
     return ImageQueries(
         image=image.permute(1, 2, 0).cpu().numpy().astype(np.uint8),
@@ -195,7 +252,8 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
         class_probs=raw.class_logits[0].float().softmax(-1).cpu().numpy().astype(np.float64),
         attribute_probs={n: (v[0].float().sigmoid() if n in multi else v[0].float().softmax(-1)).cpu().numpy()
                          .astype(np.float64) for n, v in raw.attribute_logits.items()},
-        stage_mask_logits=logits.astype(np.float32),
+        stage_mask_logits_low=logits.astype(np.float32),
+        padded_size=padded_size,
         stage_attention=attention,
         gt=gt,
         matched_gt=matched,
@@ -206,7 +264,12 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
 
 def query_prediction(q: ImageQueries) -> dict[str, Any]:
     """All Q queries as one numpy prediction dict (the keys `instance_inference` returns), each query with
-    its top real class: what `engine.scoring` ranks, thresholds and deduplicates."""
+    its top real class: what `engine.scoring` ranks, thresholds and deduplicates. Computed once per image
+    (no control of the inspector changes it); treat it as read-only."""
+    return q._cached("prediction", lambda: _query_prediction(q))
+
+
+def _query_prediction(q: ImageQueries) -> dict[str, Any]:
     real = q.class_probs[:, :-1]
     labels = real.argmax(1)
     class_scores = real.max(1)
@@ -288,7 +351,7 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
         frame[f"p_{name}"] = pred["attribute_scores"][name]
         frame[f"p_{name}_no_object"] = pred["attribute_no_object"][name]
     frame["mask_score"] = pred["mask_scores"]
-    frame["mask_area"] = q.masks.reshape(q.num_queries, -1).sum(1)
+    frame["mask_area"] = q.mask_areas
     frame["score"] = pred["scores"]
     frame["combined"] = combined
     frame["rank"] = pd.Series(combined).rank(ascending=False, method="first").astype(int).to_numpy()
@@ -304,7 +367,8 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     frame["duplicate"] = frame["duplicate_of"] >= 0
     eval_cfg = EvalConfig(scoring=scoring, dedupe_iou=duplicate_iou, score_threshold=score_threshold,
                           drop_no_object=drop_no_object, max_dets=max(1, q.num_queries))
-    kept = select_instances(pred, eval_cfg, single, [n for n in names if n in q.multi_label]).index
+    kept = select_instances(pred, eval_cfg, single, [n for n in names if n in q.multi_label], rles=q.rles,
+                            pairwise_iou=q.pairwise_iou).index
     frame["kept"] = np.isin(np.arange(q.num_queries), kept)
     return frame.sort_values("rank")
 
@@ -323,7 +387,7 @@ def distributions(q: ImageQueries, query: int) -> dict[str, pd.Series]:
 
 def layer_masks(q: ImageQueries, query: int) -> np.ndarray:
     """(L+1, H, W) mask probability of one query after each stage (0 = learnable queries, L = final)."""
-    return _sigmoid(q.stage_mask_logits[:, query])
+    return _sigmoid(q.stage_logits(query))
 
 
 def attention_masks(q: ImageQueries, query: int) -> list[np.ndarray | None]:

@@ -7,13 +7,20 @@
 Controls: image selector; scoring mode, score threshold, duplicate IoU and "drop attribute = no object",
 which update the kept set live; sort column and order of the query table; the query list (selecting a
 query draws its mask, matched ground truth, main and attribute distributions including no-object, its mask
-after every decoder layer and its attention mask). Everything is rendered with matplotlib into PNG `Image`
-widgets and the table into an `HTML` widget, so the state is plain Python values tests can read.
+after every decoder layer and its attention mask). The views are PNG `Image` widgets and the table an `HTML`
+widget, so the state is plain Python values tests can read.
+
+Interactive speed (issue 27): the model runs once per image (a small LRU of inspections keeps the last
+`cache_size` images); a query's view is drawn as an array (`inspect/panels.py`, no matplotlib) on a grid laid out
+once per image, and kept per (query, scoring) so threshold, duplicate and no-object changes, which do not
+change it, reuse it; post-processing that no control changes (final masks at image size, mask scores, RLEs,
+pairwise IoU, outlines) is computed once per image.
 """
 from __future__ import annotations
 
 import html
 import os
+from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -40,21 +47,32 @@ def _fmt(value: Any) -> str:
 def table_html(table: pd.DataFrame, selected: int | None = None, columns: Sequence[str] | None = None) -> str:
     """The query table as compact HTML: the selected query highlighted, queries that are not kept greyed out,
     duplicates marked. Rows keep the frame's order."""
-    columns = [c for c in (columns or table.columns) if c not in _HIDDEN]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["query", *columns])
-    rows = []
-    for q, row in table.iterrows():
-        style = []
-        if q == selected:
-            style.append("background:#ffe08a;font-weight:bold")
-        elif not row["kept"]:
-            style.append("color:#999")
-        cls = "wb-row-selected" if q == selected else ("wb-row-kept" if row["kept"] else "wb-row-dropped")
-        cells = "".join(f"<td>{_fmt(row[c])}</td>" for c in columns)
-        rows.append(f'<tr class="{cls}" style="{";".join(style)}"><td>q{q}</td>{cells}</tr>')
-    return ('<div style="max-height:260px;overflow:auto"><table class="wb-query-table" '
-            'style="border-collapse:collapse;font-size:11px;font-family:monospace">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return _TableCells(table, columns).html(selected)
+
+
+class _TableCells:
+    """The table's cells formatted once; `html(selected)` only changes the highlighted row (a click)."""
+
+    def __init__(self, table: pd.DataFrame, columns: Sequence[str] | None = None) -> None:
+        columns = [c for c in (columns or table.columns) if c not in _HIDDEN]
+        self.head = "".join(f"<th>{html.escape(c)}</th>" for c in ["query", *columns])
+        self.records = table.to_dict("records")  # iterrows builds a Series per row: ~10x slower
+        self.rows = [(q, bool(row["kept"]), "".join(f"<td>{_fmt(row[c])}</td>" for c in columns))
+                     for q, row in zip(table.index, self.records)]
+
+    def html(self, selected: int | None) -> str:
+        rows = []
+        for q, kept, cells in self.rows:
+            style = []
+            if q == selected:
+                style.append("background:#ffe08a;font-weight:bold")
+            elif not kept:
+                style.append("color:#999")
+            cls = "wb-row-selected" if q == selected else ("wb-row-kept" if kept else "wb-row-dropped")
+            rows.append(f'<tr class="{cls}" style="{";".join(style)}"><td>q{q}</td>{cells}</tr>')
+        return ('<div style="max-height:260px;overflow:auto"><table class="wb-query-table" '
+                'style="border-collapse:collapse;font-size:11px;font-family:monospace">'
+                f"<thead><tr>{self.head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
 class QueryInspector:
@@ -62,13 +80,14 @@ class QueryInspector:
 
     model: a `MultiTaskMask2Former`; items: anything indexable with len() giving {"image": uint8 (3, H, W),
     "instances": ... (optional, enables matching)} (e.g. a `CocoAttributeDataset`). Names default to the
-    dataset's schema (`items.schema`) or the model config. Inspections are cached per image.
+    dataset's schema (`items.schema`) or the model config. The last `cache_size` images' inspections (one model
+    forward each) are kept; `cell` is the side in pixels of one image in the query view.
     """
 
     def __init__(self, model, items, categories: Sequence[str] | None = None,
                  attribute_values: Mapping[str, Sequence[str]] | None = None, scoring: str = "mean",
                  score_threshold: float = 0.3, duplicate_iou: float = 0.8, drop_no_object: bool = False,
-                 seed: int = 0, dpi: int = 72) -> None:
+                 seed: int = 0, cell: int = 150, cache_size: int = 8) -> None:
         import ipywidgets as w
 
         if len(items) == 0:
@@ -78,12 +97,14 @@ class QueryInspector:
             categories = list(schema.category_names)
         if attribute_values is None and schema is not None:
             attribute_values = schema.attribute_values  # value names per group (model_attributes() also has kinds)
-        self.model, self.items, self.seed, self.dpi = model, items, seed, dpi
+        self.model, self.items, self.seed, self.cell, self.cache_size = model, items, seed, cell, max(1, cache_size)
         self.categories, self.attribute_values = categories, attribute_values
-        self._cache: dict[int, ImageQueries] = {}
+        self._cache: OrderedDict[int, ImageQueries] = OrderedDict()
+        self.forwards = 0  # how many times the model ran (one per image while it stays in the cache)
         self.inspection: ImageQueries | None = None
         self.table: pd.DataFrame | None = None
         self._updating = False
+        self._cells: _TableCells | None = None
         self.renders = 0  # how many times the query figure was drawn (tests, and a sanity readout)
 
         records = getattr(items, "records", None)
@@ -155,7 +176,26 @@ class QueryInspector:
         if index not in self._cache:
             self._cache[index] = inspect_item(self.model, self.items[index], self.categories,
                                               self.attribute_values, seed=self.seed)
+            self.forwards += 1
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(index)
         return self._cache[index]
+
+    def query_png(self, query: int) -> bytes:
+        """PNG of `query`'s view in the current image under the current scoring (drawn once, then reused)."""
+        from workbench.inspect.panels import PanelLayout, png_bytes, query_panel
+
+        q = self.inspection
+        panels = q._cached("panels", OrderedDict)
+        key = (query, self.scoring.value, self.cell)
+        if key not in panels:
+            layout = q._cached(f"layout_{self.cell}", lambda: PanelLayout.for_inspection(q, self.cell))
+            panels[key] = png_bytes(query_panel(q, query, self.table.loc[query], layout))
+            self.renders += 1
+            while len(panels) > 64:
+                panels.popitem(last=False)
+        return panels[key]
 
     @property
     def kept(self) -> list[int]:
@@ -196,9 +236,10 @@ class QueryInspector:
         if self.table is None:
             return
         frame = self._sorted()
+        self._cells = _TableCells(frame)
         keep = select if select is not None else self.query.value
         options = []
-        for q, row in frame.iterrows():
+        for q, row in zip(frame.index, self._cells.records):
             flags = ("kept" if row["kept"] else "    ") + (f" dup of q{row['duplicate_of']}" if row["duplicate"] else "")
             gt = f" GT{row['matched_gt']}" if row["matched_gt"] >= 0 else ""
             options.append((f"q{q:<3} {row['class']:<9.9} {row['combined']:.2f} {flags}{gt}", int(q)))
@@ -222,25 +263,16 @@ class QueryInspector:
         self._on_query()
 
     def _render_kept(self) -> None:
-        import io
-
-        from PIL import Image
-
         from workbench.inspect.figures import kept_instances_image
+        from workbench.inspect.panels import png_bytes
 
-        buf = io.BytesIO()
-        Image.fromarray(kept_instances_image(self.inspection, self.table)).save(buf, format="PNG")
-        self.kept_view.value = buf.getvalue()
+        self.kept_view.value = png_bytes(kept_instances_image(self.inspection, self.table))
 
     def _on_query(self) -> None:
-        from workbench.inspect.figures import query_figure, to_png
-
         if self._updating or self.query.value is None or self.table is None:
             return
-        self.table_view.value = table_html(self._sorted(), self.query.value)
-        row = self.table.loc[self.query.value]
-        self.query_view.value = to_png(query_figure(self.inspection, self.query.value, row), dpi=self.dpi)
-        self.renders += 1
+        self.table_view.value = self._cells.html(self.query.value)
+        self.query_view.value = self.query_png(self.query.value)
 
     # ---- display --------------------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
