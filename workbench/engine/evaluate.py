@@ -58,6 +58,7 @@ from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_ma
 from workbench.engine.coco_index import coco_from_dict
 from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
+from workbench.metrics.attributes import AttributeResult, MultiLabelResult
 
 __all__ = [
     "AP_KEYS",
@@ -75,40 +76,6 @@ NO_OBJECT = "no_object"
 
 
 # --- result ----------------------------------------------------------------------------------------------------
-@dataclass
-class AttributeResult:
-    """One attribute on true positives. accuracy = correct / count (None when count is 0).
-
-    confusion[g][p]: TPs with GT value g and predicted value p; column K (the last) is "no_object".
-    unlabeled: TPs whose GT leaves this attribute unlabeled (excluded from accuracy and confusion).
-    """
-
-    name: str
-    values: list[str]
-    accuracy: float | None
-    correct: int
-    count: int
-    unlabeled: int
-    confusion: list[list[int]]
-
-
-@dataclass
-class MultiLabelResult:
-    """One multi-label group on true positives whose GT labels it.
-
-    micro / macro: {"precision", "recall", "f1"} (None where undefined); per_value: {value: {"tp", "fp", "fn",
-    "f1"}}; count: labeled TPs; unlabeled: TPs whose GT leaves the group unlabeled (excluded).
-    """
-
-    name: str
-    values: list[str]
-    count: int
-    unlabeled: int
-    micro: dict[str, float | None]
-    macro: dict[str, float | None]
-    per_value: dict[str, dict[str, Any]]
-
-
 @dataclass
 class EvalResult:
     """Everything `evaluate_predictions` measured. AP values are percentages (0-100), accuracies fractions."""

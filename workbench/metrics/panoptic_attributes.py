@@ -27,12 +27,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from workbench.metrics.attributes import AttributeResult, MultiLabelResult
 from workbench.metrics.inputs import input_error
 from workbench.metrics.panoptic import (CategoryTable, PanopticResult, PQCounts, SegmentMatch, match_segments,
                                         panoptic_images, pq_result)
 
-__all__ = ["PanopticAttributeEvaluator", "PanopticAttributeResult", "SegmentAttributeAccuracy",
-           "SegmentAttributeF1", "evaluate_panoptic_attribute_files", "evaluate_panoptic_attributes"]
+__all__ = ["PanopticAttributeEvaluator", "PanopticAttributeResult", "evaluate_panoptic_attribute_files",
+           "evaluate_panoptic_attributes"]
 
 UNLABELED = -1
 
@@ -56,40 +57,13 @@ def _groups(attributes: Iterable[Any]) -> list[_Group]:
 
 
 @dataclass(frozen=True)
-class SegmentAttributeAccuracy:
-    """One single-label group on matched pairs (module docstring): accuracy None when count is 0."""
-
-    name: str
-    values: list[str]
-    accuracy: float | None
-    correct: int
-    count: int
-    unlabeled: int
-    confusion: list[list[int]]
-
-
-@dataclass(frozen=True)
-class SegmentAttributeF1:
-    """One multi-label group on matched pairs whose GT labels it: micro / macro {"precision", "recall", "f1"}
-    (None where undefined), per_value {value: {"tp", "fp", "fn", "f1"}}."""
-
-    name: str
-    values: list[str]
-    count: int
-    unlabeled: int
-    micro: dict[str, float | None]
-    macro: dict[str, float | None]
-    per_value: dict[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
 class PanopticAttributeResult:
     """PQ, joint PQ and the attribute scores of one evaluation; `matched` = PQ's true positives."""
 
     panoptic: PanopticResult
     joint: PanopticResult
-    attributes: dict[str, SegmentAttributeAccuracy]
-    multi_label: dict[str, SegmentAttributeF1]
+    attributes: dict[str, AttributeResult]
+    multi_label: dict[str, MultiLabelResult]
     matched: int
 
     def to_dict(self) -> dict[str, float | None]:
@@ -189,7 +163,7 @@ class PanopticAttributeEvaluator:
                 continue
             confusion = self.confusion[g.name]
             correct, count = int(np.trace(confusion[:, : len(g.values)])), int(confusion.sum())
-            attributes[g.name] = SegmentAttributeAccuracy(g.name, list(g.values), correct / count if count else None,
+            attributes[g.name] = AttributeResult(g.name, list(g.values), correct / count if count else None,
                                                           correct, count, self.unlabeled[g.name], confusion.tolist())
         return PanopticAttributeResult(
             panoptic=pq_result(self.pq, self.table, self.images),
@@ -197,7 +171,7 @@ class PanopticAttributeEvaluator:
             attributes=attributes, multi_label=multi_label, matched=int(self.pq.tp.sum()))
 
 
-def _f1_result(group: _Group, counts: np.ndarray, count: int, unlabeled: int) -> SegmentAttributeF1:
+def _f1_result(group: _Group, counts: np.ndarray, count: int, unlabeled: int) -> MultiLabelResult:
     tp, fp, fn = counts
 
     def ratio(a, b):
@@ -213,7 +187,7 @@ def _f1_result(group: _Group, counts: np.ndarray, count: int, unlabeled: int) ->
         macro[key] = float(np.mean(per)) if per else None
     per_value = {v: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
                      "f1": ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])} for i, v in enumerate(group.values)}
-    return SegmentAttributeF1(group.name, list(group.values), count, unlabeled, micro, macro, per_value)
+    return MultiLabelResult(group.name, list(group.values), count, unlabeled, micro, macro, per_value)
 
 
 def evaluate_panoptic_attributes(predictions: Mapping[Any, Mapping[str, Any]],
