@@ -69,3 +69,19 @@ def test_semantic_demo_reports_miou(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "semantic" and metrics["panoptic"] is None
     assert set(metrics["semantic"]["iou"]) == {"circle", "square", "triangle", "sky", "ground"}
+
+
+def test_demo_prints_attribute_accuracies_as_percent(panoptic_demo, capsys, monkeypatch):
+    """The demo's closing line: PQ in %, accuracies (fractions in metrics.json) as % too, not rounded to 1.0."""
+    from types import SimpleNamespace
+
+    import workbench.engine.pipeline as pipeline
+
+    out, data = panoptic_demo
+    scalars = {"panoptic/PQ": 75.11, "panoptic_attribute_accuracy/size": 0.9697}
+    monkeypatch.setattr(pipeline, "train_and_evaluate",
+                        lambda *a, **k: (None, SimpleNamespace(scalars=lambda: scalars)))
+    assert run_demo(str(out.parent / "again"), str(data), device="cpu", max_iter=1, components=False,
+                    train_images=8, val_images=3, progress=False, task="panoptic") == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[demo]")][-1]
+    assert "panoptic/PQ 75.1;" in line and "panoptic_attribute_accuracy/size 97.0%" in line

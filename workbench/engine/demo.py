@@ -98,8 +98,9 @@ def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", devi
     _, metrics = train_and_evaluate(cfg, out, device=device, progress=progress, overwrite=True)  # a demo reruns
     minutes = (time.perf_counter() - start) / 60
     if task != "instance":
-        print(f"[demo] {minutes:.1f} min; " + "; ".join(f"{k} {v:.1f}" for k, v in metrics.scalars().items()
-                                                      if k in DEMO_FIGURES)
+        figures = [f"{k} {100 * v:.1f}%" if "accuracy" in k else f"{k} {v:.1f}"  # accuracies are fractions
+                   for k, v in metrics.scalars().items() if k in DEMO_FIGURES]
+        print(f"[demo] {minutes:.1f} min; " + "; ".join(figures)
               + f"; outputs in {out}/ (metrics.json, loss_curve.png, overlays/)", flush=True)
         return 0
     ap = metrics.segm.get("AP") or 0.0
