@@ -58,7 +58,7 @@ from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_ma
 from workbench.engine.coco_index import coco_from_dict
 from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
-from workbench.metrics.attributes import AttributeResult, MultiLabelResult
+from workbench.metrics.attributes import AttributeResult, MultiLabelResult, multi_label_result
 
 __all__ = [
     "AP_KEYS",
@@ -456,21 +456,7 @@ def _multi_label_result(name: str, values: list[str], pairs: list[tuple[int, int
         tp += g & d
         fp += ~g & d
         fn += g & ~d
-
-    def ratio(a, b):
-        return None if b == 0 else float(a / b)
-
-    micro = {"precision": ratio(tp.sum(), tp.sum() + fp.sum()), "recall": ratio(tp.sum(), tp.sum() + fn.sum()),
-             "f1": ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())}
-    occurs = (tp + fp + fn) > 0
-    macro = {}
-    for key, (num, den) in {"precision": (tp, tp + fp), "recall": (tp, tp + fn), "f1": (2 * tp, 2 * tp + fp + fn)}.items():
-        per = [num[i] / den[i] for i in range(k) if occurs[i] and den[i] > 0]
-        macro[key] = float(np.mean(per)) if per else None
-    per_value = {v: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
-                     "f1": ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])} for i, v in enumerate(values)}
-    return MultiLabelResult(name=name, values=values, count=count, unlabeled=unlabeled, micro=micro, macro=macro,
-                            per_value=per_value)
+    return multi_label_result(name, values, tp, fp, fn, count, unlabeled)
 
 
 def attribute_id_sets(schema: Schema, gt: COCO, dt: COCO) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:

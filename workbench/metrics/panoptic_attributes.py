@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from workbench.metrics.attributes import AttributeResult, MultiLabelResult
+from workbench.metrics.attributes import AttributeResult, MultiLabelResult, multi_label_result
 from workbench.metrics.inputs import input_error
 from workbench.metrics.panoptic import (CategoryTable, PanopticResult, PQCounts, SegmentMatch, match_segments,
                                         panoptic_images, pq_result)
@@ -173,21 +173,7 @@ class PanopticAttributeEvaluator:
 
 def _f1_result(group: _Group, counts: np.ndarray, count: int, unlabeled: int) -> MultiLabelResult:
     tp, fp, fn = counts
-
-    def ratio(a, b):
-        return None if b == 0 else float(a / b)
-
-    micro = {"precision": ratio(tp.sum(), tp.sum() + fp.sum()), "recall": ratio(tp.sum(), tp.sum() + fn.sum()),
-             "f1": ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())}
-    occurs = (tp + fp + fn) > 0
-    macro = {}
-    fractions = {"precision": (tp, tp + fp), "recall": (tp, tp + fn), "f1": (2 * tp, 2 * tp + fp + fn)}
-    for key, (num, den) in fractions.items():
-        per = [num[i] / den[i] for i in range(len(tp)) if occurs[i] and den[i] > 0]
-        macro[key] = float(np.mean(per)) if per else None
-    per_value = {v: {"tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
-                     "f1": ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])} for i, v in enumerate(group.values)}
-    return MultiLabelResult(group.name, list(group.values), count, unlabeled, micro, macro, per_value)
+    return multi_label_result(group.name, group.values, tp, fp, fn, count, unlabeled)
 
 
 def evaluate_panoptic_attributes(predictions: Mapping[Any, Mapping[str, Any]],
