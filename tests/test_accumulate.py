@@ -6,7 +6,6 @@ import functools
 import json
 import operator
 import os
-import socket
 
 import pytest
 import torch
@@ -22,6 +21,8 @@ from workbench.engine.accumulate import accumulate_gradients, effective_batch
 from workbench.engine.trainer import DistInfo, EpochBatches, train
 from workbench.harness.synthetic import synthetic_batch
 from workbench.model.criterion import EffectiveBatch
+
+from test_ddp import _free_port, join_two_process_group_env  # noqa: E402  (the 2-process gloo set-up)
 
 ATTRS = (AttributeSpec("color", ("r", "g", "b")), AttributeSpec("size", ("s", "m", "l")),
          AttributeSpec("pattern", ("dots", "stripes"), kind="multi"))
@@ -189,17 +190,9 @@ def test_accumulate_must_be_a_positive_integer(value, says):
         run_config_from_dict({"model": {"preset": "tiny", "num_classes": 2}, "solver": {"accumulate": value}})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out: str) -> None:
     """Two gloo processes, accumulate 2: record the order of forwards and gradient all-reduces."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    join_two_process_group_env(rank, port)
     import torch.distributed as dist
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 

@@ -17,10 +17,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def join_two_process_group_env(rank: int, port: int) -> None:
+    """A spawned worker's environment for a 2-process gloo group on localhost (the trainer reads it), 1 thread."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    join_two_process_group_env(rank, port)
     from workbench.engine.trainer import train
 
     model = wb.ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g", "b"]},

@@ -84,18 +84,26 @@ def _draw(run: LoadedRun, item: dict, out_path: Path) -> Path:
     kept = take(to_numpy(pred), sel.index)
     kept["scores"] = sel.scores
     keep = sel.scores >= max(0.3, run.cfg.eval.score_threshold)  # draw the confident ones only
-    image = item["image"].permute(1, 2, 0).numpy()
-    h, w = kept["masks"].shape[-2:] if len(kept["masks"]) else image.shape[:2]
-    if image.shape[:2] != (h, w):
-        image = np.asarray(torch.nn.functional.interpolate(
-            item["image"][None].float(), size=(h, w), mode="bilinear")[0].permute(1, 2, 0).clamp(0, 255).byte())
-    scale = max(1, 384 // max(h, w))  # small images are enlarged so captions stay legible
-    if scale > 1:
-        image = image.repeat(scale, 0).repeat(scale, 1)
-        kept["masks"] = kept["masks"].repeat(scale, 1).repeat(scale, 2)
+    image, kept["masks"] = _canvas(item, kept["masks"])
     drawn = draw_instances(image, kept, categories, attributes, index=np.flatnonzero(keep), alpha=0.3)
     save_png(drawn, out_path)
     return out_path
+
+
+def _canvas(item: dict, masks: np.ndarray, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The item's image (3, H', W') as (H, W, 3) uint8 at `size` (default: the masks' (N, H, W) size, or the
+    image's own when there are none; bilinear when they differ), image and masks enlarged by a whole factor when
+    small so captions stay legible."""
+    image = item["image"].permute(1, 2, 0).numpy()
+    h, w = size or (masks.shape[-2:] if len(masks) else image.shape[:2])
+    if image.shape[:2] != (h, w):
+        image = np.asarray(torch.nn.functional.interpolate(
+            item["image"][None].float(), size=(h, w), mode="bilinear")[0].permute(1, 2, 0).clamp(0, 255).byte())
+    scale = max(1, 384 // max(h, w))
+    if scale > 1:
+        image = image.repeat(scale, 0).repeat(scale, 1)
+        masks = masks.repeat(scale, 1).repeat(scale, 2)
+    return image, masks
 
 
 def _draw_regions(run: LoadedRun, item: dict, out_path: Path, categories, attributes) -> Path:
@@ -109,15 +117,7 @@ def _draw_regions(run: LoadedRun, item: dict, out_path: Path, categories, attrib
         regions, captions = panoptic_regions(pred, categories, attributes)
     else:
         regions, captions = semantic_regions(pred, categories)
-    h, w = regions["masks"].shape[-2:]
-    image = item["image"]
-    if tuple(image.shape[-2:]) != (h, w):
-        image = torch.nn.functional.interpolate(image[None].float(), size=(h, w), mode="bilinear")[0]
-    image = image.permute(1, 2, 0).clamp(0, 255).byte().numpy()
-    scale = max(1, 384 // max(h, w))  # small images are enlarged so captions stay legible
-    if scale > 1:
-        image = image.repeat(scale, 0).repeat(scale, 1)
-        regions["masks"] = regions["masks"].repeat(scale, 1).repeat(scale, 2)
+    image, regions["masks"] = _canvas(item, regions["masks"], tuple(regions["masks"].shape[-2:]))
     save_png(draw_instances(image, regions, categories, attributes, alpha=0.35, captions=captions), out_path)
     return out_path
 
