@@ -224,6 +224,7 @@ class SemanticView(_TabView):
         self.widget = w.VBox([w.HBox([w.VBox([self.category, self.scope, self.row, self.col, self.contributor]),
                                       self.view]), self.summary, self.table_view])
         self._size: tuple[int, int] | None = None
+        self._fit_sliders()
 
     @property
     def pixel(self) -> tuple[int, int]:
@@ -241,17 +242,27 @@ class SemanticView(_TabView):
             self._updating = False
         self._update()
 
-    def refresh(self) -> None:
+    def _fit_sliders(self) -> None:
+        """The pixel sliders span the current image: a new size keeps the pixel where it still exists (the
+        first image starts at its centre)."""
         h, w = self.inspector.inspection.image.shape[:2]
-        if self._size != (h, w):  # a new image size: keep the pixel where it still exists, else its centre
-            self._updating = True
-            try:
-                y, x = self.pixel if self._size is not None else (h // 2, w // 2)
-                self.row.max, self.col.max = h - 1, w - 1
-                self.row.value, self.col.value = min(y, h - 1), min(x, w - 1)
-            finally:
-                self._updating = False
-            self._size = (h, w)
+        if self._size == (h, w):
+            return
+        self._updating = True
+        try:
+            y, x = self.pixel if self._size is not None else (h // 2, w // 2)
+            self.row.max, self.col.max = h - 1, w - 1
+            self.row.value, self.col.value = min(y, h - 1), min(x, w - 1)
+        finally:
+            self._updating = False
+        self._size = (h, w)
+
+    def invalidate(self) -> None:
+        self._fit_sliders()
+        super().invalidate()
+
+    def refresh(self) -> None:
+        self._fit_sliders()
         self._draw()
 
     def _compute(self) -> pd.DataFrame:
