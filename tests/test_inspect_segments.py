@@ -271,3 +271,22 @@ def test_tasks_default_and_bad_names():
     assert on_request.tabs.titles == ("semantic",) and on_request.semantic.renders == 1
     with pytest.raises(ValueError, match="tasks must name"):
         QueryInspector(model, items, tasks=("panoptics",))
+
+
+def test_segments_mark_the_groups_their_category_does_not_carry(model, items, q, pan):
+    from workbench.inspect.widgets import QueryInspector
+
+    table = segment_table(q, pan, {2: ("color",)})  # the stuff class carries color only; things not listed
+    stuff, things = table[table["kind"] == "stuff"], table[table["kind"] == "thing"]
+    assert (stuff["size"] == "n/a").all() and stuff["p_size"].isna().all() and (stuff["color"] != "n/a").all()
+    assert things.equals(segment_table(q, pan)[table["kind"] == "thing"])
+
+    class Dataset(list):  # the carried groups default to what the items' annotations label
+        records = [{"image_id": i, "annotations": [{"category_id": 2, "attributes": {"color": -1, "size": 1}}]}
+                   for i in range(len(items))]
+
+    inspector = QueryInspector(model, Dataset(items))
+    assert inspector.carried == {2: ("size",)}
+    shown = inspector.panoptic.table
+    assert (shown.loc[shown["kind"] == "stuff", "color"] == "n/a").all()
+    assert "n/a" in inspector.panoptic.table_view.value

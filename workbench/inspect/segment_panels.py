@@ -86,7 +86,7 @@ def panoptic_panel(q: ImageQueries, pan: Mapping, table: pd.DataFrame, selected:
         spot = spot.clip(0, 255).astype(np.uint8)
         spot[outline(mask)] = YELLOW
         row = table.loc[selected]
-        values = " ".join(f"{n}={row[n]}" for n in q.attribute_names)
+        values = " ".join(f"{n}={row[n]}" for n in q.attribute_names if row[n] != "n/a")
         _title(canvas, layout, 0, 1, f"segment {selected}: {row['category']} ({row['kind']}) {row['score']:.2f} "
                                      f"q{int(row['query'])}\n{values}")
     else:

@@ -16,7 +16,7 @@ interpolates the Q mask logits at one pixel only (O(Q), no (Q, H, W) array), so 
 """
 from __future__ import annotations
 
-from typing import Collection
+from typing import Collection, Mapping
 
 import numpy as np
 import pandas as pd
@@ -76,14 +76,16 @@ def _value_text(value, vocab) -> str:
     return vocab[value] if value >= 0 else "-"
 
 
-def segment_table(q: ImageQueries, pan: dict) -> pd.DataFrame:
+def segment_table(q: ImageQueries, pan: dict, carried: Mapping[int, Collection[str]] | None = None
+                  ) -> pd.DataFrame:
     """One row per panoptic segment (index "segment" = its id in panoptic_seg), in id order.
 
     Columns: category, kind ("thing" / "stuff"), score (the class probability of its query), query (the query
     it comes from; a stuff class's later queries join the first one's segment), area (pixels), then per
     attribute <name> (the value, "-" when the head's no-object won; a multi-label group: "stripes+dots") and
     p_<name> (that value's probability; a multi-label group: the mean probability of its chosen values, NaN for
-    none)."""
+    none). carried {category: groups}: a group its category does not carry is "n/a" (NaN probability); the
+    query view still shows what the head predicts."""
     ids = pan["panoptic_seg"]
     areas = np.bincount(ids.ravel(), minlength=max([s["id"] for s in pan["segments_info"]], default=0) + 1)
     rows = []
@@ -91,7 +93,11 @@ def segment_table(q: ImageQueries, pan: dict) -> pd.DataFrame:
         row = {"segment": s["id"], "category": q.categories[s["category_id"]],
                "kind": "thing" if s["isthing"] else "stuff", "score": s["score"], "query": s["query_index"],
                "area": int(areas[s["id"]])}
+        shown = (carried or {}).get(int(s["category_id"]))
         for name in q.attribute_names:
+            if shown is not None and name not in shown:
+                row[name], row[f"p_{name}"] = "n/a", np.nan
+                continue
             value, score = s["attributes"][name], s["attribute_scores"][name]
             row[name] = _value_text(value, q.attribute_values[name])
             row[f"p_{name}"] = (float(np.mean(score)) if score else np.nan) if isinstance(score, list) else score

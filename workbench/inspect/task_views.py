@@ -140,7 +140,7 @@ class PanopticView(_TabView):
         q = self.inspector.inspection
         self.result = panoptic_result(q, self.stuff_classes, self.object_mask_threshold.value,
                                       self.overlap_threshold.value)
-        self.table = segment_table(q, self.result)
+        self.table = segment_table(q, self.result, self.inspector.carried)
         made = self.table.index[self.table["query"] == self.inspector.query.value]
         keep = int(made[0]) if len(made) else self.segment.value  # the selected query's segment, else the same id
         options = [(f"{sid:<3} {row['category']:<10.10} {row['kind']:<5} {row['score']:.2f} q{int(row['query'])}",

@@ -100,13 +100,15 @@ class QueryInspector:
     dataset's schema (`items.schema`) or the model config. The last `cache_size` images' inspections (one model
     forward each) are kept; `cell` is the side in pixels of one image in the query view. tasks: which of
     "panoptic" / "semantic" get a tab (default: the model's `task` when it is one of them; "instance" is the
-    query view, always shown).
+    query view, always shown). carried: {category: the attribute groups it carries} (default: read from the
+    items' records, `data/carried_attributes.py`); the panoptic tab shows the other groups as "n/a".
     """
 
     def __init__(self, model, items, categories: Sequence[str] | None = None,
                  attribute_values: Mapping[str, Sequence[str]] | None = None, scoring: str = "mean",
                  score_threshold: float = 0.3, duplicate_iou: float = 0.8, drop_no_object: bool = False,
-                 seed: int = 0, cell: int = 150, cache_size: int = 8, tasks: Sequence[str] | None = None) -> None:
+                 seed: int = 0, cell: int = 150, cache_size: int = 8, tasks: Sequence[str] | None = None,
+                 carried: Mapping[int, Sequence[str]] | None = None) -> None:
         import ipywidgets as w
 
         if len(items) == 0:
@@ -129,6 +131,12 @@ class QueryInspector:
         self.panoptic = self.semantic = self.tabs = None  # the task tabs (inspect/task_views.py), built below
 
         records = getattr(items, "records", None)
+        # per category the attribute groups its annotations label: the panoptic tab marks the others "n/a"
+        if carried is None and records is not None:
+            from workbench.data.carried_attributes import carried_attributes
+
+            carried = carried_attributes(records, [a.name for a in model.cfg.attributes]) or None
+        self.carried = carried
         labels = [(f"{i}: image {records[i].get('image_id', i)}" if records is not None else f"image {i}", i)
                   for i in range(len(items))]
         self.image = w.Dropdown(options=labels, value=0, description="image")
@@ -214,6 +222,10 @@ class QueryInspector:
             kwargs.setdefault("score_threshold", ev.score_threshold)
         if ev.dedupe_iou is not None:
             kwargs.setdefault("duplicate_iou", ev.dedupe_iou)
+        if "carried" not in kwargs:  # what the run's training data labels, as its overlays show it
+            from workbench.engine.run_categories import run_carried_attributes
+
+            kwargs["carried"] = run_carried_attributes(run_dir, run.cfg)
         return cls(run.model, dataset, **kwargs)
 
     # ---- state --------------------------------------------------------------------------------------------
