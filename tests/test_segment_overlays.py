@@ -98,3 +98,31 @@ def test_a_run_keeps_what_each_category_carries_and_its_overlays_use_it(panoptic
     (run_dir / CATEGORIES_FILE).unlink()
     moved = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=""))
     assert run_carried_attributes(run_dir, moved) is None  # nothing known: overlays show every group
+
+
+def test_the_inspector_of_a_panoptic_run_uses_the_runs_carried_groups(panoptic_data, tmp_path):
+    from workbench.cli import main
+    from workbench.inspect.widgets import QueryInspector
+
+    train, val = panoptic_data
+    (tmp_path / "cfg.yaml").write_text(
+        "model: {preset: tiny, task: panoptic, object_mask_threshold: 0.0, overlap_threshold: 0.0, "
+        "loss: {num_points: 64}}\nsolver: {batch_size: 2, max_iter: 1, log_period: 1}\n"
+        f"data: {{train: {train}}}\naugment: {{image_size: 64, min_scale: 0.9, max_scale: 1.1, test_shortest_edge: 0}}\n")
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"),
+                 "--device", "cpu"]) == 0
+    from workbench.data.segmentation import open_dataset
+
+    run_dir = tmp_path / "run"
+    doc = json.loads((run_dir / "categories.json").read_text())
+    assert doc["carried_attributes"] == [["color", "size"]] * 3 + [["tone"]] * 2
+    doc["carried_attributes"][0] = ["color"]  # the run's word, not the inspected items' annotations, decides
+    (run_dir / "categories.json").write_text(json.dumps(doc))
+    expected = {**EXPECTED, 0: ("color",)}
+    inspector = QueryInspector.from_run(run_dir, dataset=open_dataset(val, "panoptic"))
+    assert inspector.tabs.titles == ("panoptic",) and inspector.carried == expected
+    table = inspector.panoptic.table
+    assert len(table) and inspector.panoptic.renders == 1
+    for _, row in table.iterrows():  # every segment shows only its category's groups
+        carried = expected[CATEGORIES.index(row["category"])]
+        assert [n for n in VOCABS if row[n] != "n/a"] == list(carried)
