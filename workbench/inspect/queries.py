@@ -77,8 +77,7 @@ class ImageQueries:
     matched_gt: np.ndarray | None = None
     image_id: Any = None
     multi_label: dict[str, float] = field(default_factory=dict)  # multi-label group -> its threshold
-    # the raw final logits (Q, C+1) and {name: (Q, K+1) | (Q, K)}: panoptic / semantic views (inspect/segments.py)
-    # post-process them with the model's own code; None = derived from the probabilities
+    # raw final logits (Q, C+1), {name: (Q, K+1) | (Q, K)} for inspect/segments.py (None: from the probabilities)
     class_logits: np.ndarray | None = None
     attribute_logits: dict[str, np.ndarray] | None = None
     _cache: dict = field(default_factory=dict, repr=False)

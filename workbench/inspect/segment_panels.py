@@ -131,5 +131,6 @@ def semantic_panel(q: ImageQueries, scores: np.ndarray, labels: np.ndarray, vote
         for k, (query, vote) in enumerate(zip(shown, _sigmoid(fit(logits, layout)) * p_class[:, None, None])):
             canvas.paste(Image.fromarray(colour_lut("magma")[levels(vote / vmax)]), layout.origin(0, 2 + k))
             _title(canvas, layout, 0, 2 + k, f"q{query} ({votes.loc[query, 'class']})\n"
-                                             f"{100 * votes.loc[query, 'share']:.0f}% of the {where}")
+                                             f"{100 * votes.loc[query, 'share']:.0f}% of {name} "
+                                             + ("here" if pixel is not None else "in its region"))
     return np.asarray(canvas)
