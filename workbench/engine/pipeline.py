@@ -114,7 +114,10 @@ def _draw_regions(run: LoadedRun, item: dict, out_path: Path, categories, attrib
 
     pred = run.model.predict([item], tasks=run.cfg.model.task)[0]
     if run.cfg.model.task == "panoptic":
-        regions, captions = panoptic_regions(pred, categories, attributes)
+        from workbench.engine.run_categories import run_carried_attributes
+
+        regions, captions = panoptic_regions(pred, categories, attributes, run_carried_attributes(run.run_dir,
+                                                                                                  run.cfg))
     else:
         regions, captions = semantic_regions(pred, categories)
     image, regions["masks"] = _canvas(item, regions["masks"], tuple(regions["masks"].shape[-2:]))

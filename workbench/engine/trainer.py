@@ -268,7 +268,10 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, dataset=None, device: str 
         if getattr(dataset, "schema", None) is not None:  # export and predict name the classes from it
             from workbench.engine.run_categories import save_category_names
 
-            save_category_names(run_dir, dataset.schema.category_names, str(getattr(dataset, "where", cfg.data.train)))
+            from workbench.data.carried_attributes import carried_attributes
+
+            save_category_names(run_dir, dataset.schema.category_names, str(getattr(dataset, "where", cfg.data.train)),
+                                carried_attributes(getattr(dataset, "records", ()), dataset.schema.attribute_names))
         print(f"[workbench] device {dev}, {info.world_size} process(es); effective batch {solver.effective_batch} = "
               f"solver.batch_size {solver.batch_size} ({batches.per_process} per process) x solver.accumulate "
               f"{solver.accumulate}; {lr.message}", flush=True)

@@ -77,6 +77,9 @@ class ImageQueries:
     matched_gt: np.ndarray | None = None
     image_id: Any = None
     multi_label: dict[str, float] = field(default_factory=dict)  # multi-label group -> its threshold
+    # raw final logits (Q, C+1), {name: (Q, K+1) | (Q, K)} for inspect/segments.py (None: from the probabilities)
+    class_logits: np.ndarray | None = None
+    attribute_logits: dict[str, np.ndarray] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -259,6 +262,8 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
         matched_gt=matched,
         image_id=item.get("image_id"),
         multi_label=multi,
+        class_logits=raw.class_logits[0].float().cpu().numpy(),
+        attribute_logits={n: v[0].float().cpu().numpy() for n, v in raw.attribute_logits.items()},
     )
 
 

@@ -10,6 +10,12 @@ query draws its mask, matched ground truth, main and attribute distributions inc
 after every decoder layer and its attention mask). The views are PNG `Image` widgets and the table an `HTML`
 widget, so the state is plain Python values tests can read.
 
+Panoptic and semantic (`tasks`, default the run's `model.task`; any model can be post-processed for either):
+a tab per task under the summary (inspect/task_views.py). Panoptic: the segments (things and stuff) with their
+category, score, query and attributes; selecting one highlights it and selects its query above. Semantic: for a
+pixel (row / column sliders, `inspector.semantic.select_pixel(y, x)`) or a class, the queries whose votes
+softmax(class) x sigmoid(mask) make up its class score, as a table and a picture. Only the open tab is drawn.
+
 Interactive speed (issue 27): the model runs once per image (a small LRU of inspections keeps the last
 `cache_size` images); a query's view is drawn as an array (`inspect/panels.py`, no matplotlib) on a grid laid out
 once per image, and kept per (query, scoring) so threshold, duplicate and no-object changes, which do not
@@ -75,23 +81,39 @@ class _TableCells:
                 f"<thead><tr>{self.head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
+def _task_tabs(model_task: str, tasks: Sequence[str] | None) -> tuple[str, ...]:
+    """The task tabs to show: `tasks` without "instance" (the query view), default the model's own task."""
+    if tasks is None:
+        tasks = () if model_task == "instance" else (model_task,)
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    unknown = [t for t in tasks if t not in ("instance", "panoptic", "semantic")]
+    if unknown:
+        raise ValueError(f"tasks must name some of 'instance', 'panoptic', 'semantic', got {unknown}")
+    return tuple(dict.fromkeys(t for t in tasks if t != "instance"))
+
+
 class QueryInspector:
     """Interactive per-query view of a model's predictions on dataset items.
 
     model: a `MultiTaskMask2Former`; items: anything indexable with len() giving {"image": uint8 (3, H, W),
     "instances": ... (optional, enables matching)} (e.g. a `CocoAttributeDataset`). Names default to the
     dataset's schema (`items.schema`) or the model config. The last `cache_size` images' inspections (one model
-    forward each) are kept; `cell` is the side in pixels of one image in the query view.
+    forward each) are kept; `cell` is the side in pixels of one image in the query view. tasks: which of
+    "panoptic" / "semantic" get a tab (default: the model's `task` when it is one of them; "instance" is the
+    query view, always shown). carried: {category: the attribute groups it carries} (default: read from the
+    items' records, `data/carried_attributes.py`); the panoptic tab shows the other groups as "n/a".
     """
 
     def __init__(self, model, items, categories: Sequence[str] | None = None,
                  attribute_values: Mapping[str, Sequence[str]] | None = None, scoring: str = "mean",
                  score_threshold: float = 0.3, duplicate_iou: float = 0.8, drop_no_object: bool = False,
-                 seed: int = 0, cell: int = 150, cache_size: int = 8) -> None:
+                 seed: int = 0, cell: int = 150, cache_size: int = 8, tasks: Sequence[str] | None = None,
+                 carried: Mapping[int, Sequence[str]] | None = None) -> None:
         import ipywidgets as w
 
         if len(items) == 0:
             raise ValueError("QueryInspector needs at least one item to show")
+        tasks = _task_tabs(model.cfg.task, tasks)
         schema = getattr(items, "schema", None)
         if categories is None and schema is not None:
             categories = list(schema.category_names)
@@ -106,8 +128,15 @@ class QueryInspector:
         self._updating = False
         self._cells: _TableCells | None = None
         self.renders = 0  # how many times the query figure was drawn (tests, and a sanity readout)
+        self.panoptic = self.semantic = self.tabs = None  # the task tabs (inspect/task_views.py), built below
 
         records = getattr(items, "records", None)
+        # per category the attribute groups its annotations label: the panoptic tab marks the others "n/a"
+        if carried is None and records is not None:
+            from workbench.data.carried_attributes import carried_attributes
+
+            carried = carried_attributes(records, [a.name for a in model.cfg.attributes]) or None
+        self.carried = carried
         labels = [(f"{i}: image {records[i].get('image_id', i)}" if records is not None else f"image {i}", i)
                   for i in range(len(items))]
         self.image = w.Dropdown(options=labels, value=0, description="image")
@@ -141,14 +170,39 @@ class QueryInspector:
 
         controls = w.VBox([self.image, self.scoring, self.threshold, self.duplicate_iou, self.drop_no_object,
                            self.sort_by, self.ascending])
+        self._on_image()
+        views = self._build_task_views(tasks)
         self.widget = w.VBox([
             w.HBox([controls, self.query, self.kept_view]),
             self.summary,
+            *([self.tabs] if self.tabs is not None else []),
             self.query_view,
             self.table_view,
         ])
         self.widget.add_class("wb-inspector")
-        self._on_image()
+        if views:
+            views[0].show()
+
+    def _build_task_views(self, tasks: Sequence[str]) -> list:
+        """The panoptic / semantic tabs (after the first inspection: they need its names and size)."""
+        import ipywidgets as w
+
+        from workbench.inspect.task_views import PanopticView, SemanticView
+
+        views = []
+        for task in tasks:
+            if task == "panoptic":
+                self.panoptic = PanopticView(self, len(views), cell=2 * self.cell)
+                views.append(self.panoptic)
+            else:
+                self.semantic = SemanticView(self, len(views), cell=self.cell)
+                views.append(self.semantic)
+        if views:
+            self.tabs = w.Tab(children=[v.widget for v in views], titles=list(tasks), selected_index=0)
+            self.tabs.add_class("wb-task-tabs")
+            self.tabs.observe(lambda change: views[change["new"]].show() if change["new"] is not None else None,
+                              "selected_index")
+        return views
 
     # ---- construction from a run --------------------------------------------------------------------------
     @classmethod
@@ -168,6 +222,10 @@ class QueryInspector:
             kwargs.setdefault("score_threshold", ev.score_threshold)
         if ev.dedupe_iou is not None:
             kwargs.setdefault("duplicate_iou", ev.dedupe_iou)
+        if "carried" not in kwargs:  # what the run's training data labels, as its overlays show it
+            from workbench.engine.run_categories import run_carried_attributes
+
+            kwargs["carried"] = run_carried_attributes(run_dir, run.cfg)
         return cls(run.model, dataset, **kwargs)
 
     # ---- state --------------------------------------------------------------------------------------------
@@ -223,7 +281,12 @@ class QueryInspector:
                 self.sort_by.value = keep
             finally:
                 self._updating = False
+        views = [v for v in (self.panoptic, self.semantic) if v is not None]
+        for view in views:
+            view.stale = True  # until redrawn below: nothing may read its previous image's segments
         self._refresh_table(select=int(self.table.index[0]))
+        for view in views:
+            view.invalidate()
 
     def _on_selection_rules(self) -> None:
         self.table = self.current_table()
@@ -273,6 +336,8 @@ class QueryInspector:
             return
         self.table_view.value = self._cells.html(self.query.value)
         self.query_view.value = self.query_png(self.query.value)
+        if self.panoptic is not None:
+            self.panoptic.sync_query(self.query.value)
 
     # ---- display --------------------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs):
