@@ -139,8 +139,12 @@ def build_augmentations(cfg, is_train: bool) -> list:
             raise ValueError("INPUT.COLOR_AUG_SSD = True is not supported with attributes (MODEL.MULTITASK."
                              "ATTRIBUTE_NAMES is set): colour may be an attribute, and colour jitter would corrupt its "
                              "labels; add `INPUT.COLOR_AUG_SSD False`")
-        from detectron2.projects.point_rend import ColorAugSSDTransform  # what upstream's mappers use
-
+        try:  # what upstream's mappers use; it needs OpenCV, which detectron2 does not require
+            from detectron2.projects.point_rend import ColorAugSSDTransform
+        except ImportError as e:
+            raise ImportError(f"INPUT.COLOR_AUG_SSD = True needs detectron2's PointRend ColorAugSSDTransform, which "
+                              f"failed to import ({e}): `pip install opencv-python-headless` (an editable detectron2 "
+                              f"checkout provides detectron2.projects), or add `INPUT.COLOR_AUG_SSD False`") from e
         color = [ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT)]
     flip = []
     if cfg.INPUT.RANDOM_FLIP != "none":
