@@ -142,9 +142,9 @@ def build_augmentations(cfg, is_train: bool) -> list:
         try:  # what upstream's mappers use; it needs OpenCV, which detectron2 does not require
             from detectron2.projects.point_rend import ColorAugSSDTransform
         except ImportError as e:
-            raise ImportError(f"INPUT.COLOR_AUG_SSD = True needs detectron2's PointRend ColorAugSSDTransform, which "
-                              f"failed to import ({e}): `pip install opencv-python-headless` (an editable detectron2 "
-                              f"checkout provides detectron2.projects), or add `INPUT.COLOR_AUG_SSD False`") from e
+            raise ImportError(f"INPUT.COLOR_AUG_SSD = True needs the PointRend project's ColorAugSSDTransform (an "
+                              f"editable detectron2 checkout provides it), which failed to import ({e}): install "
+                              f"OpenCV (`pip install opencv-python-headless`), or add `INPUT.COLOR_AUG_SSD False`") from e
         color = [ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT)]
     flip = []
     if cfg.INPUT.RANDOM_FLIP != "none":
