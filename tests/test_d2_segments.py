@@ -623,3 +623,28 @@ def test_ade20k_semantic_yaml_trains_a_step_on_a_panoptic_dataset(tmp_path, synt
     optimizer.step()
     scheduler.step()
     assert type(scheduler).__name__ == "WarmupPolyLR"
+
+
+@needs_d2
+def test_ignore_pixels_reach_the_mask_losses_as_in_the_plain_model(tmp_path):
+    """The segment mapper's "ignore" (crowd, `__ignore__`) leaves those pixels out of the mask losses exactly as
+    the plain model's item "ignore" does."""
+    from detectron2.modeling import build_model
+
+    from test_d2 import _cfg as instance_cfg
+    from test_d2 import _d2_batch, _plain_twin
+
+    torch.manual_seed(0)
+    model = build_model(instance_cfg(tmp_path)).train()
+    plain = _plain_twin(model).train()
+    d2_batch, plain_batch = _d2_batch()
+    without = model(d2_batch, generator=torch.Generator().manual_seed(2))
+    for x, item in zip(d2_batch, plain_batch):
+        ignore = torch.zeros(x["image"].shape[-2:], dtype=torch.bool)
+        ignore[:, :48] = True
+        x["ignore"], item["ignore"] = ignore, ignore
+    losses = model(d2_batch, generator=torch.Generator().manual_seed(2))
+    expected = plain(plain_batch, generator=torch.Generator().manual_seed(2))
+    for key in expected:
+        torch.testing.assert_close(losses[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert not torch.isclose(losses["loss_mask"], without["loss_mask"])
