@@ -144,7 +144,8 @@ def build_augmentations(cfg, is_train: bool) -> list:
         except ImportError as e:
             raise ImportError(f"INPUT.COLOR_AUG_SSD = True needs the PointRend project's ColorAugSSDTransform (an "
                               f"editable detectron2 checkout provides it), which failed to import ({e}): install "
-                              f"OpenCV (`pip install opencv-python-headless`), or add `INPUT.COLOR_AUG_SSD False`") from e
+                              f"OpenCV (`pip install opencv-python-headless`), or add `INPUT.COLOR_AUG_SSD "
+                              f"False`") from e
         color = [ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT)]
     flip = []
     if cfg.INPUT.RANDOM_FLIP != "none":
