@@ -27,8 +27,9 @@ checked       values our modules do not implement are errors, not silently diffe
               CONVS_DIM must equal HIDDEN_DIM, PIXEL_DECODER_NAME "MSDeformAttnPixelDecoder",
               DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES res3-res5, DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS =
               NHEADS, COMMON_STRIDE 4, NORM "GN"; MASK_FORMER.PRE_NORM False, TRANSFORMER_IN_FEATURE
-              "multi_scale_pixel_decoder", TEST flags not all off; INPUT.COLOR_AUG_SSD False (colour may be
-              an attribute; upstream's ADE20K YAMLs set it True: add `INPUT.COLOR_AUG_SSD False`).
+              "multi_scale_pixel_decoder", TEST flags not all off; INPUT.COLOR_AUG_SSD False while the model
+              predicts attributes (colour may be one; upstream's ADE20K YAMLs set it True: add
+              `INPUT.COLOR_AUG_SSD False`); without attributes it is upstream's ColorAugSSD (needs OpenCV).
 accepted      so upstream YAMLs merge, without effect: MASK_FORMER.ENC_LAYERS, ENFORCE_INPUT_PROJ,
               SEM_SEG_HEAD.NAME / IGNORE_VALUE (ours: 255) / LOSS_WEIGHT / IN_FEATURES,
               INPUT.SIZE_DIVISIBILITY (our model pads to SIZE_DIVISIBILITY), MODEL.RESNETS.STEM_TYPE /
