@@ -8,8 +8,13 @@ equal), run after `make setup` with .venv active. Modules (each imports detectro
     modeling    MultiTaskMaskFormer (META_ARCH_REGISTRY), MultiTaskMaskedTransformerDecoder (transformer
                 decoder registry), build_workbench_backbone (BACKBONE_REGISTRY): all wrap our plain modules
     data        register_multitask_coco(name, json, image_root), MultiTaskDatasetMapper
+    segment_data  register_multitask_coco_panoptic(name, json, png_root, image_root), MultiTaskSegmentMapper
+                (panoptic / semantic targets with attributes)
     evaluation  MultiTaskCOCOEvaluator: COCOEvaluator + attribute accuracy and joint AP
+    segment_evaluation  MultiTaskPanopticEvaluator: PQ + attribute accuracy + joint PQ, and mIoU
     train       `python -m workbench.d2.train --config-file ...` (detectron2's launch for multi-GPU)
+
+`tasks` (no detectron2 needed): upstream's TEST.INSTANCE_ON / SEMANTIC_ON / PANOPTIC_ON -> our task and outputs.
 
 Our plain modules take explicit arguments; this package only translates detectron2 configs and data at the
 edge, so nothing here inherits from a `@configurable` class.
@@ -24,11 +29,14 @@ __all__ = [
     "MultiTaskCOCOEvaluator",
     "MultiTaskDatasetMapper",
     "MultiTaskMaskFormer",
+    "MultiTaskPanopticEvaluator",
+    "MultiTaskSegmentMapper",
     "add_maskformer2_keys",
     "add_multitask_config",
     "detectron2_available",
     "model_config_from_cfg",
     "register_multitask_coco",
+    "register_multitask_coco_panoptic",
     "require_detectron2",
 ]
 
@@ -87,8 +95,14 @@ def register_multitask_coco(name: str, json_file, image_root=None) -> None:
     _impl("data").register_multitask_coco(name, json_file, image_root)
 
 
+def register_multitask_coco_panoptic(name: str, json_file, png_root=None, image_root=None) -> None:
+    """Register a COCO panoptic file with attributes (Mask2Former's metadata convention, isthing per class)."""
+    _impl("segment_data").register_multitask_coco_panoptic(name, json_file, png_root, image_root)
+
+
 _CLASSES = {"MultiTaskMaskFormer": "modeling", "MultiTaskDatasetMapper": "data",
-            "MultiTaskCOCOEvaluator": "evaluation"}
+            "MultiTaskCOCOEvaluator": "evaluation", "MultiTaskSegmentMapper": "segment_data",
+            "MultiTaskPanopticEvaluator": "segment_evaluation"}
 
 
 def __getattr__(name: str) -> Any:  # classes that subclass or need detectron2 load on first access

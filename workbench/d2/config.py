@@ -10,20 +10,29 @@ honoured      MODEL.SEM_SEG_HEAD.NUM_CLASSES, MASK_DIM, TRANSFORMER_ENC_LAYERS,
               SIZE_DIVISIBILITY, DEEP_SUPERVISION, CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT,
               TRAIN_NUM_POINTS, OVERSAMPLE_RATIO, IMPORTANCE_SAMPLE_RATIO, TRANSFORMER_DECODER_NAME;
               MODEL.PIXEL_MEAN, PIXEL_STD, BACKBONE.NAME (any detectron2 backbone with res2..res5), WEIGHTS;
-              TEST.DETECTIONS_PER_IMAGE (top-k per image); INPUT.DATASET_MAPPER_NAME ("coco_instance_lsj":
-              IMAGE_SIZE, MIN_SCALE, MAX_SCALE, RANDOM_FLIP; "coco_instance": MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
-              MIN_SIZE_TRAIN_SAMPLING, CROP.*), INPUT.FORMAT, MIN_SIZE_TEST, MAX_SIZE_TEST;
+              MASK_FORMER.TEST.INSTANCE_ON / SEMANTIC_ON / PANOPTIC_ON (our task and the outputs per image,
+              any combination but all off: workbench/d2/tasks.py), OBJECT_MASK_THRESHOLD, OVERLAP_THRESHOLD
+              (panoptic), SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE (semantic only: resize the summed scores
+              instead of the mask logits, as upstream); stuff classes from the registered dataset's metadata
+              (`stuff_classes` = all classes, `thing_dataset_id_to_contiguous_id` = things, Mask2Former's
+              convention);
+              TEST.DETECTIONS_PER_IMAGE (top-k per image); INPUT.DATASET_MAPPER_NAME ("coco_instance_lsj" /
+              "coco_panoptic_lsj": IMAGE_SIZE, MIN_SCALE, MAX_SCALE, RANDOM_FLIP; "coco_instance" /
+              "mask_former_panoptic" / "mask_former_semantic": MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
+              MIN_SIZE_TRAIN_SAMPLING, CROP.* incl. SINGLE_CATEGORY_MAX_AREA for the segment mappers; the
+              name also picks the targets: instances, one per panoptic segment, one per class present),
+              INPUT.FORMAT, MIN_SIZE_TEST, MAX_SIZE_TEST;
               SOLVER.OPTIMIZER, BACKBONE_MULTIPLIER, WEIGHT_DECAY_EMBED, CLIP_GRADIENTS (incl. "full_model").
 checked       values our modules do not implement are errors, not silently different models: SEM_SEG_HEAD.
               CONVS_DIM must equal HIDDEN_DIM, PIXEL_DECODER_NAME "MSDeformAttnPixelDecoder",
               DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES res3-res5, DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS =
               NHEADS, COMMON_STRIDE 4, NORM "GN"; MASK_FORMER.PRE_NORM False, TRANSFORMER_IN_FEATURE
-              "multi_scale_pixel_decoder", TEST.INSTANCE_ON True with SEMANTIC_ON / PANOPTIC_ON False;
-              INPUT.COLOR_AUG_SSD False (colour may be an attribute).
+              "multi_scale_pixel_decoder", TEST flags not all off; INPUT.COLOR_AUG_SSD False while the model
+              predicts attributes (colour may be one; upstream's ADE20K YAMLs set it True: add
+              `INPUT.COLOR_AUG_SSD False`); without attributes it is upstream's ColorAugSSD (needs OpenCV).
 accepted      so upstream YAMLs merge, without effect: MASK_FORMER.ENC_LAYERS, ENFORCE_INPUT_PROJ,
-              TEST.OVERLAP_THRESHOLD / OBJECT_MASK_THRESHOLD / SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
-              (semantic / panoptic only), SEM_SEG_HEAD.NAME / IGNORE_VALUE / LOSS_WEIGHT / IN_FEATURES,
-              INPUT.SIZE_DIVISIBILITY, INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, MODEL.RESNETS.STEM_TYPE /
+              SEM_SEG_HEAD.NAME / IGNORE_VALUE (ours: 255) / LOSS_WEIGHT / IN_FEATURES,
+              INPUT.SIZE_DIVISIBILITY (our model pads to SIZE_DIVISIBILITY), MODEL.RESNETS.STEM_TYPE /
               RES5_MULTI_GRID (DeepLab's keys, which upstream's COCO YAMLs set and detectron2's ResNet ignores).
 """
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 
 from workbench.config import ModelConfig
+from workbench.d2.tasks import flags_for_task
 # re-exported: the translation lives below this module and modeling.py, which both use it
 from workbench.d2.translate import UPSTREAM_DECODER_NAME, attribute_cost_weights, matcher_from_cfg, model_config_from_cfg
 
@@ -39,8 +49,9 @@ __all__ = ["add_maskformer2_keys", "add_multitask_config", "attribute_cost_weigh
 
 
 def add_maskformer2_keys(cfg: CN) -> None:
-    """Add the keys upstream Mask2Former's COCO instance configs set, with upstream's defaults, so that
-    `cfg.merge_from_file("maskformer2_R50_bs16_50ep.yaml")` works without Mask2Former installed. Which are
+    """Add the keys upstream Mask2Former's configs set (COCO instance and panoptic, ADE20K semantic), with
+    upstream's defaults, so that `cfg.merge_from_file("maskformer2_R50_bs16_50ep.yaml")` works without Mask2Former
+    installed. Which are
     honoured is listed in this module's docstring. Keys detectron2 already has are left alone."""
     cfg.INPUT.DATASET_MAPPER_NAME = "coco_instance_lsj"
     cfg.INPUT.COLOR_AUG_SSD = False
@@ -56,6 +67,9 @@ def add_maskformer2_keys(cfg: CN) -> None:
     if "RES5_MULTI_GRID" not in cfg.MODEL.RESNETS:
         cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
 
+    if "POLY_LR_POWER" not in cfg.SOLVER:  # DeepLab's WarmupPolyLR keys (upstream's ADE20K YAMLs use it)
+        cfg.SOLVER.POLY_LR_POWER = 0.9
+        cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
@@ -146,7 +160,9 @@ def set_model_keys(cfg: CN, m: ModelConfig) -> None:
     """Write `m` into cfg's model keys: the inverse of `model_config_from_cfg` (it returns `m` again), with
     META_ARCHITECTURE "MultiTaskMaskFormer" and our backbone (MODEL.BACKBONE.NAME "build_workbench_backbone").
     Keys without a ModelConfig field (enc_dim_feedforward, attribute_cost_weight, boundary loss) are upstream's
-    fixed values, so `m` must keep those at their defaults."""
+    fixed values, so `m` must keep those at their defaults. `m.task` turns on that one TEST flag (add others by
+    hand for more outputs); `m.stuff_classes` has no key: the registered dataset's metadata gives them
+    (translate.stuff_classes_from_metadata), so register the dataset before building the model."""
     fixed = ModelConfig(num_classes=m.num_classes)
     for name in ("enc_dim_feedforward", "attribute_cost_weight"):
         if getattr(m, name) != getattr(fixed, name):
@@ -200,5 +216,7 @@ def set_model_keys(cfg: CN, m: ModelConfig) -> None:
     mf.TRAIN_NUM_POINTS = m.loss.num_points
     mf.OVERSAMPLE_RATIO = m.loss.oversample_ratio
     mf.IMPORTANCE_SAMPLE_RATIO = m.loss.importance_sample_ratio
-    mf.TEST.INSTANCE_ON, mf.TEST.SEMANTIC_ON, mf.TEST.PANOPTIC_ON = True, False, False
+    mf.TEST.INSTANCE_ON, mf.TEST.SEMANTIC_ON, mf.TEST.PANOPTIC_ON = flags_for_task(m.task)
+    mf.TEST.OBJECT_MASK_THRESHOLD = m.object_mask_threshold
+    mf.TEST.OVERLAP_THRESHOLD = m.overlap_threshold
     cfg.TEST.DETECTIONS_PER_IMAGE = m.test_topk

@@ -23,8 +23,14 @@ from pycocotools import mask as mask_utils
 from workbench.data.dataset import detectron2_dicts
 from workbench.data.schema import UNLABELED, schema_of_coco
 
-__all__ = ["MultiTaskDatasetMapper", "build_augmentations", "check_cfg_matches_datasets", "multitask_keys_from_dataset",
-           "register_multitask_coco"]
+__all__ = ["LSJ_MAPPERS", "MAPPER_TASKS", "MultiTaskDatasetMapper", "build_augmentations", "check_cfg_matches_datasets",
+           "model_classes", "multitask_keys_from_dataset", "register_multitask_coco"]
+
+# INPUT.DATASET_MAPPER_NAME -> the targets its mapper makes (upstream's mappers of those names)
+MAPPER_TASKS = {"coco_instance_lsj": "instance", "coco_instance": "instance", "mask_former_instance": "instance",
+                "coco_panoptic_lsj": "panoptic", "mask_former_panoptic": "panoptic",
+                "mask_former_semantic": "semantic"}
+LSJ_MAPPERS = ("coco_instance_lsj", "coco_panoptic_lsj")  # large-scale jitter; the others resize the short edge
 
 
 def register_multitask_coco(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> None:
@@ -57,9 +63,16 @@ def multitask_keys_from_dataset(name: str) -> list:
     meta = MetadataCatalog.get(name)
     if not hasattr(meta, "attribute_names"):
         raise KeyError(f"dataset {name!r} has no attribute metadata: register it with register_multitask_coco")
-    return ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(meta.thing_classes),
+    return ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", len(model_classes(meta)),
             "MODEL.MULTITASK.ATTRIBUTE_NAMES", list(meta.attribute_names),
             "MODEL.MULTITASK.ATTRIBUTE_VALUES", [list(meta.attribute_values[n]) for n in meta.attribute_names]]
+
+
+def model_classes(meta) -> list[str] | None:
+    """The model's class names of a dataset's metadata: `stuff_classes` where Mask2Former's panoptic / semantic
+    convention gives every class there (things included), else `thing_classes` (instance datasets)."""
+    classes = getattr(meta, "stuff_classes", None)
+    return list(classes) if classes is not None else getattr(meta, "thing_classes", None)
 
 
 def check_cfg_matches_datasets(cfg, dataset_names: Sequence[str] | None = None) -> None:
@@ -80,7 +93,7 @@ def check_cfg_matches_datasets(cfg, dataset_names: Sequence[str] | None = None) 
         if name not in registered:
             continue
         meta = MetadataCatalog.get(name)
-        classes = getattr(meta, "thing_classes", None)
+        classes = model_classes(meta)
         if classes is not None and num_classes != len(classes):
             raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {num_classes}, but dataset {name!r} (in DATASETS) has "
                              f"{len(classes)} categories {list(classes)[:8]}: set MODEL.SEM_SEG_HEAD.NUM_CLASSES "
@@ -102,36 +115,59 @@ def check_cfg_matches_datasets(cfg, dataset_names: Sequence[str] | None = None) 
 
 
 def build_augmentations(cfg, is_train: bool) -> list:
-    """Upstream's recipes by INPUT.DATASET_MAPPER_NAME.
+    """Upstream's recipes by INPUT.DATASET_MAPPER_NAME (MAPPER_TASKS).
 
-    "coco_instance_lsj" (large-scale jitter): RandomFlip, ResizeScale(MIN_SCALE, MAX_SCALE, IMAGE_SIZE^2),
-    FixedSizeCrop(IMAGE_SIZE^2, padded). "coco_instance": ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
-    MIN_SIZE_TRAIN_SAMPLING), RandomCrop when INPUT.CROP.ENABLED, RandomFlip. Test: ResizeShortestEdge(
-    MIN_SIZE_TEST, MAX_SIZE_TEST) for both.
+    Large-scale jitter ("coco_instance_lsj", "coco_panoptic_lsj"): RandomFlip, ResizeScale(MIN_SCALE, MAX_SCALE,
+    IMAGE_SIZE^2), FixedSizeCrop(IMAGE_SIZE^2, padded). The others ("coco_instance", "mask_former_instance",
+    "mask_former_panoptic", "mask_former_semantic"): ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN,
+    MIN_SIZE_TRAIN_SAMPLING), when INPUT.CROP.ENABLED a crop (the segment mappers: RandomCrop_CategoryAreaConstraint
+    with CROP.SINGLE_CATEGORY_MAX_AREA, void 255 not counted), ColorAugSSD when INPUT.COLOR_AUG_SSD, RandomFlip.
+    Test: ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST) for all.
+
+    INPUT.COLOR_AUG_SSD True (upstream's ADE20K YAMLs) is refused when the model predicts attributes: colour
+    may be one, and colour jitter would corrupt its labels.
     """
     if not is_train:
         return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    if name not in MAPPER_TASKS:
+        raise ValueError(f"INPUT.DATASET_MAPPER_NAME = {name!r} is not supported by the multi-task mappers: expected "
+                         f"one of {sorted(MAPPER_TASKS)}")
+    color = []
     if cfg.INPUT.COLOR_AUG_SSD:
-        raise ValueError("INPUT.COLOR_AUG_SSD = True is not supported by the multi-task mapper: colour may be an "
-                         "attribute, and colour jitter would corrupt its labels")
+        if len(cfg.MODEL.MULTITASK.ATTRIBUTE_NAMES):
+            raise ValueError("INPUT.COLOR_AUG_SSD = True is not supported with attributes (MODEL.MULTITASK."
+                             "ATTRIBUTE_NAMES is set): colour may be an attribute, and colour jitter would corrupt its "
+                             "labels; add `INPUT.COLOR_AUG_SSD False`")
+        try:  # what upstream's mappers use; it needs OpenCV, which detectron2 does not require
+            from detectron2.projects.point_rend import ColorAugSSDTransform
+        except ImportError as e:
+            raise ImportError(f"INPUT.COLOR_AUG_SSD = True needs the PointRend project's ColorAugSSDTransform (an "
+                              f"editable detectron2 checkout provides it), which failed to import ({e}): install "
+                              f"OpenCV (`pip install opencv-python-headless`), or add `INPUT.COLOR_AUG_SSD "
+                              f"False`") from e
+        color = [ColorAugSSDTransform(img_format=cfg.INPUT.FORMAT)]
     flip = []
     if cfg.INPUT.RANDOM_FLIP != "none":
         flip = [T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
                              vertical=cfg.INPUT.RANDOM_FLIP == "vertical")]
-    name = cfg.INPUT.DATASET_MAPPER_NAME
-    if name == "coco_instance_lsj":
+    if name in LSJ_MAPPERS:
+        if color:
+            raise ValueError(f"INPUT.COLOR_AUG_SSD = True with INPUT.DATASET_MAPPER_NAME {name!r}: upstream's "
+                             f"large-scale-jitter mappers have no colour augmentation; set it False")
         size = cfg.INPUT.IMAGE_SIZE
         return flip + [T.ResizeScale(min_scale=cfg.INPUT.MIN_SCALE, max_scale=cfg.INPUT.MAX_SCALE,
                                      target_height=size, target_width=size),
                        T.FixedSizeCrop(crop_size=(size, size))]
-    if name == "coco_instance":
-        augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
-                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
-        if cfg.INPUT.CROP.ENABLED:
+    augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
+                                 cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    if cfg.INPUT.CROP.ENABLED:
+        if MAPPER_TASKS[name] == "instance":
             augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-        return augs + flip
-    raise ValueError(f"INPUT.DATASET_MAPPER_NAME = {name!r} is not supported by the multi-task mapper: expected "
-                     f"'coco_instance_lsj' or 'coco_instance'")
+        else:
+            augs.append(T.RandomCrop_CategoryAreaConstraint(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
+                                                            cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, 255))
+    return augs + color + flip
 
 
 def _transformable(segmentation):
@@ -162,6 +198,10 @@ class MultiTaskDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> "MultiTaskDatasetMapper":
+        if is_train and MAPPER_TASKS.get(cfg.INPUT.DATASET_MAPPER_NAME, "instance") != "instance":
+            raise ValueError(f"INPUT.DATASET_MAPPER_NAME = {cfg.INPUT.DATASET_MAPPER_NAME!r} makes panoptic / semantic "
+                             f"targets: use workbench.d2.segment_data.MultiTaskSegmentMapper (workbench.d2.train picks "
+                             f"it by this name)")
         return cls(is_train, build_augmentations(cfg, is_train), cfg.INPUT.FORMAT,
                    cfg.MODEL.MULTITASK.ATTRIBUTE_NAMES)
 

@@ -11,11 +11,17 @@ BACKBONE_REGISTRY      "build_workbench_backbone": our torchvision backbones (MO
 
 Batched inputs are detectron2's: {"image": (3, H, W) tensor in INPUT.FORMAT, "instances": Instances with
 gt_classes, gt_masks (BitMasks or (N, H, W) tensor) and gt_attr_<name> (N,) int64 (-1 = unlabeled)}, plus
-"height" / "width" at inference. Training returns the weighted 0-dim losses (keys as upstream: loss_ce,
-loss_mask, loss_dice, plus loss_attr_<name>; `_i` for the aux predictions); inference returns
-[{"instances": Instances}] with pred_masks, pred_boxes (from the masks), pred_classes, scores (the ranking
-score of MODEL.MULTITASK.SCORING), main_scores (class x mask score, upstream's), class_scores, mask_scores,
-query_index and per attribute pred_attr_<name>, pred_attr_<name>_scores, pred_attr_<name>_no_object.
+"height" / "width" at inference and optionally "ignore" (H, W) bool (crowd / void-by-annotator pixels, left out
+of the mask losses; the segment mapper sets it). The instances are whatever the mapper made them: instances,
+panoptic segments (stuff included) or one per class present. Training returns the weighted 0-dim losses (keys
+as upstream: loss_ce, loss_mask, loss_dice, plus loss_attr_<name>; `_i` for the aux predictions).
+
+Inference returns, per image, one key per MODEL.MASK_FORMER.TEST flag that is on (upstream's keys):
+"sem_seg" (C, H, W) class scores; "panoptic_seg" (ids (H, W) int32, segments_info [{"id", "category_id",
+"isthing", "score", "query_index", "attributes", "attribute_scores"}]); "instances": Instances with
+pred_masks, pred_boxes (from the masks), pred_classes, scores (the ranking score of MODEL.MULTITASK.SCORING),
+main_scores (class x mask score, upstream's), class_scores, mask_scores, query_index and per attribute
+pred_attr_<name>, pred_attr_<name>_scores, pred_attr_<name>_no_object (things only when PANOPTIC_ON is on).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, Backbone, ShapeSpec
 from detectron2.modeling import build_backbone as build_d2_backbone
 from detectron2.structures import BitMasks, ImageList, Instances
@@ -30,14 +37,16 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from workbench.config import ModelConfig
-from workbench.d2.translate import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_config_from_cfg
+from workbench.d2.translate import UPSTREAM_DECODER_NAME, matcher_from_cfg, model_config_from_cfg, tasks_of_cfg
 from workbench.d2.data import check_cfg_matches_datasets
 from workbench.engine.scoring import ranking_scores, to_numpy
 from workbench.model.backbones import FEATURE_NAMES, FEATURE_STRIDES, backbone_from_config
 from workbench.model.decoder import MultiScaleMaskedTransformerDecoder
 from workbench.model.meta_arch import build_criterion, build_decoder, build_pixel_decoder
 from workbench.model.outputs import ModelOutput
+from workbench.model.panoptic_inference import panoptic_inference
 from workbench.model.postprocess import instance_inference
+from workbench.model.semantic_inference import semantic_inference
 
 try:  # where Mask2Former's decoders live, when it is installed
     from mask2former.modeling.transformer_decoder.maskformer_transformer_decoder import (
@@ -128,8 +137,13 @@ class MultiTaskMaskFormer(nn.Module):
 
     def __init__(self, cfg) -> None:
         super().__init__()
-        self.model_cfg = m = model_config_from_cfg(cfg)
         check_cfg_matches_datasets(cfg)  # NUM_CLASSES and attributes vs the registered DATASETS.TRAIN / TEST
+        self.model_cfg = m = model_config_from_cfg(cfg)
+        self.tasks = tasks_of_cfg(cfg)
+        # upstream resizes the summed semantic scores instead of the mask logits only when semantic is its sole
+        # output and SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE is off
+        self.semantic_resize_after = self.tasks.outputs == ("semantic",) and not \
+            cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
         self.scoring = cfg.MODEL.MULTITASK.SCORING
         self.backbone = build_d2_backbone(cfg)
         shapes = self.backbone.output_shape()
@@ -174,7 +188,12 @@ class MultiTaskMaskFormer(nn.Module):
                     raise KeyError(f"batched_inputs[{i}]['instances'] has no {field!r}: use "
                                    f"workbench.d2.MultiTaskDatasetMapper (detectron2's mappers drop attributes)")
                 attributes[a.name] = inst.get(field).long()
-            targets.append({"labels": inst.gt_classes.long(), "masks": padded, "attributes": attributes})
+            target = {"labels": inst.gt_classes.long(), "masks": padded, "attributes": attributes}
+            if x.get("ignore") is not None:  # crowd / annotator-ignored pixels; the padding is not ignored
+                ignore = torch.as_tensor(x["ignore"], device=self.device).bool()
+                target["ignore"] = ignore.new_zeros(padded_size)
+                target["ignore"][: ignore.shape[-2], : ignore.shape[-1]] = ignore
+            targets.append(target)
         return targets
 
     def forward(self, batched_inputs: Sequence[dict], generator: torch.Generator | None = None):
@@ -187,16 +206,37 @@ class MultiTaskMaskFormer(nn.Module):
             targets = self.prepare_targets(batched_inputs, padded_size)
             return self.criterion.weigh(self.criterion(outputs, targets, generator=generator))
         outputs = self.forward_raw(images.tensor)
-        results = []
-        for b, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            output_size = (int(x.get("height", image_size[0])), int(x.get("width", image_size[1])))
-            pred = instance_inference(
-                outputs.class_logits[b], {k: v[b] for k, v in outputs.attribute_logits.items()},
-                outputs.mask_logits[b], padded_size, tuple(image_size), output_size, topk=self.model_cfg.test_topk,
-            )
-            results.append({"instances": instances_from_prediction(pred, output_size, self.scoring,
-                                                                   self.model_cfg.attribute_names)})
-        return results
+        return [self.postprocess(outputs, b, padded_size, tuple(image_size),
+                                 (int(x.get("height", image_size[0])), int(x.get("width", image_size[1]))))
+                for b, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes))]
+
+    def postprocess(self, outputs: ModelOutput, b: int, padded_size: tuple[int, int], image_size: tuple[int, int],
+                    output_size: tuple[int, int]) -> dict[str, Any]:
+        """Image b's outputs of the TEST flags that are on (module docstring), with our inference functions."""
+        m, result = self.model_cfg, {}
+        class_logits, mask_logits = outputs.class_logits[b], outputs.mask_logits[b]
+        attribute_logits = {k: v[b] for k, v in outputs.attribute_logits.items()}
+        if "semantic" in self.tasks.outputs:
+            if self.semantic_resize_after:
+                scores = semantic_inference(class_logits, mask_logits, padded_size, image_size, image_size)["sem_seg"]
+                if tuple(image_size) != tuple(output_size):
+                    scores = F.interpolate(scores[None], size=output_size, mode="bilinear", align_corners=False)[0]
+                result["sem_seg"] = scores
+            else:
+                result["sem_seg"] = semantic_inference(class_logits, mask_logits, padded_size, image_size,
+                                                       output_size)["sem_seg"]
+        if "panoptic" in self.tasks.outputs:
+            pred = panoptic_inference(class_logits, attribute_logits, mask_logits, padded_size, image_size,
+                                      output_size, stuff_classes=m.stuff_classes,
+                                      object_mask_threshold=m.object_mask_threshold,
+                                      overlap_threshold=m.overlap_threshold)
+            result["panoptic_seg"] = (pred["panoptic_seg"], pred["segments_info"])
+        if "instance" in self.tasks.outputs:
+            pred = instance_inference(class_logits, attribute_logits, mask_logits, padded_size, image_size,
+                                      output_size, topk=m.test_topk,
+                                      stuff_classes=m.stuff_classes if self.tasks.things_only_instances else ())
+            result["instances"] = instances_from_prediction(pred, output_size, self.scoring, m.attribute_names)
+        return result
 
 
 def prediction_from_instances(instances: Instances, attribute_names: Sequence[str]) -> dict[str, np.ndarray]:

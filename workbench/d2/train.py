@@ -1,10 +1,13 @@
-"""`python -m workbench.d2.train --config-file cfg.yaml [--register NAME JSON IMAGE_ROOT] [--num-gpus N] [KEY VALUE ...]`
+"""`python -m workbench.d2.train --config-file cfg.yaml [--register NAME JSON IMAGE_ROOT]
+[--register-panoptic NAME JSON PNG_ROOT IMAGE_ROOT] [--num-gpus N] [KEY VALUE ...]`
 
-detectron2's train_net for the multi-task model: an upstream Mask2Former COCO instance YAML plus MODEL.MULTITASK
-keys (and META_ARCHITECTURE "MultiTaskMaskFormer"), our mapper and evaluator, AdamW with the backbone lr
-multiplier and full-model gradient clipping as upstream. `--register` (repeatable) registers a
-COCO-with-attributes file with `register_multitask_coco` in every worker. Multi-GPU goes through detectron2's
-`launch` (one process per GPU; choose GPUs by exporting CUDA_VISIBLE_DEVICES before starting).
+detectron2's train_net for the multi-task model: an upstream Mask2Former YAML (COCO instance or panoptic, ADE20K
+semantic) plus MODEL.MULTITASK keys (and META_ARCHITECTURE "MultiTaskMaskFormer"), our mappers (INPUT.
+DATASET_MAPPER_NAME picks instance, panoptic or semantic targets) and evaluators (by the dataset's evaluator
+type: COCO AP + attributes, or PQ + attributes + joint PQ + mIoU), AdamW with the backbone lr multiplier and
+full-model gradient clipping as upstream, and its WarmupPolyLR schedule. `--register` / `--register-panoptic`
+(repeatable) register a COCO-with-attributes / COCO panoptic with attributes file in every worker. Multi-GPU goes
+through detectron2's `launch` (one process per GPU; choose GPUs by exporting CUDA_VISIBLE_DEVICES before starting).
 
 Before anything is built or trained (`config_from_args`): META_ARCHITECTURE must be ours, NUM_CLASSES and the
 attributes must fit the registered datasets, MODEL.DEVICE must exist here, AMP is turned off with one printed line
@@ -24,10 +27,12 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from torch import nn
 
 from workbench.d2.config import add_multitask_config
-from workbench.d2.data import MultiTaskDatasetMapper, check_cfg_matches_datasets, register_multitask_coco
+from workbench.d2.data import MAPPER_TASKS, MultiTaskDatasetMapper, check_cfg_matches_datasets, register_multitask_coco
 from workbench.d2.evaluation import MultiTaskCOCOEvaluator
+from workbench.d2.segment_data import MultiTaskSegmentMapper, register_multitask_coco_panoptic
+from workbench.d2.segment_evaluation import MultiTaskPanopticEvaluator
 
-__all__ = ["Trainer", "amp_off_without_cuda", "argument_parser", "build_optimizer", "check_weights",
+__all__ = ["Trainer", "mapper_class", "amp_off_without_cuda", "argument_parser", "build_optimizer", "check_weights",
            "config_from_args", "main", "setup"]
 
 META_ARCHITECTURE = "MultiTaskMaskFormer"
@@ -91,22 +96,46 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return optimizer
 
 
+def mapper_class(cfg) -> type:
+    """INPUT.DATASET_MAPPER_NAME's mapper: instance targets or panoptic / semantic ones (data.MAPPER_TASKS)."""
+    return MultiTaskDatasetMapper if MAPPER_TASKS.get(cfg.INPUT.DATASET_MAPPER_NAME) == "instance" \
+        else MultiTaskSegmentMapper
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the multi-task mapper, evaluator and optimizer."""
+    """DefaultTrainer with the multi-task mappers, evaluators, optimizer and upstream's poly lr schedule."""
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=MultiTaskDatasetMapper.from_config(cfg, is_train=True))
+        return build_detection_train_loader(cfg, mapper=mapper_class(cfg).from_config(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        """Test time reads the image only (any dataset, any mapper name): MultiTaskDatasetMapper's resize."""
         return build_detection_test_loader(cfg, dataset_name, mapper=MultiTaskDatasetMapper.from_config(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """The dataset's evaluator type: "coco_panoptic_seg" (register_multitask_coco_panoptic) -> PQ, attributes,
+        joint PQ and mIoU of what the model outputs; "coco" (register_multitask_coco) -> COCO AP + attributes."""
+        from detectron2.data import MetadataCatalog
+
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if MetadataCatalog.get(dataset_name).get("evaluator_type") == "coco_panoptic_seg":
+            return MultiTaskPanopticEvaluator(dataset_name, attribute_names=cfg.MODEL.MULTITASK.ATTRIBUTE_NAMES,
+                                              output_dir=output_folder)
         return MultiTaskCOCOEvaluator(dataset_name, scoring=cfg.MODEL.MULTITASK.SCORING, output_dir=output_folder,
                                       max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        """SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" (upstream's ADE20K / Cityscapes YAMLs) from detectron2's DeepLab
+        project, as upstream's train_net; detectron2's own schedulers otherwise."""
+        if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR":
+            from detectron2.projects.deeplab import build_lr_scheduler
+
+            return build_lr_scheduler(cfg, optimizer)
+        return super().build_lr_scheduler(cfg, optimizer)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -117,6 +146,9 @@ def argument_parser():
     parser = default_argument_parser()
     parser.add_argument("--register", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
                         help="register a COCO-with-attributes file as dataset NAME (repeatable)")
+    parser.add_argument("--register-panoptic", nargs=4, action="append", default=[],
+                        metavar=("NAME", "JSON", "PNG_ROOT", "IMAGE_ROOT"),
+                        help="register a COCO panoptic file with attributes as dataset NAME (repeatable)")
     return parser
 
 
@@ -154,6 +186,8 @@ def config_from_args(args):
     machine (module docstring); not frozen."""
     for name, json_file, image_root in args.register:
         register_multitask_coco(name, json_file, image_root)
+    for name, json_file, png_root, image_root in args.register_panoptic:
+        register_multitask_coco_panoptic(name, json_file, png_root, image_root)
     cfg = get_cfg()
     add_multitask_config(cfg)
     cfg.merge_from_file(args.config_file)

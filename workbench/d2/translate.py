@@ -6,13 +6,16 @@ both import it without importing each other.
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from workbench.config import AttributeSpec, LossConfig, ModelConfig
+from workbench.d2.tasks import TaskSet, tasks_from_flags
 from workbench.engine.scoring import SCORING_MODES
 from workbench.model.backbones import BACKBONE_NAMES, NORMS
 from workbench.model.matcher import HungarianMatcher
 
-__all__ = ["UPSTREAM_DECODER_NAME", "attribute_cost_weights", "matcher_from_cfg", "model_config_from_cfg"]
+__all__ = ["UPSTREAM_DECODER_NAME", "attribute_cost_weights", "matcher_from_cfg", "model_config_from_cfg",
+           "stuff_classes_from_metadata", "tasks_of_cfg"]
 
 UPSTREAM_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"  # read as ours: same decoder plus attribute heads
 
@@ -43,6 +46,35 @@ def _check(condition: bool, key: str, value, expected: str) -> None:
         raise ValueError(f"{key} = {value!r} is not supported by the multi-task adapter: expected {expected}")
 
 
+def tasks_of_cfg(cfg: CN) -> TaskSet:
+    """MODEL.MASK_FORMER.TEST's three flags as our task and output set (workbench/d2/tasks.py)."""
+    t = cfg.MODEL.MASK_FORMER.TEST
+    return tasks_from_flags(t.INSTANCE_ON, t.SEMANTIC_ON, t.PANOPTIC_ON)
+
+
+def stuff_classes_from_metadata(cfg: CN) -> tuple[int, ...]:
+    """The stuff class indices of the first registered dataset of DATASETS.TEST, then TRAIN, whose metadata
+    follows Mask2Former's panoptic convention (`stuff_classes` = every class, in model order, and
+    `thing_dataset_id_to_contiguous_id` = the things): the classes that are no thing's. () when no such dataset
+    is registered (instance metadata, or none yet): every class is then a thing, as in instance segmentation."""
+    registered = set(DatasetCatalog.list())
+    for name in [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]:
+        if name not in registered:
+            continue
+        meta = MetadataCatalog.get(name)
+        classes, things = getattr(meta, "stuff_classes", None), getattr(meta, "thing_dataset_id_to_contiguous_id", None)
+        if classes is None or things is None:
+            continue
+        if len(classes) != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES = {cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES}, but dataset "
+                             f"{name!r} (in DATASETS) has {len(classes)} classes: set MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                             f"{len(classes)} (`cfg.merge_from_list(workbench.d2.data.multitask_keys_from_dataset("
+                             f"{name!r}))` sets it)")
+        thing_labels = set(things.values())
+        return tuple(c for c in range(len(classes)) if c not in thing_labels)
+    return ()
+
+
 def model_config_from_cfg(cfg: CN) -> ModelConfig:
     """The `ModelConfig` a detectron2 config describes (keys in this module's docstring)."""
     mf, head, mt = cfg.MODEL.MASK_FORMER, cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MULTITASK
@@ -61,9 +93,7 @@ def model_config_from_cfg(cfg: CN) -> ModelConfig:
     _check(not mf.PRE_NORM, "MODEL.MASK_FORMER.PRE_NORM", mf.PRE_NORM, "False (post-norm decoder layers)")
     _check(mf.TRANSFORMER_IN_FEATURE == "multi_scale_pixel_decoder", "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE",
            mf.TRANSFORMER_IN_FEATURE, "'multi_scale_pixel_decoder'")
-    _check(mf.TEST.INSTANCE_ON and not mf.TEST.SEMANTIC_ON and not mf.TEST.PANOPTIC_ON,
-           "MODEL.MASK_FORMER.TEST.(INSTANCE_ON, SEMANTIC_ON, PANOPTIC_ON)",
-           (mf.TEST.INSTANCE_ON, mf.TEST.SEMANTIC_ON, mf.TEST.PANOPTIC_ON), "(True, False, False): instances only")
+    tasks = tasks_of_cfg(cfg)
     _check(mf.DEC_LAYERS >= 2, "MODEL.MASK_FORMER.DEC_LAYERS", mf.DEC_LAYERS,
            ">= 2 (upstream counts the prediction from the learnable queries as a layer)")
     _check(mt.SCORING in SCORING_MODES, "MODEL.MULTITASK.SCORING", mt.SCORING, f"one of {SCORING_MODES}")
@@ -90,6 +120,10 @@ def model_config_from_cfg(cfg: CN) -> ModelConfig:
         dropout=mf.DROPOUT,
         size_divisibility=mf.SIZE_DIVISIBILITY,
         test_topk=cfg.TEST.DETECTIONS_PER_IMAGE,
+        task=tasks.task,
+        stuff_classes=stuff_classes_from_metadata(cfg),
+        object_mask_threshold=float(mf.TEST.OBJECT_MASK_THRESHOLD),
+        overlap_threshold=float(mf.TEST.OVERLAP_THRESHOLD),
         pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),
         pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),
         loss=LossConfig(
