@@ -55,7 +55,7 @@ from workbench.data.io import data_record, read_json, write_json_atomic
 from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
-from workbench.engine.coco_index import coco_from_dict
+from workbench.metrics.coco_index import coco_from_dict
 from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 from workbench.metrics.attributes import AttributeResult, MultiLabelResult, multi_label_result

@@ -42,7 +42,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from workbench.engine.coco_index import coco_from_dict
+from workbench.metrics.coco_index import coco_from_dict
 
 __all__ = [
     "FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES",
