@@ -314,8 +314,8 @@ def test_only_categories_with_attributes_are_scored_with_f1():
     and F1, any other on IoU alone, so wrong attribute ids cost AP only in the first. Mutations caught:
     `if not a.get("attribute_ids")` in categories_with_attributes, `catId in self.attributed` in
     _IouF1Eval.evaluateImg, `category_id not in attributed` in iou_f1_ap's mean over F1 thresholds."""
-    from workbench.engine.fashionpedia import (FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES, categories_with_attributes,
-                                               default_attributed, iou_f1_ap)
+    from workbench.metrics.fashionpedia import (FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES, categories_with_attributes,
+                                                default_attributed, iou_f1_ap)
 
     size, vocabulary = 32, [101, 102, 103, 104]
     masks = []

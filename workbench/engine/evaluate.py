@@ -27,7 +27,7 @@ multi-label groups (kind "multi"), on the same true positives: per group, precis
          values) and macro (mean over the values that occur in the GT or the predictions); TPs whose GT leaves
          the group unlabeled are excluded. Joint AP and accuracy above concern the single-label groups only.
 
-AP(IoU+F1) Fashionpedia's metric (engine/fashionpedia.py), when the schema has a multi-label group: every
+AP(IoU+F1) Fashionpedia's metric (metrics/fashionpedia.py), when the schema has a multi-label group: every
          group's values (single and multi) form one attribute vocabulary (ids = the values' `source_id` when
          the file keeps them, as imported Fashionpedia files do); a single group contributes its predicted
          value unless its no-object prob wins, a multi group its predicted set; categories with attributes are
@@ -56,7 +56,7 @@ from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
 from workbench.metrics.coco_index import coco_from_dict
-from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
+from workbench.metrics.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 from workbench.metrics.attributes import AttributeResult, MultiLabelResult, multi_label_result
 
