@@ -38,8 +38,6 @@ Ranking (`EvalConfig.scoring`), filters, duplicate suppression and `max_dets` ar
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -52,13 +50,14 @@ from pycocotools.cocoeval import COCOeval
 
 from workbench.config import EvalConfig
 from workbench.data.io import data_record, read_json, write_json_atomic
-from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
-from workbench.metrics.coco_index import coco_from_dict
-from workbench.metrics.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 from workbench.metrics.attributes import AttributeResult, MultiLabelResult, multi_label_result
+from workbench.metrics.coco_index import coco_from_dict
+from workbench.metrics.coco_segm import (AP_KEYS, TP_IOU, ground_truth_coco, per_category_ap, run_cocoeval, summarize,
+                                         true_positives)
+from workbench.metrics.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
 
 __all__ = [
     "AP_KEYS",
@@ -70,8 +69,6 @@ __all__ = [
     "write_metrics_json",
 ]
 
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-TP_IOU = 0.5
 NO_OBJECT = "no_object"
 
 
@@ -196,24 +193,6 @@ def _load_ground_truth(coco_gt: str | os.PathLike | Mapping, schema: Schema | No
     return data, schema, where
 
 
-def _gt_coco(data: dict) -> COCO:
-    """A COCO object over copies of the annotations (COCOeval rewrites them), re-numbered 1..n.
-
-    COCOeval uses 0 for "unmatched", so a file with annotation id 0 would break its matching; the original id
-    is kept as `source_id`. Missing `area` / `iscrowd` are filled in.
-    """
-    images = {im["id"]: im for im in data["images"]}
-    anns = []
-    for i, ann in enumerate(data["annotations"], start=1):
-        ann = dict(ann, id=i, source_id=ann["id"])
-        ann.setdefault("iscrowd", 0)
-        if "area" not in ann:
-            im = images[ann["image_id"]]
-            ann["area"] = float(segmentation_to_mask(ann["segmentation"], im["height"], im["width"]).sum())
-        anns.append(ann)
-    return coco_from_dict({"images": list(data["images"]), "categories": list(data["categories"]), "annotations": anns})
-
-
 def _check_prediction(pred: dict, image_id: Any, image: dict, schema: Schema) -> None:
     where = f"predictions[{image_id!r}]"
     masks = pred.get("masks")
@@ -258,32 +237,6 @@ class _JointCOCOeval(COCOeval):
         dts = [dts[i] for i in order][: self.params.maxDets[-1]]
         agree = np.array([[_attributes_agree(d, g, self.attribute_names) for g in gts] for d in dts], dtype=float)
         return np.asarray(ious) * agree
-
-
-def _run_cocoeval(evaluator: COCOeval, image_ids: list[int], max_dets: int) -> COCOeval:
-    evaluator.params.imgIds = image_ids
-    evaluator.params.maxDets = [max_dets]
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.evaluate()
-        evaluator.accumulate()
-    return evaluator
-
-
-def _summarize(evaluator: COCOeval) -> dict[str, float | None]:
-    """COCOeval.summarize()'s AP lines (in percent) without its printing, at the single maxDets used."""
-    p = evaluator.params
-    precision = evaluator.eval["precision"]  # (T, R, K, A, M)
-    area = {label: i for i, label in enumerate(p.areaRngLbl)}
-
-    def mean(t=None, a="all", k=slice(None)):
-        x = precision[:, :, k, area[a], -1]
-        if t is not None:
-            x = x[np.isclose(p.iouThrs, t)]
-        x = x[x > -1]
-        return None if x.size == 0 else float(np.mean(x) * 100)
-
-    return {"AP": mean(), "AP50": mean(t=0.5), "AP75": mean(t=0.75),
-            "APs": mean(a="small"), "APm": mean(a="medium"), "APl": mean(a="large")}
 
 
 # --- the evaluation --------------------------------------------------------------------------------------------
@@ -344,19 +297,14 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     evaluated = set(image_ids)
     counts["ground_truth"] = sum(1 for a in data["annotations"] if a["image_id"] in evaluated and not a.get("iscrowd", 0))
 
-    gt = _gt_coco(data)
+    gt = ground_truth_coco(data)
     dt = coco_from_dict({"images": list(data["images"]), "categories": list(data["categories"]),
                      "annotations": detections})
-    main = _run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
-    joint = _run_cocoeval(_JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
+    main = run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
+    joint = run_cocoeval(_JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
 
-    per_category = {}
-    for k, category in enumerate(schema.categories):
-        x = main.eval["precision"][:, :, k, 0, -1]
-        x = x[x > -1]
-        per_category[category.name] = None if x.size == 0 else float(np.mean(x) * 100)
-
-    pairs = _true_positives(main)
+    per_category = per_category_ap(main, [category.name for category in schema.categories])
+    pairs = true_positives(main)
     counts["true_positives"] = len(pairs)
     attributes = {a.name: _attribute_result(a.name, list(a.values), pairs, gt, dt)
                   for a in schema.attributes if not a.multi}
@@ -372,8 +320,8 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
                            max_dets=eval_cfg.max_dets)
     return EvalResult(
         data=data_record(coco_gt) if not isinstance(coco_gt, Mapping) else {},
-        segm=_summarize(main),
-        joint=_summarize(joint),
+        segm=summarize(main),
+        joint=summarize(joint),
         per_category_ap=per_category,
         attributes=attributes,
         max_dets=eval_cfg.max_dets,
@@ -383,20 +331,6 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
         multi_label=multi_label,
         iou_f1=iou_f1,
     )
-
-
-def _true_positives(evaluator: COCOeval) -> list[tuple[int, int]]:
-    """(detection id, GT id) pairs COCOeval matched at IoU 0.50, area "all", not on crowd regions."""
-    t = int(np.flatnonzero(np.isclose(evaluator.params.iouThrs, TP_IOU))[0])
-    all_area = evaluator.params.areaRng[evaluator.params.areaRngLbl.index("all")]
-    pairs = []
-    for e in evaluator.evalImgs:
-        if e is None or list(e["aRng"]) != list(all_area):
-            continue
-        for d, (dt_id, gt_id) in enumerate(zip(e["dtIds"], e["dtMatches"][t])):
-            if gt_id > 0 and not e["dtIgnore"][t, d]:
-                pairs.append((int(dt_id), int(gt_id)))
-    return pairs
 
 
 def _attribute_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> AttributeResult:
