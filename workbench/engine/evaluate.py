@@ -58,6 +58,7 @@ from workbench.metrics.coco_index import coco_from_dict
 from workbench.metrics.coco_segm import (AP_KEYS, TP_IOU, ground_truth_coco, per_category_ap, run_cocoeval, summarize,
                                          true_positives)
 from workbench.metrics.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
+from workbench.metrics.joint_ap import JointCOCOeval
 
 __all__ = [
     "AP_KEYS",
@@ -209,36 +210,6 @@ def _check_prediction(pred: dict, image_id: Any, image: dict, schema: Schema) ->
                          f"got values {sorted(set(labels.tolist()))}")
 
 
-# --- joint matching --------------------------------------------------------------------------------------------
-def _attributes_agree(dt: dict, gt: dict, attribute_names: tuple[str, ...]) -> bool:
-    if gt.get("iscrowd"):
-        return True
-    labels = gt.get("attributes") or {}
-    for name in attribute_names:
-        value = labels.get(name, UNLABELED)
-        if value is not None and value != UNLABELED and dt["attributes"][name] != value:
-            return False
-    return True
-
-
-class _JointCOCOeval(COCOeval):
-    """COCOeval in which a (detection, GT) pair whose labeled attributes disagree has IoU 0 (cannot match)."""
-
-    def __init__(self, coco_gt: COCO, coco_dt: COCO, attribute_names: tuple[str, ...]):
-        super().__init__(coco_gt, coco_dt, "segm")
-        self.attribute_names = attribute_names
-
-    def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
-        ious = super().computeIoU(imgId, catId)
-        gts, dts = self._gts[imgId, catId], self._dts[imgId, catId]
-        if len(gts) == 0 or len(dts) == 0:
-            return ious
-        order = np.argsort([-d["score"] for d in dts], kind="mergesort")  # the row order of super()'s result
-        dts = [dts[i] for i in order][: self.params.maxDets[-1]]
-        agree = np.array([[_attributes_agree(d, g, self.attribute_names) for g in gts] for d in dts], dtype=float)
-        return np.asarray(ious) * agree
-
-
 # --- the evaluation --------------------------------------------------------------------------------------------
 def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapping[Any, Mapping[str, Any]],
                          schema: Schema | None = None, eval_cfg: EvalConfig | None = None) -> EvalResult:
@@ -301,7 +272,7 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     dt = coco_from_dict({"images": list(data["images"]), "categories": list(data["categories"]),
                      "annotations": detections})
     main = run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
-    joint = run_cocoeval(_JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
+    joint = run_cocoeval(JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
 
     per_category = per_category_ap(main, [category.name for category in schema.categories])
     pairs = true_positives(main)
