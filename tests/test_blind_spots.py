@@ -212,7 +212,7 @@ def test_an_all_empty_batch_trains_as_negatives():
 
 # ---- macro F1 counts a value seen only in the predictions ----
 def test_macro_f1_counts_a_value_only_predicted(tmp_path):
-    """Mutation caught: `occurs = (tp + fn) > 0` in evaluate._multi_label_result (macro F1 1.0 instead of 2/3:
+    """Mutation caught: `occurs = (tp + fn) > 0` in metrics/attributes.multi_label_result (macro F1 1.0 instead of 2/3:
     the value predicted where no GT has it would not count against the model)."""
     from workbench.engine.evaluate import evaluate_predictions
 

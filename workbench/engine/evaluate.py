@@ -53,7 +53,8 @@ from workbench.data.io import data_record, read_json, write_json_atomic
 from workbench.data.problems import DataError
 from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
-from workbench.metrics.attributes import AttributeResult, MultiLabelResult, multi_label_result
+from workbench.metrics.attributes import (NO_OBJECT, AttributeResult, MultiLabelResult, attribute_result,
+                                          multi_label_pairs_result)
 from workbench.metrics.coco_index import coco_from_dict
 from workbench.metrics.coco_segm import (AP_KEYS, TP_IOU, ground_truth_coco, per_category_ap, run_cocoeval, summarize,
                                          true_positives)
@@ -69,8 +70,6 @@ __all__ = [
     "read_metrics_json",
     "write_metrics_json",
 ]
-
-NO_OBJECT = "no_object"
 
 
 # --- result ----------------------------------------------------------------------------------------------------
@@ -277,9 +276,9 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     per_category = per_category_ap(main, [category.name for category in schema.categories])
     pairs = true_positives(main)
     counts["true_positives"] = len(pairs)
-    attributes = {a.name: _attribute_result(a.name, list(a.values), pairs, gt, dt)
+    attributes = {a.name: attribute_result(a.name, list(a.values), pairs, gt, dt)
                   for a in schema.attributes if not a.multi}
-    multi_label = {a.name: _multi_label_result(a.name, list(a.values), pairs, gt, dt)
+    multi_label = {a.name: multi_label_pairs_result(a.name, list(a.values), pairs, gt, dt)
                    for a in schema.attributes if a.multi}
     iou_f1 = {}
     if multi:
@@ -302,22 +301,6 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
         multi_label=multi_label,
         iou_f1=iou_f1,
     )
-
-
-def _attribute_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> AttributeResult:
-    k = len(values)
-    confusion = np.zeros((k, k + 1), dtype=np.int64)
-    unlabeled = 0
-    for dt_id, gt_id in pairs:
-        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
-        if truth is None or truth == UNLABELED:
-            unlabeled += 1
-            continue
-        confusion[truth, dt.anns[dt_id]["attributes"][name]] += 1
-    count = int(confusion.sum())
-    correct = int(np.trace(confusion[:, :k]))
-    return AttributeResult(name=name, values=values, accuracy=correct / count if count else None, correct=correct,
-                           count=count, unlabeled=unlabeled, confusion=confusion.tolist())
 
 
 def align_kinds(pred: dict, schema: Schema) -> dict:
@@ -344,24 +327,6 @@ def align_kinds(pred: dict, schema: Schema) -> dict:
             pred["attribute_no_object"] = {**pred.get("attribute_no_object", {}),
                                            a.name: np.where(chosen, 0.0, 2.0)}  # > any prob: "no object"
     return pred
-
-
-def _multi_label_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> MultiLabelResult:
-    k = len(values)
-    tp, fp, fn = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
-    count = unlabeled = 0
-    for dt_id, gt_id in pairs:
-        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
-        if truth is None or truth == UNLABELED:
-            unlabeled += 1
-            continue
-        count += 1
-        g, d = np.zeros(k, bool), np.zeros(k, bool)
-        g[list(truth)], d[dt.anns[dt_id]["attribute_sets"][name]] = True, True
-        tp += g & d
-        fp += ~g & d
-        fn += g & ~d
-    return multi_label_result(name, values, tp, fp, fn, count, unlabeled)
 
 
 def attribute_id_sets(schema: Schema, gt: COCO, dt: COCO) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:

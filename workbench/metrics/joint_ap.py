@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from workbench.data.schema import UNLABELED
+from workbench.data.categories import UNLABELED
 
 __all__ = ["JointCOCOeval"]
 
