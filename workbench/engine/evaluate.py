@@ -45,20 +45,19 @@ from typing import Any, Mapping
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from workbench.config import EvalConfig
 from workbench.data.io import data_record, read_json, write_json_atomic
 from workbench.data.problems import DataError
-from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
+from workbench.data.schema import Schema, check_coco, check_schema_matches, load_coco
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
 from workbench.metrics.attributes import (NO_OBJECT, AttributeResult, MultiLabelResult, attribute_result,
                                           multi_label_pairs_result)
 from workbench.metrics.coco_index import coco_from_dict
 from workbench.metrics.coco_segm import (AP_KEYS, TP_IOU, ground_truth_coco, per_category_ap, run_cocoeval, summarize,
                                          true_positives)
-from workbench.metrics.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
+from workbench.metrics.fashionpedia import attribute_id_sets, default_attributed, iou_f1_ap
 from workbench.metrics.joint_ap import JointCOCOeval
 
 __all__ = [
@@ -327,29 +326,3 @@ def align_kinds(pred: dict, schema: Schema) -> dict:
             pred["attribute_no_object"] = {**pred.get("attribute_no_object", {}),
                                            a.name: np.where(chosen, 0.0, 2.0)}  # > any prob: "no object"
     return pred
-
-
-def attribute_id_sets(schema: Schema, gt: COCO, dt: COCO) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:
-    """The vocabulary of attribute ids and each GT / detection annotation's attribute-id set (by annotation id).
-
-    GT: a single group's labeled value, a multi group's values. Detections: a single group's predicted value
-    unless its no-object prob wins (then none), a multi group's predicted set."""
-    ids = attribute_vocabulary(schema)
-    gt_ids, dt_ids = {}, {}
-    for ann_id, ann in gt.anns.items():
-        labels, out = ann.get("attributes") or {}, []
-        for a in schema.attributes:
-            v = labels.get(a.name, UNLABELED)
-            if v is None or v == UNLABELED:
-                continue
-            out += [ids[a.name, k] for k in v] if a.multi else [ids[a.name, v]]
-        gt_ids[ann_id] = sorted(out)
-    for ann_id, ann in dt.anns.items():
-        out = []
-        for a in schema.attributes:
-            if a.multi:
-                out += [ids[a.name, k] for k in ann["attribute_sets"][a.name]]
-            elif ann["attributes"][a.name] < len(a.values):  # K = no object: nothing predicted
-                out.append(ids[a.name, ann["attributes"][a.name]])
-        dt_ids[ann_id] = sorted(out)
-    return sorted(ids.values()), gt_ids, dt_ids

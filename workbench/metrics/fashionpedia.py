@@ -27,26 +27,31 @@ AP             the mean of the defined precision entries over IoU thresholds x r
                with attributes weighs ten times as much -- as FPEval's summary does. Reported in percent.
 
 Inputs are COCO dicts whose annotations (GT) and detections carry `attribute_ids` (lists of attribute ids),
-and the vocabulary of attribute ids; engine/evaluate.py (our predictions) and fashionpedia_files.py (results
-files in Fashionpedia's format, `workbench eval --fashionpedia-results`) convert to this.
+and the vocabulary of attribute ids; `attribute_id_sets` gives them for our files and predictions (engine/evaluate.py),
+fashionpedia_files.py for files in Fashionpedia's format (`workbench eval --fashionpedia-results`).
 """
 from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from workbench.data.categories import UNLABELED
 from workbench.metrics.coco_index import coco_from_dict
+
+if TYPE_CHECKING:
+    from workbench.data.schema import Schema
 
 __all__ = [
     "FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES",
     "F1_THRESHOLDS",
     "attribute_f1",
+    "attribute_id_sets",
     "categories_with_attributes",
     "default_attributed",
     "attribute_vocabulary",
@@ -210,3 +215,29 @@ def attribute_vocabulary(schema) -> dict[tuple[str, int], int]:
             ids[a.name, k] = a.source_ids[k] if keep else n
             n += 1
     return ids
+
+
+def attribute_id_sets(schema: Schema, gt: COCO, dt: COCO) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:
+    """The vocabulary of attribute ids and each GT / detection annotation's attribute-id set (by annotation id).
+
+    GT: a single group's labeled value, a multi group's values. Detections: a single group's predicted value
+    unless its no-object prob wins (then none), a multi group's predicted set."""
+    ids = attribute_vocabulary(schema)
+    gt_ids, dt_ids = {}, {}
+    for ann_id, ann in gt.anns.items():
+        labels, out = ann.get("attributes") or {}, []
+        for a in schema.attributes:
+            v = labels.get(a.name, UNLABELED)
+            if v is None or v == UNLABELED:
+                continue
+            out += [ids[a.name, k] for k in v] if a.multi else [ids[a.name, v]]
+        gt_ids[ann_id] = sorted(out)
+    for ann_id, ann in dt.anns.items():
+        out = []
+        for a in schema.attributes:
+            if a.multi:
+                out += [ids[a.name, k] for k in ann["attribute_sets"][a.name]]
+            elif ann["attributes"][a.name] < len(a.values):  # K = no object: nothing predicted
+                out.append(ids[a.name, ann["attributes"][a.name]])
+        dt_ids[ann_id] = sorted(out)
+    return sorted(ids.values()), gt_ids, dt_ids
