@@ -1,38 +1,21 @@
 """Evaluation of instance predictions against a COCO-with-attributes file: segm AP, attributes, joint AP.
 
 `evaluate_predictions(coco_gt, predictions, schema, eval_cfg)` takes one prediction dict per image (the format
-of `model/postprocess.instance_inference`, torch or numpy) and reports:
+of `model/postprocess.instance_inference`, torch or numpy), checks it against the file, ranks and filters it,
+turns it into COCO detections and runs the metrics, each defined in its own file of workbench/metrics/:
 
-segm AP  pycocotools COCOeval, iouType "segm": AP (IoU .50:.95), AP50, AP75, APs, APm, APl in percent, over
-         the images present in `predictions` (as detectron2 does), at most `max_dets` instances per image.
-         Per-category AP too. A value is None where COCOeval has nothing to average (no GT in that area range).
+segm AP          metrics/coco_segm.py: COCOeval segm over the images present in `predictions` (as detectron2
+                 does), at most `max_dets` instances per image, per category too; its IoU-0.50 true positives.
+attributes       metrics/attributes.py: per single-label group accuracy and confusion, per multi-label group
+                 precision / recall / F1, on those true positives.
+joint AP         metrics/joint_ap.py: segm AP in which a match needs every labeled single-label attribute right.
+AP(IoU+F1)       metrics/fashionpedia.py, when the schema has a multi-label group: every group's values (single
+                 and multi) form one attribute vocabulary (ids = the values' `source_id` when the file keeps
+                 them, as imported Fashionpedia files do); a single group contributes its predicted value unless
+                 its no-object prob wins, a multi group its predicted set; categories with attributes are FPEval's
+                 list for Fashionpedia's 46 categories, else those with at least one labeled GT attribute.
 
-attribute accuracy and confusion, on true positives: a TP is a detection that COCOeval's own matching at
-         IoU 0.50 (greedy by ranking score, same category, area "all", not on a crowd region) pairs with a GT.
-         For each attribute, a TP whose GT leaves that attribute unlabeled (key missing or -1) is excluded and
-         counted in `unlabeled`. The predicted value is the top real value, or "no_object" when that
-         attribute's no-object prob exceeds the top real value's prob; "no_object" is always wrong. The
-         confusion matrix is K x (K+1): rows = GT value, columns = predicted value then no_object.
-
-joint AP COCOeval segm in which a detection may only match a GT of its category whose every *labeled*
-         attribute it predicts exactly (implemented as IoU := 0 for other pairs, so COCO's greedy matching,
-         thresholds, crowd and area handling are otherwise unchanged). A detection with a wrong attribute
-         therefore counts as a false positive and, unless another detection gets it right, its GT as a miss.
-         Unlabeled GT attributes impose no condition (wildcard): such a GT is still a positive for its
-         category and labeled attributes, and is never missed *because of* the unlabeled one. A GT with no
-         labeled attribute counts exactly as in segm AP. Crowd regions are unaffected.
-
-multi-label groups (kind "multi"), on the same true positives: per group, precision / recall / F1 of the
-         predicted value sets (values above the group's threshold) against the GT sets, micro (pooled over
-         values) and macro (mean over the values that occur in the GT or the predictions); TPs whose GT leaves
-         the group unlabeled are excluded. Joint AP and accuracy above concern the single-label groups only.
-
-AP(IoU+F1) Fashionpedia's metric (metrics/fashionpedia.py), when the schema has a multi-label group: every
-         group's values (single and multi) form one attribute vocabulary (ids = the values' `source_id` when
-         the file keeps them, as imported Fashionpedia files do); a single group contributes its predicted
-         value unless its no-object prob wins, a multi group its predicted set; categories with attributes are
-         FPEval's list for Fashionpedia's 46 categories, else those with at least one labeled GT attribute.
-
+The result is a `metrics/instance_result.EvalResult` (written as metrics.json by `write_metrics_json`).
 Ranking (`EvalConfig.scoring`), filters, duplicate suppression and `max_dets` are applied first, per image, by
 `engine/scoring.select_instances`; the ranking score is the score COCOeval sees, so every number above uses it.
 """
