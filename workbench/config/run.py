@@ -24,10 +24,6 @@ class LogConfig:
     tensorboard: bool = True
 
 
-def _default_eval():
-    return EvalConfig()  # noqa: F821 -- defined below; looked up when a RunConfig is made
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """One training run: what `workbench train --config FILE.yaml` reads (see config_file.py).
@@ -39,7 +35,7 @@ class RunConfig:
     solver: SolverConfig = field(default_factory=SolverConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    eval: "EvalConfig" = field(default_factory=_default_eval)  # noqa: F821
+    eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; the CLI's --device overrides it
