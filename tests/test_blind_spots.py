@@ -212,7 +212,7 @@ def test_an_all_empty_batch_trains_as_negatives():
 
 # ---- macro F1 counts a value seen only in the predictions ----
 def test_macro_f1_counts_a_value_only_predicted(tmp_path):
-    """Mutation caught: `occurs = (tp + fn) > 0` in evaluate._multi_label_result (macro F1 1.0 instead of 2/3:
+    """Mutation caught: `occurs = (tp + fn) > 0` in metrics/attributes.multi_label_result (macro F1 1.0 instead of 2/3:
     the value predicted where no GT has it would not count against the model)."""
     from workbench.engine.evaluate import evaluate_predictions
 
@@ -314,8 +314,8 @@ def test_only_categories_with_attributes_are_scored_with_f1():
     and F1, any other on IoU alone, so wrong attribute ids cost AP only in the first. Mutations caught:
     `if not a.get("attribute_ids")` in categories_with_attributes, `catId in self.attributed` in
     _IouF1Eval.evaluateImg, `category_id not in attributed` in iou_f1_ap's mean over F1 thresholds."""
-    from workbench.engine.fashionpedia import (FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES, categories_with_attributes,
-                                               default_attributed, iou_f1_ap)
+    from workbench.metrics.fashionpedia import (FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES, categories_with_attributes,
+                                                default_attributed, iou_f1_ap)
 
     size, vocabulary = 32, [101, 102, 103, 104]
     masks = []

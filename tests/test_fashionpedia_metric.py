@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from workbench.engine.fashionpedia import FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES, attribute_f1, iou_f1_ap
+from workbench.metrics.fashionpedia import FASHIONPEDIA_CATEGORIES_WITH_ATTRIBUTES, attribute_f1, iou_f1_ap
 
 NUM_CATEGORIES = 15  # ids 0..14: 0..12 are in FPEval's hard-coded list of categories with attributes, 13, 14 not
 VOCABULARY = [100 + 3 * k for k in range(12)]  # attribute ids are not contiguous, as in Fashionpedia (115, ...)

@@ -3,6 +3,8 @@ functions alike: a lazy import is still a dependency) so they stay true:
 
 - `workbench.engine` (training, evaluation, the pipeline) never imports `workbench.inspect` (notebook and widget
   tooling); what both draw lives below them in `workbench.drawing`;
+- `workbench.metrics` imports only data, errors and config; `workbench.config`, `workbench.errors` import nothing of
+  ours, `workbench.data` only those two;
 - no two modules import each other, directly or through others (e.g. d2/config.py <-> d2/modeling.py,
   inspect/draw.py <-> inspect/figures.py before they were split).
 """
@@ -94,6 +96,31 @@ def test_metrics_sit_below_the_engine():
     bad = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.startswith("workbench.metrics")
                  for t in targets if t != "workbench" and not t.startswith(allowed))
     assert not bad, f"workbench.metrics imports a higher layer: {bad}"
+
+
+# The bottom layers, each with the only package modules it may import besides its own (and the package root):
+# configuration and errors import nothing of ours, data tools only them, metrics (test above) also data.
+BOTTOM_LAYERS = {
+    "workbench.errors": (),
+    "workbench.config": (),
+    "workbench.data": ("workbench.config", "workbench.errors"),
+}
+
+
+def test_bottom_layers_import_nothing_above_them():
+    """config/ is imported by everything (model, data, engine, d2, ...), so importing any of them from it (e.g.
+    model/backbones/build.py's BACKBONE_NAMES instead of config/model.py's own BACKBONES) would tie the config to
+    torch and make a cycle waiting to happen; likewise data/ below metrics/ and the engine."""
+    def within(name: str, package: str) -> bool:  # workbench.config.model is within workbench.config, config_file not
+        return name == package or name.startswith(package + ".")
+
+    graph = import_graph()
+    bad = []
+    for layer, allowed in BOTTOM_LAYERS.items():
+        assert any(within(m, layer) for m in graph), layer
+        bad += sorted(f"{m} -> {t}" for m, targets in graph.items() if within(m, layer)
+                      for t in targets if t != "workbench" and not any(within(t, p) for p in (layer, *allowed)))
+    assert not bad, f"a bottom layer imports a higher one: {bad}"
 
 
 # Known cycles, each with why it is tolerated for now (a frozenset of module names); anything else fails.

@@ -1,4 +1,4 @@
-"""YAML config files <-> the frozen dataclasses in config.py.
+"""YAML config files <-> the frozen dataclasses in config/ (one file per section).
 
 Unknown keys are errors that name the full key path (`model.loss.num_pointz`), so a typo never silently
 falls back to a default. `model.preset` (one of MODEL_PRESETS: tiny, coco_r50, coco_r101, coco_swin_t, coco_swin_s,

@@ -5,7 +5,8 @@ category are parts of one object and are merged into one mask; all shapes of a s
 in a file are its one region. Masks are rasterised here exactly as labelme
 draws them and stored as RLE, so `pycocotools.COCO.annToMask` returns the pixels we drew.
 
-Attributes can be written three ways; the schema's `attribute_sources` says which are allowed:
+Attributes can be written three ways (read by labelme_attributes.py); the schema's `attribute_sources` says which
+are allowed:
     flags        {"red": true} or {"color=red": true}      (a bare value must be unique across attributes)
     label        "circle color=red size=small"            (the non-`key=value` words are the category)
     description  "color=red, size=small"                   (other words in the description are ignored)
@@ -19,7 +20,6 @@ any, `DataError` lists them all and nothing is written.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,6 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from workbench.data.io import read_json, remove_stale_temps
+from workbench.data.labelme_attributes import ShapeAttributes, read_shape_attributes
 from workbench.data.labelme_shapes import Degenerate, Unsupported, shape_to_mask
 from workbench.data.masks import mask_to_rle, rle_area, rle_bbox
 from workbench.data.problems import DataError, Problem
@@ -59,115 +60,6 @@ def labelme_files(root: str | os.PathLike, exclude: str | os.PathLike | None = N
         return not any(q.parent == excluded.parent and q.name.startswith(f".{excluded.name}.") for q in r.parents)
 
     return [p for p in sorted(root.rglob("*.json")) if kept(p)]
-
-
-# --- attributes ------------------------------------------------------------------------------------------------
-_TOKEN_SPLIT = re.compile(r"[\s,;]+")
-
-
-class _Attributes:
-    """Collects attribute values for one instance from several sources, reporting unknowns and conflicts."""
-
-    def __init__(self, schema: Schema, where: str, problems: list[Problem]):
-        self.schema, self.where, self.problems = schema, where, problems
-        self.values: dict[str, str] = {}  # single groups
-        self.multi: dict[str, set[str]] = {}  # multi-label groups: every value given
-
-    def set(self, name: str, value: str, source: str) -> None:
-        vocab = self.schema.attribute(name)
-        if vocab is None:
-            self.problems.append(Problem("unknown_attribute", self.where,
-                                        f"unknown attribute {name!r} (from {source}); known: {self.schema.attribute_names}"))
-            return
-        if value not in vocab.values:
-            self.problems.append(Problem("unknown_attribute_value", self.where,
-                                        f"unknown value {value!r} for attribute {name!r} (from {source}); "
-                                        f"known: {list(vocab.values)}"))
-            return
-        if source not in self.schema.attribute_sources:
-            self.problems.append(Problem("source_not_allowed", self.where,
-                                        f"{name}={value} is given in the shape's {source}, but the schema's "
-                                        f"attribute_sources are {list(self.schema.attribute_sources)}"))
-            return
-        if vocab.multi:
-            self.multi.setdefault(name, set()).add(value)
-            return
-        old = self.values.get(name)
-        if old is not None and old != value:
-            self.problems.append(Problem("conflicting_attribute", self.where,
-                                        f"attribute {name!r} is both {old!r} and {value!r}; it is single-label in "
-                                        f"the schema (give it `kind: multi` there if several values may apply)"))
-            return
-        self.values[name] = value
-
-    def merge(self, other: "_Attributes") -> None:
-        for name, values in other.multi.items():  # parts of one object: the union of their values
-            self.multi.setdefault(name, set()).update(values)
-        for name, value in other.values.items():
-            old = self.values.get(name)
-            if old is not None and old != value:
-                self.problems.append(Problem("conflicting_attribute", other.where,
-                                            f"parts of one group disagree: {name!r} is {old!r} and {value!r}"))
-            else:
-                self.values[name] = value
-
-    def ids(self) -> dict[str, int | list[int]]:
-        out: dict[str, int | list[int]] = {}
-        for a in self.schema.attributes:
-            if a.multi and a.name in self.multi:
-                out[a.name] = sorted(a.value_id(v) for v in self.multi[a.name])
-            elif a.name in self.values:
-                out[a.name] = a.value_id(self.values[a.name])
-        return out
-
-
-def _bare_value_owner(schema: Schema, value: str) -> list[str]:
-    return [a.name for a in schema.attributes if value in a.values]
-
-
-def _read_shape_attributes(shape: dict, schema: Schema, where: str, problems: list[Problem]) -> tuple[str, _Attributes]:
-    """-> (category name, attributes) from label tokens, flags and description."""
-    attrs = _Attributes(schema, where, problems)
-    label = shape.get("label")
-    if not isinstance(label, str) or not label.strip():
-        problems.append(Problem("bad_shape", where, f"'label' must be a non-empty string, got {label!r}"))
-        return "", attrs
-    words = []
-    for token in label.split():
-        if "=" in token:
-            name, _, value = token.partition("=")
-            attrs.set(name, value, "label")
-        else:
-            words.append(token)
-    category = " ".join(words)
-    flags = shape.get("flags") or {}
-    if not isinstance(flags, dict):
-        problems.append(Problem("bad_shape", where, f"'flags' must be an object, got {type(flags).__name__}"))
-        flags = {}
-    for flag, on in flags.items():
-        if on is not True:
-            continue
-        if "=" in flag:
-            name, _, value = flag.partition("=")
-            attrs.set(name, value, "flags")
-            continue
-        owners = _bare_value_owner(schema, flag)
-        if len(owners) == 1:
-            attrs.set(owners[0], flag, "flags")
-        elif len(owners) > 1:
-            problems.append(Problem("ambiguous_flag", where, f"flag {flag!r} is a value of {owners}; write "
-                                    f"'{owners[0]}={flag}' instead"))
-        elif "flags" in schema.attribute_sources:
-            problems.append(Problem("unknown_attribute_value", where,
-                                    f"flag {flag!r} is not an attribute value; known: {schema.model_attributes()}"))
-    description = shape.get("description")
-    if isinstance(description, str):
-        for token in _TOKEN_SPLIT.split(description):
-            if "=" in token:
-                name, _, value = token.partition("=")
-                if "description" in schema.attribute_sources or schema.attribute(name) is not None:
-                    attrs.set(name, value, "description")
-    return category, attrs
 
 
 # --- files ------------------------------------------------------------------------------------------------------
@@ -202,7 +94,7 @@ class LabelmeShape:
     index: int
     mask: np.ndarray  # (H, W) bool
     category: Category | None
-    attributes: _Attributes | None
+    attributes: ShapeAttributes | None
     group_id: int | None
 
 
@@ -243,7 +135,7 @@ def read_labelme_shapes(path: Path, root: Path, schema: Schema,
             except ValueError as e:  # degenerate or unsupported: reported like any shape
                 problems.append(Problem("bad_shape", w, str(e)))
             continue
-        category_name, attrs = _read_shape_attributes(shape, schema, w, problems)
+        category_name, attrs = read_shape_attributes(shape, schema, w, problems)
         category = schema.category_by_name(category_name)
         if category is None and isinstance(shape.get("label"), str) and shape["label"].strip():
             problems.append(Problem("unknown_category", w, f"unknown category {category_name!r}; known: "
@@ -290,7 +182,7 @@ def read_labelme_file(path: Path, root: Path, schema: Schema, problems: list[Pro
     if result is None:
         return None
     image, shapes = result
-    instances: dict[tuple, tuple[np.ndarray, _Attributes, int]] = {}  # key -> (mask, attributes, category id)
+    instances: dict[tuple, tuple[np.ndarray, ShapeAttributes, int]] = {}  # key -> (mask, attributes, category id)
     ignore = np.zeros((image["height"], image["width"]), dtype=bool)
     for shape in shapes:
         if shape.category is None:

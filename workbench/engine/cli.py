@@ -199,7 +199,7 @@ def metrics_name(run_dir: Path, data: dict) -> str:
 
 
 def run_eval_fashionpedia(args) -> int:
-    from workbench.engine.fashionpedia import evaluate_fashionpedia_results
+    from workbench.metrics.fashionpedia_files import evaluate_fashionpedia_results
 
     if not args.data:
         raise UsageError("workbench eval: --fashionpedia-results needs --data GT.json (the ground truth)")

@@ -1,64 +1,47 @@
 """Evaluation of instance predictions against a COCO-with-attributes file: segm AP, attributes, joint AP.
 
 `evaluate_predictions(coco_gt, predictions, schema, eval_cfg)` takes one prediction dict per image (the format
-of `model/postprocess.instance_inference`, torch or numpy) and reports:
+of `model/postprocess.instance_inference`, torch or numpy), checks it against the file, ranks and filters it,
+turns it into COCO detections and runs the metrics, each defined in its own file of workbench/metrics/:
 
-segm AP  pycocotools COCOeval, iouType "segm": AP (IoU .50:.95), AP50, AP75, APs, APm, APl in percent, over
-         the images present in `predictions` (as detectron2 does), at most `max_dets` instances per image.
-         Per-category AP too. A value is None where COCOeval has nothing to average (no GT in that area range).
+segm AP          metrics/coco_segm.py: COCOeval segm over the images present in `predictions` (as detectron2
+                 does), at most `max_dets` instances per image, per category too; its IoU-0.50 true positives.
+attributes       metrics/attributes.py: per single-label group accuracy and confusion, per multi-label group
+                 precision / recall / F1, on those true positives.
+joint AP         metrics/joint_ap.py: segm AP in which a match needs every labeled single-label attribute right.
+AP(IoU+F1)       metrics/fashionpedia.py, when the schema has a multi-label group: every group's values (single
+                 and multi) form one attribute vocabulary (ids = the values' `source_id` when the file keeps
+                 them, as imported Fashionpedia files do); a single group contributes its predicted value unless
+                 its no-object prob wins, a multi group its predicted set; categories with attributes are FPEval's
+                 list for Fashionpedia's 46 categories, else those with at least one labeled GT attribute.
 
-attribute accuracy and confusion, on true positives: a TP is a detection that COCOeval's own matching at
-         IoU 0.50 (greedy by ranking score, same category, area "all", not on a crowd region) pairs with a GT.
-         For each attribute, a TP whose GT leaves that attribute unlabeled (key missing or -1) is excluded and
-         counted in `unlabeled`. The predicted value is the top real value, or "no_object" when that
-         attribute's no-object prob exceeds the top real value's prob; "no_object" is always wrong. The
-         confusion matrix is K x (K+1): rows = GT value, columns = predicted value then no_object.
-
-joint AP COCOeval segm in which a detection may only match a GT of its category whose every *labeled*
-         attribute it predicts exactly (implemented as IoU := 0 for other pairs, so COCO's greedy matching,
-         thresholds, crowd and area handling are otherwise unchanged). A detection with a wrong attribute
-         therefore counts as a false positive and, unless another detection gets it right, its GT as a miss.
-         Unlabeled GT attributes impose no condition (wildcard): such a GT is still a positive for its
-         category and labeled attributes, and is never missed *because of* the unlabeled one. A GT with no
-         labeled attribute counts exactly as in segm AP. Crowd regions are unaffected.
-
-multi-label groups (kind "multi"), on the same true positives: per group, precision / recall / F1 of the
-         predicted value sets (values above the group's threshold) against the GT sets, micro (pooled over
-         values) and macro (mean over the values that occur in the GT or the predictions); TPs whose GT leaves
-         the group unlabeled are excluded. Joint AP and accuracy above concern the single-label groups only.
-
-AP(IoU+F1) Fashionpedia's metric (engine/fashionpedia.py), when the schema has a multi-label group: every
-         group's values (single and multi) form one attribute vocabulary (ids = the values' `source_id` when
-         the file keeps them, as imported Fashionpedia files do); a single group contributes its predicted
-         value unless its no-object prob wins, a multi group its predicted set; categories with attributes are
-         FPEval's list for Fashionpedia's 46 categories, else those with at least one labeled GT attribute.
-
+The result is a `metrics/instance_result.EvalResult` (written as metrics.json by `write_metrics_json`).
 Ranking (`EvalConfig.scoring`), filters, duplicate suppression and `max_dets` are applied first, per image, by
 `engine/scoring.select_instances`; the ranking score is the score COCOeval sees, so every number above uses it.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Mapping
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from workbench.config import EvalConfig
 from workbench.data.io import data_record, read_json, write_json_atomic
-from workbench.data.masks import segmentation_to_mask
 from workbench.data.problems import DataError
-from workbench.data.schema import UNLABELED, Schema, check_coco, check_schema_matches, load_coco
-from workbench.engine.coco_index import coco_from_dict
-from workbench.engine.fashionpedia import attribute_vocabulary, default_attributed, iou_f1_ap
+from workbench.data.schema import Schema, check_coco, check_schema_matches, load_coco
 from workbench.engine.scoring import predicted_attribute_values, select_instances, take, to_numpy
-from workbench.metrics.attributes import AttributeResult, MultiLabelResult, multi_label_result
+from workbench.metrics.attributes import (AttributeResult, MultiLabelResult, attribute_result,
+                                          multi_label_pairs_result)
+from workbench.metrics.coco_index import coco_from_dict
+from workbench.metrics.coco_segm import (AP_KEYS, TP_IOU, ground_truth_coco, per_category_ap, run_cocoeval, summarize,
+                                         true_positives)
+from workbench.metrics.fashionpedia import attribute_id_sets, default_attributed, iou_f1_ap
+from workbench.metrics.instance_result import EvalResult
+from workbench.metrics.joint_ap import JointCOCOeval
 
 __all__ = [
     "AP_KEYS",
@@ -69,106 +52,6 @@ __all__ = [
     "read_metrics_json",
     "write_metrics_json",
 ]
-
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-TP_IOU = 0.5
-NO_OBJECT = "no_object"
-
-
-# --- result ----------------------------------------------------------------------------------------------------
-@dataclass
-class EvalResult:
-    """Everything `evaluate_predictions` measured. AP values are percentages (0-100), accuracies fractions."""
-
-    segm: dict[str, float | None]
-    joint: dict[str, float | None]
-    per_category_ap: dict[str, float | None]
-    attributes: dict[str, AttributeResult]
-    max_dets: int
-    tp_iou: float
-    counts: dict[str, int]
-    config: dict[str, Any] = field(default_factory=dict)
-    multi_label: dict[str, MultiLabelResult] = field(default_factory=dict)
-    iou_f1: dict[str, float | None] = field(default_factory=dict)  # AP(IoU+F1), see the module docstring
-    data: dict[str, str] = field(default_factory=dict)  # {"path", "sha256"} of the ground truth (data_record)
-    # which weights were scored: {"file": "best.pt" | "model_final.pt" | ..., "step": N, ...}; {} = not recorded
-    checkpoint: dict[str, Any] = field(default_factory=dict)
-
-    def scalars(self) -> dict[str, float]:
-        """The headline numbers by name, None left out: `segm/<AP key>`, `joint/<AP key>` (%),
-        `attribute_accuracy/<name>` (single groups), `attribute_f1/<name>/{micro,macro}` (multi groups),
-        `iou_f1/<AP key>` (when measured). TensorBoard's eval/ tags and `solver.best_metric` use these names."""
-        out = {}
-        for group, values in (("segm", self.segm), ("joint", self.joint), ("iou_f1", self.iou_f1)):
-            out.update({f"{group}/{key}": float(v) for key, v in values.items() if v is not None})
-        out.update({f"attribute_accuracy/{name}": float(a.accuracy) for name, a in self.attributes.items()
-                    if a.accuracy is not None})
-        for name, m in self.multi_label.items():
-            averages = (("micro", m.micro), ("macro", m.macro))
-            out.update({f"attribute_f1/{name}/{average}": float(scores["f1"]) for average, scores in averages
-                        if scores.get("f1") is not None})
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable (no NaN: undefined values are None)."""
-        return _json_safe(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EvalResult":
-        attributes = {name: AttributeResult(**a) for name, a in data["attributes"].items()}
-        multi = {name: MultiLabelResult(**a) for name, a in data.get("multi_label", {}).items()}
-        return cls(**{**data, "attributes": attributes, "multi_label": multi})
-
-    def table(self):
-        """pandas DataFrame, one row per metric: metric, value, detail (AP in %, accuracy as a fraction)."""
-        import pandas as pd
-
-        rows = []
-        for group, values in (("segm", self.segm), ("joint", self.joint)):
-            for key in AP_KEYS:
-                rows.append((f"{group} {key}", values.get(key), _ap_detail(key, self.max_dets)))
-        for name, ap in self.per_category_ap.items():
-            rows.append((f"segm AP [{name}]", ap, _ap_detail("AP", self.max_dets)))
-        for name, a in self.attributes.items():
-            rows.append((f"{name} accuracy", a.accuracy,
-                         f"{a.correct}/{a.count} true positives (IoU>={self.tp_iou:g}), {a.unlabeled} unlabeled excluded"))
-        for name, m in self.multi_label.items():
-            for avg in ("micro", "macro"):
-                for key in ("precision", "recall", "f1"):
-                    rows.append((f"{name} {key} ({avg})", getattr(m, avg)[key],
-                                 f"{m.count} labeled true positives (IoU>={self.tp_iou:g}), {m.unlabeled} unlabeled excluded"))
-        for key, value in self.iou_f1.items():
-            rows.append((f"IoU+F1 {key}", value, "Fashionpedia's AP(IoU+F1), area=all, "
-                         f"maxDets={self.max_dets}"))
-        frame = pd.DataFrame(rows, columns=["metric", "value", "detail"])
-        frame["value"] = frame["value"].astype(float)  # None -> NaN
-        return frame
-
-    def confusion_table(self, name: str):
-        """pandas DataFrame of one attribute's confusion matrix: rows GT value, columns predicted value."""
-        import pandas as pd
-
-        a = self.attributes[name]
-        return pd.DataFrame(a.confusion, index=pd.Index(a.values, name=f"{name} (GT)"),
-                            columns=pd.Index([*a.values, NO_OBJECT], name="predicted"))
-
-
-def _ap_detail(key: str, max_dets: int) -> str:
-    iou = {"AP50": "IoU=.50", "AP75": "IoU=.75"}.get(key, "IoU=.50:.95")
-    area = {"APs": "small", "APm": "medium", "APl": "large"}.get(key, "all")
-    return f"{iou}, area={area}, maxDets={max_dets}"
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if math.isnan(obj) else float(obj)
-    return obj
 
 
 def write_metrics_json(result: EvalResult, path: str | os.PathLike) -> None:
@@ -196,24 +79,6 @@ def _load_ground_truth(coco_gt: str | os.PathLike | Mapping, schema: Schema | No
     return data, schema, where
 
 
-def _gt_coco(data: dict) -> COCO:
-    """A COCO object over copies of the annotations (COCOeval rewrites them), re-numbered 1..n.
-
-    COCOeval uses 0 for "unmatched", so a file with annotation id 0 would break its matching; the original id
-    is kept as `source_id`. Missing `area` / `iscrowd` are filled in.
-    """
-    images = {im["id"]: im for im in data["images"]}
-    anns = []
-    for i, ann in enumerate(data["annotations"], start=1):
-        ann = dict(ann, id=i, source_id=ann["id"])
-        ann.setdefault("iscrowd", 0)
-        if "area" not in ann:
-            im = images[ann["image_id"]]
-            ann["area"] = float(segmentation_to_mask(ann["segmentation"], im["height"], im["width"]).sum())
-        anns.append(ann)
-    return coco_from_dict({"images": list(data["images"]), "categories": list(data["categories"]), "annotations": anns})
-
-
 def _check_prediction(pred: dict, image_id: Any, image: dict, schema: Schema) -> None:
     where = f"predictions[{image_id!r}]"
     masks = pred.get("masks")
@@ -228,62 +93,6 @@ def _check_prediction(pred: dict, image_id: Any, image: dict, schema: Schema) ->
     if labels.size and (labels.min() < 0 or labels.max() >= schema.num_classes):
         raise ValueError(f"{where}.labels: must be category positions 0..{schema.num_classes - 1} (not COCO ids), "
                          f"got values {sorted(set(labels.tolist()))}")
-
-
-# --- joint matching --------------------------------------------------------------------------------------------
-def _attributes_agree(dt: dict, gt: dict, attribute_names: tuple[str, ...]) -> bool:
-    if gt.get("iscrowd"):
-        return True
-    labels = gt.get("attributes") or {}
-    for name in attribute_names:
-        value = labels.get(name, UNLABELED)
-        if value is not None and value != UNLABELED and dt["attributes"][name] != value:
-            return False
-    return True
-
-
-class _JointCOCOeval(COCOeval):
-    """COCOeval in which a (detection, GT) pair whose labeled attributes disagree has IoU 0 (cannot match)."""
-
-    def __init__(self, coco_gt: COCO, coco_dt: COCO, attribute_names: tuple[str, ...]):
-        super().__init__(coco_gt, coco_dt, "segm")
-        self.attribute_names = attribute_names
-
-    def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
-        ious = super().computeIoU(imgId, catId)
-        gts, dts = self._gts[imgId, catId], self._dts[imgId, catId]
-        if len(gts) == 0 or len(dts) == 0:
-            return ious
-        order = np.argsort([-d["score"] for d in dts], kind="mergesort")  # the row order of super()'s result
-        dts = [dts[i] for i in order][: self.params.maxDets[-1]]
-        agree = np.array([[_attributes_agree(d, g, self.attribute_names) for g in gts] for d in dts], dtype=float)
-        return np.asarray(ious) * agree
-
-
-def _run_cocoeval(evaluator: COCOeval, image_ids: list[int], max_dets: int) -> COCOeval:
-    evaluator.params.imgIds = image_ids
-    evaluator.params.maxDets = [max_dets]
-    with contextlib.redirect_stdout(io.StringIO()):
-        evaluator.evaluate()
-        evaluator.accumulate()
-    return evaluator
-
-
-def _summarize(evaluator: COCOeval) -> dict[str, float | None]:
-    """COCOeval.summarize()'s AP lines (in percent) without its printing, at the single maxDets used."""
-    p = evaluator.params
-    precision = evaluator.eval["precision"]  # (T, R, K, A, M)
-    area = {label: i for i, label in enumerate(p.areaRngLbl)}
-
-    def mean(t=None, a="all", k=slice(None)):
-        x = precision[:, :, k, area[a], -1]
-        if t is not None:
-            x = x[np.isclose(p.iouThrs, t)]
-        x = x[x > -1]
-        return None if x.size == 0 else float(np.mean(x) * 100)
-
-    return {"AP": mean(), "AP50": mean(t=0.5), "AP75": mean(t=0.75),
-            "APs": mean(a="small"), "APm": mean(a="medium"), "APl": mean(a="large")}
 
 
 # --- the evaluation --------------------------------------------------------------------------------------------
@@ -344,23 +153,18 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     evaluated = set(image_ids)
     counts["ground_truth"] = sum(1 for a in data["annotations"] if a["image_id"] in evaluated and not a.get("iscrowd", 0))
 
-    gt = _gt_coco(data)
+    gt = ground_truth_coco(data)
     dt = coco_from_dict({"images": list(data["images"]), "categories": list(data["categories"]),
                      "annotations": detections})
-    main = _run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
-    joint = _run_cocoeval(_JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
+    main = run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
+    joint = run_cocoeval(JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
 
-    per_category = {}
-    for k, category in enumerate(schema.categories):
-        x = main.eval["precision"][:, :, k, 0, -1]
-        x = x[x > -1]
-        per_category[category.name] = None if x.size == 0 else float(np.mean(x) * 100)
-
-    pairs = _true_positives(main)
+    per_category = per_category_ap(main, [category.name for category in schema.categories])
+    pairs = true_positives(main)
     counts["true_positives"] = len(pairs)
-    attributes = {a.name: _attribute_result(a.name, list(a.values), pairs, gt, dt)
+    attributes = {a.name: attribute_result(a.name, list(a.values), pairs, gt, dt)
                   for a in schema.attributes if not a.multi}
-    multi_label = {a.name: _multi_label_result(a.name, list(a.values), pairs, gt, dt)
+    multi_label = {a.name: multi_label_pairs_result(a.name, list(a.values), pairs, gt, dt)
                    for a in schema.attributes if a.multi}
     iou_f1 = {}
     if multi:
@@ -372,8 +176,8 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
                            max_dets=eval_cfg.max_dets)
     return EvalResult(
         data=data_record(coco_gt) if not isinstance(coco_gt, Mapping) else {},
-        segm=_summarize(main),
-        joint=_summarize(joint),
+        segm=summarize(main),
+        joint=summarize(joint),
         per_category_ap=per_category,
         attributes=attributes,
         max_dets=eval_cfg.max_dets,
@@ -383,36 +187,6 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
         multi_label=multi_label,
         iou_f1=iou_f1,
     )
-
-
-def _true_positives(evaluator: COCOeval) -> list[tuple[int, int]]:
-    """(detection id, GT id) pairs COCOeval matched at IoU 0.50, area "all", not on crowd regions."""
-    t = int(np.flatnonzero(np.isclose(evaluator.params.iouThrs, TP_IOU))[0])
-    all_area = evaluator.params.areaRng[evaluator.params.areaRngLbl.index("all")]
-    pairs = []
-    for e in evaluator.evalImgs:
-        if e is None or list(e["aRng"]) != list(all_area):
-            continue
-        for d, (dt_id, gt_id) in enumerate(zip(e["dtIds"], e["dtMatches"][t])):
-            if gt_id > 0 and not e["dtIgnore"][t, d]:
-                pairs.append((int(dt_id), int(gt_id)))
-    return pairs
-
-
-def _attribute_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> AttributeResult:
-    k = len(values)
-    confusion = np.zeros((k, k + 1), dtype=np.int64)
-    unlabeled = 0
-    for dt_id, gt_id in pairs:
-        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
-        if truth is None or truth == UNLABELED:
-            unlabeled += 1
-            continue
-        confusion[truth, dt.anns[dt_id]["attributes"][name]] += 1
-    count = int(confusion.sum())
-    correct = int(np.trace(confusion[:, :k]))
-    return AttributeResult(name=name, values=values, accuracy=correct / count if count else None, correct=correct,
-                           count=count, unlabeled=unlabeled, confusion=confusion.tolist())
 
 
 def align_kinds(pred: dict, schema: Schema) -> dict:
@@ -439,47 +213,3 @@ def align_kinds(pred: dict, schema: Schema) -> dict:
             pred["attribute_no_object"] = {**pred.get("attribute_no_object", {}),
                                            a.name: np.where(chosen, 0.0, 2.0)}  # > any prob: "no object"
     return pred
-
-
-def _multi_label_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> MultiLabelResult:
-    k = len(values)
-    tp, fp, fn = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
-    count = unlabeled = 0
-    for dt_id, gt_id in pairs:
-        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
-        if truth is None or truth == UNLABELED:
-            unlabeled += 1
-            continue
-        count += 1
-        g, d = np.zeros(k, bool), np.zeros(k, bool)
-        g[list(truth)], d[dt.anns[dt_id]["attribute_sets"][name]] = True, True
-        tp += g & d
-        fp += ~g & d
-        fn += g & ~d
-    return multi_label_result(name, values, tp, fp, fn, count, unlabeled)
-
-
-def attribute_id_sets(schema: Schema, gt: COCO, dt: COCO) -> tuple[list[int], dict[int, list[int]], dict[int, list[int]]]:
-    """The vocabulary of attribute ids and each GT / detection annotation's attribute-id set (by annotation id).
-
-    GT: a single group's labeled value, a multi group's values. Detections: a single group's predicted value
-    unless its no-object prob wins (then none), a multi group's predicted set."""
-    ids = attribute_vocabulary(schema)
-    gt_ids, dt_ids = {}, {}
-    for ann_id, ann in gt.anns.items():
-        labels, out = ann.get("attributes") or {}, []
-        for a in schema.attributes:
-            v = labels.get(a.name, UNLABELED)
-            if v is None or v == UNLABELED:
-                continue
-            out += [ids[a.name, k] for k in v] if a.multi else [ids[a.name, v]]
-        gt_ids[ann_id] = sorted(out)
-    for ann_id, ann in dt.anns.items():
-        out = []
-        for a in schema.attributes:
-            if a.multi:
-                out += [ids[a.name, k] for k in ann["attribute_sets"][a.name]]
-            elif ann["attributes"][a.name] < len(a.values):  # K = no object: nothing predicted
-                out.append(ids[a.name, ann["attributes"][a.name]])
-        dt_ids[ann_id] = sorted(out)
-    return sorted(ids.values()), gt_ids, dt_ids

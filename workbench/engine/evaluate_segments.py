@@ -79,9 +79,9 @@ class SegmentationEvalResult:
         return frame
 
     def to_dict(self) -> dict[str, Any]:
-        from workbench.engine.evaluate import _json_safe
+        from workbench.metrics.instance_result import json_safe
 
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
 
 def _ground_truth(dataset, index: int) -> tuple[np.ndarray | None, list[dict], np.ndarray]:

@@ -1,14 +1,32 @@
 """Attribute scores on matched pairs, shared by the instance evaluation (engine/evaluate.py: COCOeval's true
 positives) and the panoptic one (metrics/panoptic_attributes.py: PQ's matched segments): one result type each for
-a single-label group (accuracy and confusion) and a multi-label group (micro / macro F1)."""
+a single-label group (accuracy and confusion) and a multi-label group (micro / macro F1), and the instance scores
+on COCOeval's true positives (coco_segm.true_positives: IoU 0.50, greedy by ranking score, same category):
+
+accuracy and confusion  per single-label group: a TP whose GT leaves that attribute unlabeled (key missing or -1)
+         is excluded and counted in `unlabeled`. The predicted value is the top real value, or "no_object" when
+         that attribute's no-object prob exceeds the top real value's prob; "no_object" is always wrong. The
+         confusion matrix is K x (K+1): rows = GT value, columns = predicted value then no_object.
+multi-label groups (kind "multi"): per group, precision / recall / F1 of the predicted value sets (values above
+         the group's threshold) against the GT sets, micro (pooled over values) and macro (mean over the values
+         that occur in the GT or the predictions); TPs whose GT leaves the group unlabeled are excluded.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-__all__ = ["AttributeResult", "MultiLabelResult", "multi_label_result"]
+from workbench.data.categories import UNLABELED
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
+__all__ = ["NO_OBJECT", "AttributeResult", "MultiLabelResult", "attribute_result", "multi_label_pairs_result",
+           "multi_label_result"]
+
+NO_OBJECT = "no_object"  # the confusion matrix's last column: a no-object prediction
 
 
 @dataclass
@@ -64,3 +82,42 @@ def multi_label_result(name: str, values: Sequence[str], tp: np.ndarray, fp: np.
                      "f1": ratio(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])} for i, v in enumerate(values)}
     return MultiLabelResult(name=name, values=list(values), count=count, unlabeled=unlabeled, micro=micro,
                             macro=macro, per_value=per_value)
+
+
+def attribute_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO, dt: COCO) -> AttributeResult:
+    """Accuracy and confusion of single-label group `name` on (detection id, GT id) `pairs` (coco_segm's true
+    positives); detections carry the predicted value index (K = no object), GT the labeled one."""
+    k = len(values)
+    confusion = np.zeros((k, k + 1), dtype=np.int64)
+    unlabeled = 0
+    for dt_id, gt_id in pairs:
+        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
+        if truth is None or truth == UNLABELED:
+            unlabeled += 1
+            continue
+        confusion[truth, dt.anns[dt_id]["attributes"][name]] += 1
+    count = int(confusion.sum())
+    correct = int(np.trace(confusion[:, :k]))
+    return AttributeResult(name=name, values=values, accuracy=correct / count if count else None, correct=correct,
+                           count=count, unlabeled=unlabeled, confusion=confusion.tolist())
+
+
+def multi_label_pairs_result(name: str, values: list[str], pairs: list[tuple[int, int]], gt: COCO,
+                             dt: COCO) -> MultiLabelResult:
+    """Precision / recall / F1 of multi-label group `name` on (detection id, GT id) `pairs`: detections carry
+    `attribute_sets: {name: [value indices]}`, GT `attributes: {name: [value indices]}`."""
+    k = len(values)
+    tp, fp, fn = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
+    count = unlabeled = 0
+    for dt_id, gt_id in pairs:
+        truth = (gt.anns[gt_id].get("attributes") or {}).get(name, UNLABELED)
+        if truth is None or truth == UNLABELED:
+            unlabeled += 1
+            continue
+        count += 1
+        g, d = np.zeros(k, bool), np.zeros(k, bool)
+        g[list(truth)], d[dt.anns[dt_id]["attribute_sets"][name]] = True, True
+        tp += g & d
+        fp += ~g & d
+        fn += g & ~d
+    return multi_label_result(name, values, tp, fp, fn, count, unlabeled)

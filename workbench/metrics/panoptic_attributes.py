@@ -1,6 +1,6 @@
 """Attributes on panoptic segments ("road: wet", "car: red"), stuff and things alike, scored on the segment pairs
 PQ matches (metrics/panoptic.py: same category, GT not crowd, IoU > 0.5); the panoptic counterpart of the
-instance path's attribute accuracy, multi-label F1 and joint AP (engine/evaluate.py), with the same rules.
+instance path's attribute accuracy, multi-label F1 (attributes.py) and joint AP (joint_ap.py), with the same rules.
 
 Values. GT, per segment: `attributes: {name: value index}` for a single-label group, `{name: [indices]}` for a
 multi-label one; -1, None or a missing key = unlabeled. Prediction, per segment (the model's panoptic output):

@@ -1,7 +1,7 @@
 """A pycocotools `COCO` over an in-memory dataset dict, indexed without pycocotools' console chatter.
 
-Shared by segm/joint AP (engine/evaluate.py) and Fashionpedia's AP(IoU+F1) (engine/fashionpedia.py), which
-both build COCOeval inputs from dicts rather than files.
+Shared by segm AP (metrics/coco_segm.py), joint AP (metrics/joint_ap.py) and Fashionpedia's AP(IoU+F1)
+(metrics/fashionpedia.py), which all build COCOeval inputs from dicts rather than files.
 """
 from __future__ import annotations
 
