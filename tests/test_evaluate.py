@@ -113,6 +113,17 @@ def test_perfect_predictions(gt, scoring):
     assert r.counts["true_positives"] == r.counts["ground_truth"] == 4 and r.max_dets == 100
 
 
+def test_per_category_ap_named_by_id_when_categories_are_listed_out_of_id_order(gt):
+    """COCOeval orders its precision columns by category id; a file listing square (9) before circle (7) must
+    still report each AP under its own name (a square missed entirely: square 0, circle 100)."""
+    gt["categories"] = gt["categories"][::-1]  # square first: label 0 is now square, 1 circle
+    preds = {1: make_pred([inst(A, 1, 0.9, RED, SMALL), inst(B, 1, 0.8, GREEN, LARGE)]),
+             2: make_pred([inst(D, 1, 0.7, RED, LARGE)])}
+    r = evaluate_predictions(gt, preds, Schema.from_coco(gt))
+    assert list(r.per_category_ap) == ["square", "circle"]  # the file's order
+    assert r.per_category_ap == pytest.approx({"square": 0, "circle": 100})
+
+
 # circles A, B, D (3 GT) ranked with B's wrong detection; square C stays perfect (AP 1).
 #   B at 0.8:  A TP, B FP, D TP -> precision 1 to recall 1/3 (34 points), 2/3 to recall 2/3 (33 points): 56/101
 #   B at 0.99: B FP, A TP, D TP -> precision 2/3 up to recall 2/3 (67 points): 67 * 2/3 / 101

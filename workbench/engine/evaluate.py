@@ -159,7 +159,7 @@ def evaluate_predictions(coco_gt: str | os.PathLike | Mapping, predictions: Mapp
     main = run_cocoeval(COCOeval(gt, dt, "segm"), image_ids, eval_cfg.max_dets)
     joint = run_cocoeval(JointCOCOeval(gt, dt, names), image_ids, eval_cfg.max_dets)
 
-    per_category = per_category_ap(main, [category.name for category in schema.categories])
+    per_category = per_category_ap(main, {category.id: category.name for category in schema.categories})
     pairs = true_positives(main)
     counts["true_positives"] = len(pairs)
     attributes = {a.name: attribute_result(a.name, list(a.values), pairs, gt, dt)

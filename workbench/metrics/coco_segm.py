@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -74,12 +74,13 @@ def summarize(evaluator: COCOeval) -> dict[str, float | None]:
             "APs": mean(a="small"), "APm": mean(a="medium"), "APl": mean(a="large")}
 
 
-def per_category_ap(evaluator: COCOeval, names: Sequence[str]) -> dict[str, float | None]:
-    """{category name: AP (IoU .50:.95, area "all") in percent}; `names[k]` names the evaluator's k-th category
-    (its `params.catIds`, which COCOeval sorts by id)."""
+def per_category_ap(evaluator: COCOeval, names: Mapping[int, str]) -> dict[str, float | None]:
+    """{category name: AP (IoU .50:.95, area "all") in percent}; `names` maps category id -> name. COCOeval's
+    k-th precision column is its k-th `params.catIds` (sorted by id), not the file's k-th category."""
+    column = {cat_id: k for k, cat_id in enumerate(evaluator.params.catIds)}
     per_category = {}
-    for k, name in enumerate(names):
-        x = evaluator.eval["precision"][:, :, k, 0, -1]
+    for cat_id, name in names.items():  # in the caller's (the schema's) order
+        x = evaluator.eval["precision"][:, :, column[cat_id], 0, -1]
         x = x[x > -1]
         per_category[name] = None if x.size == 0 else float(np.mean(x) * 100)
     return per_category
