@@ -387,6 +387,7 @@ CASES = [
     case("demo --out new --data-dir image.png --max-iter 1"),
     case("demo --out image.png --data-dir new_data --max-iter 1"),
     case("demo --out new --data-dir new_data --max-iter 1 --device tpu"),
+    case("demo --seed -1 --out new --data-dir new_data --max-iter 1"),
 ]
 
 

@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
                    help="instance (the default demo), or panoptic / semantic on the shapes with stuff bands")
     p.add_argument("--device", default=None, type=device_arg, help="cpu | cuda | cuda:N (default: GPU when present)")
     p.add_argument("--max-iter", type=int, default=None, help="training steps (default: the demo's)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0); the data are the same for every "
+                   "seed, so seeds compare the recipe, not the data")
     p.set_defaults(func=run_demo)
 
     p = sub.add_parser("train", help="train a model from a YAML config into a run directory")
@@ -71,7 +73,7 @@ def run_demo(args) -> int:
 
     suffix = "" if args.task == "instance" else f"_{args.task}"
     return demo(args.out or f"runs/demo{suffix}", args.data_dir or f"data/generated/demo{suffix}", device=args.device,
-                max_iter=DEMO_MAX_ITER if args.max_iter is None else args.max_iter, task=args.task)
+                max_iter=DEMO_MAX_ITER if args.max_iter is None else args.max_iter, task=args.task, seed=args.seed)
 
 
 def load_train_config(path: str, weights: str | None = None, resume_dir: str | None = None):

@@ -29,9 +29,10 @@ def demo_data(data_dir: Path, task: str = "instance") -> tuple[str, str]:
     return str(data_dir / "train" / name), str(data_dir / "val" / name)
 
 
-def demo_config(data_dir: Path, max_iter: int = DEMO_MAX_ITER, task: str = "instance") -> RunConfig:
+def demo_config(data_dir: Path, max_iter: int = DEMO_MAX_ITER, task: str = "instance", seed: int = 0) -> RunConfig:
     """The small default: tiny backbone, hidden 64, 20 queries, 3 decoder layers, 128^2 shapes; for panoptic and
-    semantic the same shapes in front of sky / ground stuff bands (attribute `tone`)."""
+    semantic the same shapes in front of sky / ground stuff bands (attribute `tone`). `seed` is the training seed
+    (initialisation, batch order, augmentation, point sampling); the data are the same for every seed."""
     from workbench.data.synthetic import synthetic_schema
 
     train, val = demo_data(data_dir, task)
@@ -47,7 +48,7 @@ def demo_config(data_dir: Path, max_iter: int = DEMO_MAX_ITER, task: str = "inst
                           eval_period=min(DEMO_EVAL_PERIOD, max_iter), best_metric="segm/AP")
     return RunConfig(model=model, solver=solver,
                      data=DataConfig(train=train, val=val, cache_images=True),  # 600 small PNGs: 28 MiB decoded
-                     augment=AugmentConfig.synthetic(), eval=EvalConfig(), seed=0)
+                     augment=AugmentConfig.synthetic(), eval=EvalConfig(), seed=seed)
 
 
 def prepare_data(data_dir: Path, train_images: int = DEMO_TRAIN_IMAGES, val_images: int = DEMO_VAL_IMAGES,
@@ -60,7 +61,8 @@ def prepare_data(data_dir: Path, train_images: int = DEMO_TRAIN_IMAGES, val_imag
     print(f"[demo] {train_images} train and {val_images} held-out images, converted and validated", flush=True)
 
 
-def check_demo_arguments(out, data_dir, device: str | None, max_iter: int, task: str = "instance") -> None:
+def check_demo_arguments(out, data_dir, device: str | None, max_iter: int, task: str = "instance",
+                         seed: int = 0) -> None:
     """Refuse what cannot run before the component report, the data and the training start (minutes of work)."""
     from workbench.device import resolve_device
     from workbench.errors import UsageError
@@ -69,6 +71,8 @@ def check_demo_arguments(out, data_dir, device: str | None, max_iter: int, task:
         raise UsageError(f"workbench demo: --task {task}: choose instance, panoptic or semantic")
     if max_iter < 1:
         raise UsageError(f"workbench demo: --max-iter {max_iter}: give at least 1 training step")
+    if seed < 0:
+        raise UsageError(f"workbench demo: --seed {seed}: give a seed >= 0")
     for flag, path in (("--out", out), ("--data-dir", data_dir)):
         if Path(path).exists() and not Path(path).is_dir():
             raise UsageError(f"workbench demo: {flag} {path} is a file; give a folder")
@@ -80,10 +84,10 @@ def check_demo_arguments(out, data_dir, device: str | None, max_iter: int, task:
 
 def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", device: str | None = None,
              max_iter: int = DEMO_MAX_ITER, components: bool = True, train_images: int = DEMO_TRAIN_IMAGES,
-             val_images: int = DEMO_VAL_IMAGES, progress: bool = True, task: str = "instance") -> int:
+             val_images: int = DEMO_VAL_IMAGES, progress: bool = True, task: str = "instance", seed: int = 0) -> int:
     from workbench.engine.pipeline import train_and_evaluate
 
-    check_demo_arguments(out, data_dir, device, max_iter, task)
+    check_demo_arguments(out, data_dir, device, max_iter, task, seed)
     start = time.perf_counter()
     if components:
         from workbench.harness.runners import run_all
@@ -94,7 +98,7 @@ def run_demo(out: str = "runs/demo", data_dir: str = "data/generated/demo", devi
             return 1
     data_dir = Path(data_dir)
     prepare_data(data_dir, train_images, val_images, task)
-    cfg = demo_config(data_dir, max_iter=max_iter, task=task)
+    cfg = demo_config(data_dir, max_iter=max_iter, task=task, seed=seed)
     _, metrics = train_and_evaluate(cfg, out, device=device, progress=progress, overwrite=True)  # a demo reruns
     minutes = (time.perf_counter() - start) / 60
     if task != "instance":
