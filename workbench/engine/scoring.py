@@ -25,8 +25,10 @@ __all__ = [
     "SCORING_MODES",
     "Selection",
     "encode_masks",
+    "iou_from_intersections",
     "mask_iou",
     "no_object_flags",
+    "pairwise_mask_intersections",
     "pairwise_mask_iou",
     "predicted_attribute_values",
     "ranking_scores",
@@ -136,7 +138,9 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     masks = np.asarray(masks)
     if masks.shape[0] == 0:
         return []
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    masks = masks.view(np.uint8) if masks.dtype == bool else masks.astype(np.uint8)
+    # pycocotools wants (H, W, N) in Fortran order: that is (N, W, H) in C order, one copy
+    return mask_utils.encode(np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(2, 1, 0))
 
 
 def mask_iou(rles_a: Sequence[dict], rles_b: Sequence[dict]) -> np.ndarray:
@@ -146,23 +150,40 @@ def mask_iou(rles_a: Sequence[dict], rles_b: Sequence[dict]) -> np.ndarray:
     return np.asarray(mask_utils.iou(list(rles_a), list(rles_b), [0] * len(rles_b)), dtype=np.float64)
 
 
-def pairwise_mask_iou(masks: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool -> (N, N) float64 mask IoU, equal to the last bit to `mask_iou` on their RLEs (both divide
-    the same integer counts). From dense masks with one matrix product: pycocotools walks the runs of every
-    pair, which on fragmented masks (an untrained model's) takes ~1 s for 100 queries at 512^2."""
-    import torch
+def pairwise_mask_intersections(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, N) int64 pixel counts of mask_i & mask_j; the diagonal holds the areas.
 
+    Why bits: the masks are packed 64 pixels to a word and each pair's count is the popcount of their AND, 8x
+    less memory than bytes and no float copy; a float32 product (the previous way) did 32x the arithmetic and
+    took ~4x longer for 100 queries at 512^2 (the inspector's image switch). Exact at any size.
+    """
     masks = np.asarray(masks, dtype=bool)
     n = masks.shape[0]
-    flat = torch.from_numpy(masks.reshape(n, -1))
-    # float32 sums of 0/1 are exact integers below 2^24 pixels; float64 beyond
-    dtype = torch.float32 if flat.shape[1] < (1 << 24) else torch.float64
-    flat = flat.to(dtype)
-    inter = (flat @ flat.T).to(torch.float64).numpy()
-    area = np.diag(inter).copy()
+    words = np.packbits(masks.reshape(n, int(np.prod(masks.shape[1:]))), axis=1)  # (N, ceil(P / 8)) bytes, zero bits past the end
+    words = np.pad(words, ((0, 0), (0, -words.shape[1] % 8))).view(np.uint64)
+    counts = np.zeros((n, n), dtype=np.int64)
+    for i in range(n):  # row i against rows i.. (the matrix is symmetric)
+        row = np.bitwise_count(words[i] & words[i:]).sum(1, dtype=np.int64)
+        counts[i, i:] = row
+        counts[i:, i] = row
+    return counts
+
+
+def iou_from_intersections(intersections: np.ndarray) -> np.ndarray:
+    """(N, N) int pixel counts of mask pairs (diagonal = areas) -> (N, N) float64 IoU, 0 where they do not
+    intersect (an empty mask included), the same integer division as pycocotools' `iou`."""
+    inter = np.asarray(intersections)
+    area = np.diag(inter)
     union = area[:, None] + area[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def pairwise_mask_iou(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, N) float64 mask IoU, equal to the last bit to `mask_iou` on their RLEs (both divide
+    the same integer counts). From dense masks (`pairwise_mask_intersections`): pycocotools walks the runs of
+    every pair, which on fragmented masks (an untrained model's) takes ~1 s for 100 queries at 512^2."""
+    return iou_from_intersections(pairwise_mask_intersections(masks))
 
 
 def suppress_duplicates(rles: Sequence[dict], scores: np.ndarray, iou_threshold: float,

@@ -16,6 +16,7 @@ inspector keeps is what COCOeval would see.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -25,7 +26,13 @@ import torch
 
 from workbench.config import EvalConfig
 from workbench.drawing.overlay import value_set_text
-from workbench.engine.scoring import encode_masks, pairwise_mask_iou, ranking_scores, select_instances
+from workbench.engine.scoring import (
+    encode_masks,
+    iou_from_intersections,
+    pairwise_mask_intersections,
+    ranking_scores,
+    select_instances,
+)
 from workbench.model.meta_arch import pad_images
 from workbench.model.postprocess import _masks_and_scores, resize_mask_logits
 
@@ -143,8 +150,12 @@ class ImageQueries:
 
     @property
     def mask_areas(self) -> np.ndarray:
-        """(Q,) pixels in each final mask."""
-        return self._cached("mask_areas", lambda: self.masks.reshape(self.num_queries, -1).sum(1))
+        """(Q,) pixels in each final mask (the diagonal of the pairwise intersections, counted anyway)."""
+        return self._cached("mask_areas", lambda: self._intersections().diagonal().copy())
+
+    def _intersections(self) -> np.ndarray:
+        """(Q, Q) int64 pixel counts of final mask pairs (`engine.scoring.pairwise_mask_intersections`)."""
+        return self._cached("intersections", lambda: pairwise_mask_intersections(self.masks))
 
     @property
     def outlines(self) -> np.ndarray:
@@ -153,16 +164,16 @@ class ImageQueries:
 
     @property
     def rles(self) -> list:
-        if "rles" not in self._cache:
-            self._cache["rles"] = encode_masks(self.masks)
-        return self._cache["rles"]
+        """Q COCO RLEs of the final masks (all of them: `query_table` encodes only those it needs)."""
+        return self._cached("rles", lambda: list(self._lazy_rles()))
+
+    def _lazy_rles(self) -> "_LazyRles":
+        return self._cached("lazy_rles", lambda: _LazyRles(self.masks))
 
     @property
     def pairwise_iou(self) -> np.ndarray:
-        """(Q, Q) mask IoU between the queries' final masks."""
-        if "pairwise_iou" not in self._cache:
-            self._cache["pairwise_iou"] = pairwise_mask_iou(self.masks)  # = mask_iou(rles, rles), faster
-        return self._cache["pairwise_iou"]
+        """(Q, Q) mask IoU between the queries' final masks (= mask_iou(rles, rles), from pixel counts)."""
+        return self._cached("pairwise_iou", lambda: iou_from_intersections(self._intersections()))
 
     @property
     def matched_iou(self) -> np.ndarray:
@@ -179,6 +190,26 @@ class ImageQueries:
             inter = int(np.count_nonzero(a & b))
             out[q] = inter / (int(np.count_nonzero(a)) + int(np.count_nonzero(b)) - inter) if inter else 0.0
         return out
+
+
+class _LazyRles(SequenceABC):
+    """The RLEs of (Q, H, W) masks, each encoded when first read and kept: `select_instances` reads only the
+    candidates' (those above the score threshold), so an image switch encodes a few masks instead of Q."""
+
+    def __init__(self, masks: np.ndarray) -> None:
+        self._masks = masks
+        self._rles: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]  # an int or numpy integer, negative ones too; IndexError past the end
+        if i not in self._rles:
+            self._rles[i] = encode_masks(self._masks[i:i + 1])[0]
+        return self._rles[i]
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -224,7 +255,9 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"item['image'] must be (3, H, W), got {tuple(image.shape)}")
     was_training = model.training
-    model.eval()
+    switch_mode = any(m.training for m in model.modules())  # eval() then train() walks every module: skip it
+    if switch_mode:
+        model.eval()
     try:
         padded = pad_images([image.to(model.device)], model.cfg.size_divisibility, model.cfg.pixel_mean)
         raw = model.forward_raw(padded, return_aux=True, return_attention=True)
@@ -243,10 +276,11 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
                 matched = np.full(raw.num_queries, -1, dtype=np.int64)
                 matched[rows.numpy()] = cols.numpy()
     finally:
-        model.train(was_training)
+        if switch_mode:
+            model.train(was_training)
     stages = list(raw.aux) + [raw]
     padded_size = tuple(int(s) for s in padded.shape[-2:])
-    logits = np.stack([s.mask_logits[0].float().cpu().numpy() for s in stages])  # resized on demand
+    logits = torch.stack([s.mask_logits[0].float().cpu() for s in stages]).numpy()  # resized on demand
     attention = [s.attention_mask[0].cpu().numpy() if s.attention_mask is not None else None for s in stages]
     return ImageQueries(
         image=image.permute(1, 2, 0).cpu().numpy().astype(np.uint8),
@@ -255,7 +289,7 @@ def inspect_item(model, item: Mapping[str, Any], categories: Sequence[str] | Non
         class_probs=raw.class_logits[0].float().softmax(-1).cpu().numpy().astype(np.float64),
         attribute_probs={n: (v[0].float().sigmoid() if n in multi else v[0].float().softmax(-1)).cpu().numpy()
                          .astype(np.float64) for n, v in raw.attribute_logits.items()},
-        stage_mask_logits_low=logits.astype(np.float32),
+        stage_mask_logits_low=logits,
         padded_size=padded_size,
         stage_attention=attention,
         gt=gt,
@@ -372,8 +406,8 @@ def query_table(q: ImageQueries, scoring: str = "mean", score_threshold: float =
     frame["duplicate"] = frame["duplicate_of"] >= 0
     eval_cfg = EvalConfig(scoring=scoring, dedupe_iou=duplicate_iou, score_threshold=score_threshold,
                           drop_no_object=drop_no_object, max_dets=max(1, q.num_queries))
-    kept = select_instances(pred, eval_cfg, single, [n for n in names if n in q.multi_label], rles=q.rles,
-                            pairwise_iou=q.pairwise_iou).index
+    kept = select_instances(pred, eval_cfg, single, [n for n in names if n in q.multi_label],
+                            rles=q._lazy_rles(), pairwise_iou=q.pairwise_iou).index
     frame["kept"] = np.isin(np.arange(q.num_queries), kept)
     return frame.sort_values("rank")
 
