@@ -14,6 +14,14 @@ A grid file (YAML):
       patterns: false                 # true: add the multi-label group `pattern` (stripes / dots / outline)
       dir: runs/ablation/data         # default: <out>/data
 
+The task is `model.task` (instance | semantic | panoptic), in the base or as an axis (`model.task: [panoptic,
+semantic]`). With `synthetic:`, instance cells use the shapes as COCO-with-attributes (<dir>/{train,val}/coco.json)
+and panoptic / semantic cells the same shapes in front of sky / ground stuff (attribute `tone`) as COCO panoptic
+(<dir>/stuff/{train,val}/panoptic/panoptic.json; semantic targets are one per class present), so the two segment
+tasks are scored on the same images; num_classes, attributes and stuff_classes follow each cell's data. The
+tables' metric columns follow the tasks (tables.py): segm AP for instance, PQ / joint PQ / mIoU for panoptic,
+mIoU for semantic.
+
 Attribute groups are reached by name: `model.attributes.<group>.<AttributeSpec field>`, e.g.
 `model.attributes.pattern.kind: [single, multi]` or `model.attributes.pattern.weight: [1, 2]`; the multi-label
 loss is `model.loss.multi_label_loss: [bce, focal]` and the matcher weight of every multi-label group
@@ -91,8 +99,17 @@ class SyntheticData:
         if self.image_size < 32:
             raise GridError(f"synthetic.image_size must be >= 32, got {self.image_size}")
 
-    def folder(self, out: str | Path) -> Path:
-        return Path(self.dir) if self.dir else Path(out) / "data"
+    def folder(self, out: str | Path, task: str = "instance") -> Path:
+        """Where the data of `task` is made: the shapes for instance, the shapes with stuff (in `stuff/`) for
+        panoptic and semantic."""
+        root = Path(self.dir) if self.dir else Path(out) / "data"
+        return root if task == "instance" else root / "stuff"
+
+    def paths(self, out: str | Path, task: str = "instance") -> tuple[str, str]:
+        """data.train and data.val of a `task` cell."""
+        name = "coco.json" if task == "instance" else "panoptic/panoptic.json"
+        folder = self.folder(out, task)
+        return str(folder / "train" / name), str(folder / "val" / name)
 
 
 @dataclass(frozen=True)
@@ -185,11 +202,24 @@ class Grid:
             raise GridError(f"{self.source}: axis values that give the same folder name {dupes}; make them distinct")
         return rows
 
+    def task_of(self, values: Mapping[str, Any]) -> str:
+        """The `model.task` of the cell with axis `values` (an axis, else the base's, else "instance")."""
+        model = self.base.get("model") if isinstance(self.base.get("model"), Mapping) else {}
+        return str(values.get("model.task", model.get("task", "instance")))
+
+    def tasks(self) -> list[str]:
+        """The tasks the grid's cells train, in grid order."""
+        return list(dict.fromkeys(self.task_of(values) for _, values in self.keys()))
+
     def cells(self, out: str | Path = ".") -> list[Cell]:
         """Every (axes combination, seed) with its validated RunConfig; `out` locates synthetic data."""
-        defaults = self._model_defaults()
+        by_task: dict[str, dict] = {}
         cells = []
         for key, values in self.keys():
+            task = self.task_of(values)
+            if task not in C.TASKS:
+                raise GridError(f"{self.source}: cell {key}: model.task {task!r} is not one of {list(C.TASKS)}")
+            defaults = by_task[task] if task in by_task else by_task.setdefault(task, self._model_defaults(task))
             for seed in self.seeds:
                 doc = copy.deepcopy(self.base)
                 groups = {}  # model.attributes.<group>.<field> overrides, applied to the resolved groups
@@ -203,9 +233,8 @@ class Grid:
                     _override_groups(doc, defaults, groups, f"{self.source}: cell {key}")
                 doc["seed"] = seed
                 if self.synthetic is not None:
-                    folder = self.synthetic.folder(out)
-                    doc["data"] = {**(doc.get("data") or {}), "train": str(folder / "train" / "coco.json"),
-                                   "val": str(folder / "val" / "coco.json"), "image_root": ""}
+                    train, val = self.synthetic.paths(out, task)
+                    doc["data"] = {**(doc.get("data") or {}), "train": train, "val": val, "image_root": ""}
                 try:
                     cfg = run_config_from_dict(doc, model_defaults=defaults)
                 except (ConfigError, TypeError, ValueError) as err:
@@ -216,25 +245,26 @@ class Grid:
                 cells.append(Cell(key, values, seed, cfg))
         return cells
 
-    def _model_defaults(self) -> dict:
-        """num_classes / attributes for a base that leaves them out: from the synthetic or training schema."""
+    def _model_defaults(self, task: str = "instance") -> dict:
+        """num_classes / attributes (/ stuff_classes) for a base that leaves them out: from the synthetic data of
+        `task` or the training data's schema (any format workbench train reads)."""
         model = self.base.get("model") or {}
         if "num_classes" in model and "attributes" in model:
             return {}
-        from workbench.data.schema import schema_of_coco
-
         if self.synthetic is not None:
             from workbench.data.synthetic import synthetic_schema
 
-            schema = synthetic_schema(self.synthetic.patterns)
+            schema = synthetic_schema(self.synthetic.patterns, stuff=task != "instance")
         else:
+            from workbench.data.segmentation import source_schema
+
             train = (self.base.get("data") or {}).get("train")
             if not train:
                 return {}
-            if not Path(train).is_file():
+            if not Path(train).exists():
                 raise GridError(f"{self.source}: base data.train {train} not found (needed for num_classes and "
                                 "attributes, which the base's model section leaves out)")
-            schema = schema_of_coco(train)
+            schema = source_schema(train)
         return schema.model_fields()
 
 

@@ -81,8 +81,10 @@ def _config_of(run_dir: Path) -> dict | None:
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
-def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) -> Path:
-    """Synthesise, convert and validate the shapes data once; a marker makes reruns free. Returns `folder`."""
+def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True, task: str = "instance") -> Path:
+    """Synthesise, convert and validate the shapes data of `task` once (COCO-with-attributes for instance, COCO
+    panoptic with sky / ground stuff for panoptic and semantic: SyntheticData.paths); a marker makes reruns free.
+    Returns `folder`."""
     from workbench.data.synthetic import synthetic_splits
 
     folder = Path(folder)
@@ -90,13 +92,15 @@ def prepare_synthetic(spec: SyntheticData, folder: Path, progress: bool = True) 
     wanted = {"train_images": spec.train_images, "val_images": spec.val_images, "image_size": spec.image_size}
     if spec.patterns:  # only then: markers of existing single-label data stay valid
         wanted["patterns"] = True
+    if task != "instance":
+        wanted["stuff"] = True
     if marker.is_file():
         if _read_json(marker) == wanted:
             return folder
         raise OutputStateError(f"{folder} holds synthetic data made with {_read_json(marker)}, not {wanted}; "
                         "remove the folder or set synthetic.dir elsewhere")
     synthetic_splits(folder, spec.train_images, spec.val_images, spec.image_size, progress=progress,
-                     patterns=spec.patterns)
+                     patterns=spec.patterns, task="instance" if task == "instance" else "panoptic")
     _write_json(marker, wanted)
     return folder
 
@@ -190,9 +194,10 @@ def run_grid(grid: Grid, out: str | os.PathLike, device: str | None = None, prog
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if grid.synthetic is not None:
-        prepare_synthetic(grid.synthetic, grid.synthetic.folder(out), progress=progress)
     cells = grid.cells(out)
+    if grid.synthetic is not None:  # the data each task needs: the shapes, or the shapes with stuff
+        for folder, task in {grid.synthetic.folder(out, t): t for t in grid.tasks()}.items():
+            prepare_synthetic(grid.synthetic, folder, progress=progress, task=task)
     check_stale(cells, out)
     import yaml
 

@@ -5,10 +5,13 @@
     paths = write_tables(grid, out)    ablation.csv, runs.csv, ablation.md, ablation.tex, ablation.json (metadata),
                                        plot_<axis>.png
 
-Metrics: segm AP, AP50 and joint AP (percent, engine/evaluate.py), each attribute's accuracy on true positives
-(percent), and train time (seconds of the training that produced the evaluated weights). std is the sample
-standard deviation over a cell's finished seeds (ddof=1; undefined with one seed). Failed seeds are left out
-of mean and std and counted in `failed`.
+Metrics, chosen by the tasks of the grid's cells (`model.task`; a grid over tasks gets the union, "–" where a
+task has no such score), all in percent: instance: segm AP, AP50 and joint AP (engine/evaluate.py) and each
+attribute's accuracy on true positives; panoptic: PQ (all / things / stuff), joint PQ, mIoU and each attribute's
+accuracy on PQ's matched segments (engine/evaluate_segments.py); semantic: mIoU, fwIoU, mACC, pACC. Then train
+time (seconds of the training that produced the evaluated weights). std is the sample standard deviation over a
+cell's finished seeds (ddof=1; undefined with one seed). Failed seeds are left out of mean and std and counted
+in `failed`.
 """
 from __future__ import annotations
 
@@ -25,23 +28,58 @@ from workbench.ablation.grid import Grid
 __all__ = ["aggregate", "collect_runs", "format_table", "metric_columns", "plot_axes", "to_latex", "to_markdown",
            "write_tables"]
 
-BASE_METRICS = ("AP", "AP50", "joint AP")
+TASK_METRICS = {"instance": ("AP", "AP50", "joint AP"),
+                "panoptic": ("PQ", "PQ things", "PQ stuff", "joint PQ", "mIoU"),
+                "semantic": ("mIoU", "fwIoU", "mACC", "pACC")}
+BASE_METRICS = TASK_METRICS["instance"]
+HEADLINE = {"instance": ("AP", "joint AP"), "panoptic": ("PQ", "joint PQ"), "semantic": ("mIoU",)}  # the plots
+CAPTION = {"instance": "AP, AP50, joint AP and attribute accuracy (on true positives at IoU 0.5)",
+           "panoptic": "PQ (all / things / stuff), joint PQ (attributes right too), mIoU and attribute accuracy "
+                       "(on PQ's matched segments, IoU > 0.5)",
+           "semantic": "mIoU, fwIoU, mACC and pACC (ignore 255)"}
 TRAIN_TIME = "train time (s)"
 PLUS_MINUS = "±"
 
 
+def run_tasks(runs: pd.DataFrame) -> list[str]:
+    """The tasks of `runs`' rows in the fixed order instance, panoptic, semantic (instance for older tables)."""
+    present = set(runs["task"]) if "task" in runs else {"instance"}
+    return [t for t in TASK_METRICS if t in present] or ["instance"]
+
+
+def _union(groups) -> list[str]:
+    return list(dict.fromkeys(m for group in groups for m in group))
+
+
 def metric_columns(runs: pd.DataFrame) -> list[str]:
-    """The metric columns of `runs` in table order: AP, AP50, joint AP, <attr> acc ..., train time (s)."""
+    """The metric columns of `runs` in table order: those of its tasks (TASK_METRICS, instance's first), <attr>
+    acc ..., train time (s)."""
     attrs = [c for c in runs.columns if c.endswith(" acc")]
-    return [*BASE_METRICS, *attrs, TRAIN_TIME]
+    return [*_union(TASK_METRICS[t] for t in run_tasks(runs)), *attrs, TRAIN_TIME]
+
+
+def _percent(fraction):
+    return None if fraction is None else 100.0 * fraction
 
 
 def _metrics_of(run_dir: Path) -> dict[str, float]:
     with open(run_dir / "metrics.json") as f:
         m = json.load(f)
-    row = {"AP": m["segm"].get("AP"), "AP50": m["segm"].get("AP50"), "joint AP": m["joint"].get("AP")}
-    for name, a in m.get("attributes", {}).items():
-        row[f"{name} acc"] = None if a.get("accuracy") is None else 100.0 * a["accuracy"]
+    task = m.get("task", "instance")
+    if task == "instance":
+        row = {"AP": m["segm"].get("AP"), "AP50": m["segm"].get("AP50"), "joint AP": m["joint"].get("AP")}
+        attributes = m.get("attributes", {})
+    else:  # engine/evaluate_segments.py's SegmentationEvalResult: PQ and IoU already in %
+        panoptic, semantic = m.get("panoptic") or {}, m.get("semantic") or {}
+        row = {}
+        if panoptic:
+            pq, joint = panoptic["panoptic"], panoptic["joint"]
+            row.update({"PQ": pq["all"]["PQ"], "PQ things": pq["things"]["PQ"], "PQ stuff": pq["stuff"]["PQ"],
+                        "joint PQ": joint["all"]["PQ"]})
+        row.update({k: semantic.get(k) for k in TASK_METRICS["semantic"] if k in TASK_METRICS[task]})
+        attributes = panoptic.get("attributes", {})
+    for name, a in attributes.items():
+        row[f"{name} acc"] = _percent(a.get("accuracy"))
     train = run_dir / "train.json"
     if train.is_file():
         with open(train) as f:
@@ -50,20 +88,24 @@ def _metrics_of(run_dir: Path) -> dict[str, float]:
 
 
 def check_same_data(out: Path, scored: Sequence[Path]) -> None:
-    """Every finished cell must be scored on the same validation data (its metrics.json records the file's
-    sha256); a file regenerated between runs would mix old and new numbers in one table."""
+    """Every finished cell of a task must be scored on the same validation data (its metrics.json records the
+    file's sha256); a file regenerated between runs would mix old and new numbers in one table. Cells of different
+    tasks may be scored on different data (instance: COCO-with-attributes; panoptic, semantic: the stuff data)."""
     from workbench.errors import WorkbenchError
 
-    by_hash: dict[str, list[str]] = {}
+    by_task: dict[str, dict[str, list[str]]] = {}
     for run_dir in scored:
         with open(run_dir / "metrics.json") as f:
-            data = json.load(f).get("data") or {}
+            metrics = json.load(f)
+        data = metrics.get("data") or {}
+        by_hash = by_task.setdefault(metrics.get("task", "instance"), {})
         by_hash.setdefault(data.get("sha256", "not recorded"), []).append(str(run_dir.relative_to(out)))
-    if len(by_hash) > 1:
-        groups = "; ".join(f"{h[:12]}: {', '.join(cells[:3])}{' ...' if len(cells) > 3 else ''}"
-                           for h, cells in by_hash.items())
-        raise WorkbenchError(f"{out}: cells were scored on different validation data ({groups}); delete the "
-                             "metrics.json of the stale cells (or the whole folder) and rerun the grid")
+    for by_hash in by_task.values():
+        if len(by_hash) > 1:
+            groups = "; ".join(f"{h[:12]}: {', '.join(cells[:3])}{' ...' if len(cells) > 3 else ''}"
+                               for h, cells in by_hash.items())
+            raise WorkbenchError(f"{out}: cells were scored on different validation data ({groups}); delete the "
+                                 "metrics.json of the stale cells (or the whole folder) and rerun the grid")
 
 
 def collect_runs(grid: Grid, out: str | Path) -> pd.DataFrame:
@@ -77,7 +119,8 @@ def collect_runs(grid: Grid, out: str | Path) -> pd.DataFrame:
     for key, values in grid.keys():
         for seed in grid.seeds:
             run_dir = out / key / f"seed{seed}"
-            row: dict[str, Any] = {"cell": key, **{a.label: values[a.path] for a in grid.axes}, "seed": seed}
+            row: dict[str, Any] = {"cell": key, **{a.label: values[a.path] for a in grid.axes}, "seed": seed,
+                                   "task": grid.task_of(values)}
             if (run_dir / "metrics.json").is_file():
                 row.update(status="done", error=None, **_metrics_of(run_dir))
             elif (run_dir / "failed.json").is_file():
@@ -260,8 +303,9 @@ def write_tables(grid: Grid, out: str | Path, digits: int = 1) -> dict[str, Path
                    f"{len(fingerprints)} different environments, see ablation.json" if fingerprints else
                    "no finished runs")
     seeds = ", ".join(map(str, grid.seeds))
-    caption = (f"Mean {PLUS_MINUS} sample std over seeds {{{seeds}}}; AP, AP50, joint AP and attribute accuracy "
-               f"(on true positives at IoU 0.5) in %, train time in s. {environment}.")
+    tasks = run_tasks(runs)
+    scores = "; ".join((f"{t}: " if len(tasks) > 1 else "") + CAPTION[t] for t in tasks)
+    caption = f"Mean {PLUS_MINUS} sample std over seeds {{{seeds}}}; {scores} in %, train time in s. {environment}."
     paths = {"csv": out / "ablation.csv", "runs_csv": out / "runs.csv", "markdown": out / "ablation.md",
              "latex": out / "ablation.tex", "metadata": out / "ablation.json"}
     table.to_csv(paths["csv"], index=False)
@@ -273,13 +317,13 @@ def write_tables(grid: Grid, out: str | Path, digits: int = 1) -> dict[str, Path
     paths["markdown"].write_text(to_markdown(shown, caption, comment, metrics))
     latex_shown = format_table(table, axes, metrics, digits, latex=True)
     paths["latex"].write_text(to_latex(latex_shown, caption, comments=[comment], metrics=metrics))
-    meta = {"grid": grid.to_dict(), "axes": {a.label: a.path for a in grid.axes}, "metrics": metrics,
+    meta = {"grid": grid.to_dict(), "axes": {a.label: a.path for a in grid.axes}, "tasks": tasks, "metrics": metrics,
             "std": "sample standard deviation over finished seeds (ddof=1)", "caption": caption,
             "fingerprints": fingerprints, "consistent_environment": len(fingerprints) <= 1,
             "cells": len(table), "runs": {s: int((runs["status"] == s).sum()) for s in ("done", "failed", "missing")},
             "files": {k: p.name for k, p in paths.items()}}
     if axes and int((runs["status"] == "done").sum()):
-        for i, path in enumerate(plot_axes(table, axes, out)):
+        for i, path in enumerate(plot_axes(table, axes, out, metrics=_union(HEADLINE[t] for t in tasks))):
             paths[f"plot_{axes[i]}"] = path
         meta["files"].update({k: p.name for k, p in paths.items() if k.startswith("plot_")})
     paths["metadata"].write_text(json.dumps(meta, indent=2, default=str))

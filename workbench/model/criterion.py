@@ -35,7 +35,7 @@ from torchvision.ops import sigmoid_focal_loss  # (N, K) elementwise (Lin et al.
 
 from workbench.config import AttributeSpec
 from workbench.model.boundary_loss import boundary_loss
-from workbench.model.ignore import ignored_cells, valid_pixels, valid_points
+from workbench.model.ignore import ignored_cells, kept_share, valid_pixels, valid_points
 from workbench.model.matcher import HungarianMatcher, Target, labeled_mask
 from workbench.model.outputs import ModelOutput
 from workbench.model.points import point_sample, uncertain_point_coords
@@ -301,10 +301,27 @@ class SetCriterion(nn.Module):
         tgt_masks = torch.cat([
             torch.as_tensor(t["masks"], device=src_masks.device)[j] for t, (_, j) in zip(targets, indices)
         ]).float()
-        tgt_masks = F.adaptive_avg_pool2d(tgt_masks[:, None], src_masks.shape[-2:])[:, 0]
         cells = self._ignored_cells(targets, indices, src_masks.shape[-2:], src_masks.device)
-        valid = None if cells is None else valid_pixels(cells)
+        if cells is None:
+            tgt_masks = F.adaptive_avg_pool2d(tgt_masks[:, None], src_masks.shape[-2:])[:, 0]
+            valid = None
+        else:  # each cell's share of the target among its kept pixels: ignored ones neither count as in nor out
+            kept = self._kept_pixels(targets, indices, src_masks.device)
+            tgt_masks = kept_share(tgt_masks, kept, src_masks.shape[-2:])
+            valid = valid_pixels(cells)
         return {"loss_boundary": boundary_loss(src_masks.float(), tgt_masks, num_masks, valid=valid)}
+
+    @staticmethod
+    def _kept_pixels(targets, indices, device) -> torch.Tensor:
+        """(N, H, W) float {0, 1}: 1 where each matched pair's image is not ignored (expanded views, no copies)."""
+        maps = []
+        for t, (_, j) in zip(targets, indices):
+            m = t.get("ignore")
+            size = tuple(torch.as_tensor(t["masks"]).shape[-2:])
+            kept = (torch.ones(size, device=device) if m is None
+                    else (~torch.as_tensor(m, device=device).bool()).float())
+            maps.append(kept[None].expand(len(j), *kept.shape))
+        return torch.cat(maps)
 
     # ---- driver ----
     def totals(self, targets, num_queries: int) -> "LossTotals":

@@ -5,7 +5,8 @@ ignored when at least half of the pixels it covers are. A sampled point is *vali
 uses no ignored cell (every corner with a nonzero weight is a kept cell), so the loss at that point and its
 gradient do not depend on any ignored cell's logit. The criterion ranks only valid points by uncertainty and
 averages its mask, dice and boundary terms over valid points / pixels; the matcher's mask costs average over
-valid points. Whatever the model predicts on ignored pixels therefore changes neither which queries are
+valid points. The boundary term's targets are area-resized over kept pixels only (`kept_share`), so what a
+target mask says on ignored pixels does not count either (semantic class masks are 0 on label 255). Whatever the model predicts on ignored pixels therefore changes neither which queries are
 matched, nor which points are sampled, nor the losses or their gradients. Without an ignore region none of
 this runs: the losses are computed exactly as before.
 """
@@ -30,6 +31,16 @@ def valid_points(cells: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """cells (N, h, w) from `ignored_cells`, coords (N, P, 2) in [0, 1] -> (N, P) bool: True where the point's
     bilinear sample touches no ignored cell (a sum of non-negative weights x {0, 1} is 0 only then)."""
     return point_sample(cells[:, None], coords)[:, 0] == 0
+
+
+def kept_share(masks: torch.Tensor, kept: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """masks (N, H, W) {0, 1}, kept (N, H, W) {0, 1} (not ignored) -> (N, h, w): each cell's share of mask pixels
+    among its kept pixels (0 where none is kept), so what a target says on ignored pixels changes nothing; equal
+    to the plain area resize where a cell has no ignored pixel."""
+    masks, kept = masks.float()[:, None], kept.float()[:, None]
+    inside = F.adaptive_avg_pool2d(masks * kept, tuple(size))
+    share = F.adaptive_avg_pool2d(kept, tuple(size))
+    return torch.where(share > 0, inside / share.clamp(min=torch.finfo(share.dtype).tiny), 0.0)[:, 0]
 
 
 def valid_pixels(cells: torch.Tensor) -> torch.Tensor:

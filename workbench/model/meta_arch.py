@@ -172,9 +172,14 @@ class MultiTaskMask2Former(nn.Module):
                 padded[:, : masks.shape[-2], : masks.shape[-1]] = masks.bool()
                 target["masks"] = padded
             # crowd / label 255 / __ignore__ pixels, on the item or its instances (both: their union); padding is
-            # not ignored
+            # not ignored, except for a semantic model: there it is label 255 (upstream's semantic mapper pads the
+            # label map with it), so no class mask gets an outline along the image's border
             regions = [torch.as_tensor(r, device=self.device).bool() for r in (item.get("ignore"), inst.get("ignore"))
                        if r is not None]
+            if padded_size is not None and self.cfg.task == "semantic" and tuple(masks.shape[-2:]) != tuple(padded_size):
+                beyond = masks.new_ones(tuple(padded_size), dtype=torch.bool)
+                beyond[: masks.shape[-2], : masks.shape[-1]] = False
+                regions.append(beyond)
             if padded_size is not None and regions:
                 target["ignore"] = padded.new_zeros(padded_size)
                 for ignore in regions:
