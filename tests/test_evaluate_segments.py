@@ -94,3 +94,24 @@ def test_semantic_ground_truth_of_panoptic_data_equals_the_semantic_converters(s
     for i in range(3):
         from_panoptic, from_semantic = _ground_truth(pan, i)[2], _ground_truth(sem, i)[2]
         assert np.array_equal(from_panoptic, from_semantic) and (from_semantic != 255).any()
+
+
+def test_per_class_table_joins_pq_and_iou_by_class_name():
+    """Notebook 03's per-class view of a panoptic evaluation: PQ / SQ / RQ with counts and the class's IoU."""
+    from workbench.engine.evaluate_segments import SegmentationEvalResult
+    from workbench.metrics.panoptic import PanopticResult, PQClass, PQGroup
+    from workbench.metrics.panoptic_attributes import PanopticAttributeResult
+    from workbench.metrics.semantic import SemanticResult
+
+    group = PQGroup(50.0, 80.0, 62.5, 2)
+    per_class = {"circle": PQClass(60.0, 80.0, 75.0, 3, 1, 1, True), "sky": PQClass(None, None, None, 0, 0, 0, False)}
+    pq = PanopticResult(group, group, group, per_class, images=2)
+    panoptic = PanopticAttributeResult(pq, pq, {}, {}, matched=3)
+    semantic = SemanticResult(70.0, 70.0, 80.0, 90.0, {"circle": 65.0, "sky": 75.0}, {"circle": 85.0, "sky": 75.0},
+                              [], images=2)
+    table = SegmentationEvalResult("panoptic", panoptic, semantic).per_class_table()
+    assert list(table.index) == ["circle", "sky"]
+    assert table.loc["circle", ["PQ", "TP", "FP", "FN", "IoU", "ACC"]].tolist() == [60.0, 3, 1, 1, 65.0, 85.0]
+    assert table.loc["sky", "kind"] == "stuff" and np.isnan(table.loc["sky", "PQ"]) and table.loc["sky", "IoU"] == 75.0
+    only = SegmentationEvalResult("semantic", None, semantic).per_class_table()
+    assert list(only.columns) == ["IoU", "ACC"] and only.loc["sky", "ACC"] == 75.0

@@ -24,6 +24,13 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # as an image, e.g. without the inline backend, shows up only as "<Figure ...>" text)
 DRAWS = {"01_data", "02_components", "03_train"}
 CELL_TIMEOUT = 600  # seconds for one cell on a slow shared CI machine; the notebooks take far less
+# notebooks with a `TASK` switch run once more per segmentation task (the default run is instance), and must show
+# that task's data or scores (text of their outputs)
+TASK_RUNS = {"01_data": {"panoptic": ("panoptic.json", "category_id", "sky"),
+                         "semantic": ("ground", "pixels", "class regions")},
+             "03_train": {"panoptic": ("joint PQ", "PQ stuff", "tone accuracy", "mIoU"),
+                          "semantic": ("mIoU", "fwIoU", "pACC")}}
+CASES = [(p, None) for p in NOTEBOOKS] + [(p, t) for p in NOTEBOOKS for t in TASK_RUNS.get(p.stem, {})]
 
 
 def parameters_cell(nb) -> int:
@@ -67,13 +74,20 @@ def test_parameter_injection_overrides_only_known_names():
     assert "C" not in nb.cells[1].source
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(path, tmp_path):
+def test_task_switch_notebooks_define_task():
+    for path in NOTEBOOKS:
+        if path.stem in TASK_RUNS:
+            nb = nbformat.read(path, as_version=4)
+            assert 'TASK = "instance"' in nb.cells[parameters_cell(nb)].source, path.name
+
+
+@pytest.mark.parametrize("path,task", CASES, ids=[p.stem + (f"-{t}" if t else "") for p, t in CASES])
+def test_notebook_executes(path, task, tmp_path):
     workdir = tmp_path / "nb"
     workdir.mkdir()
     shutil.copy(path, workdir / path.name)
     nb = nbformat.read(workdir / path.name, as_version=4)
-    inject_parameters(nb, small_parameters(path.stem, tmp_path))
+    inject_parameters(nb, small_parameters(path.stem, tmp_path, task))
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(workdir)}})
     start = time.perf_counter()
@@ -91,3 +105,8 @@ def test_notebook_executes(path, tmp_path):
     if path.stem in DRAWS:
         assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", [])), f"{path.name} drew no image"
+    if task:
+        text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for c in nb.cells
+                         if c.cell_type == "code" for o in c.get("outputs", []))
+        missing = [word for word in TASK_RUNS[path.stem][task] if word not in text]
+        assert not missing, f"{path.name} with TASK={task!r} showed nothing of {missing}"

@@ -338,13 +338,12 @@ def synthesize(out_dir: str | os.PathLike, num_images: int, seed: int = 0, cfg: 
 def synthetic_splits(data_dir: str | os.PathLike, train_images: int, val_images: int, image_size: int = 128,
                      progress: bool = True, patterns: bool = False, task: str = "instance") -> tuple[Path, Path]:
     """The shapes recipe end to end, as a user would run it, for a train and a held-out split (seeds 1 and 2)
-    under `data_dir`/{train,val}; images are in those folders. Per task, what is written and returned:
-    instance: labelme -> COCO-with-attributes, validated -> the two coco.json paths; panoptic (with stuff):
-    labelme -> `panoptic/panoptic.json` + PNGs, read back -> the two JSON paths; semantic (with stuff): labelme ->
-    `semantic/labels/*.png` + `semantic/classes.yaml`, read back -> the two `semantic` folders.
+    under `data_dir`/{train,val}; images are in those folders. Per task (data/task_data.py), what is written,
+    validated and returned: instance: labelme -> COCO-with-attributes -> the two coco.json paths; panoptic (with
+    stuff): labelme -> `panoptic/panoptic.json` + PNGs -> the two JSON paths; semantic (with stuff): labelme ->
+    `semantic/labels/*.png` + `semantic/classes.yaml` -> the two `semantic` folders.
     Raises if validation finds an error."""
-    from workbench.data.labelme import convert_labelme
-    from workbench.data.validate import validate_coco
+    from workbench.data.task_data import convert_for_task, validate_source
 
     if task not in ("instance", "panoptic", "semantic"):
         raise UsageError(f"task must be instance, panoptic or semantic, got {task!r}")
@@ -355,25 +354,9 @@ def synthetic_splits(data_dir: str | os.PathLike, train_images: int, val_images:
         folder = Path(data_dir) / split
         synthesize(folder, n, seed=seed, cfg=SynthConfig(image_size=image_size, patterns=patterns, stuff=stuff),
                    progress=progress)
-        if task == "panoptic":
-            from workbench.data.coco_panoptic import load_coco_panoptic
-            from workbench.data.labelme_maps import convert_labelme_panoptic
-
-            convert_labelme_panoptic(folder, schema, folder / "panoptic", progress=progress)
-            load_coco_panoptic(folder / "panoptic" / "panoptic.json", schema=schema)
-            paths.append(folder / "panoptic" / "panoptic.json")
-            continue
-        if task == "semantic":
-            from workbench.data.labelme_maps import convert_labelme_semantic
-            from workbench.data.semantic_png import load_semantic
-
-            convert_labelme_semantic(folder, schema, folder / "semantic", progress=progress)
-            load_semantic(folder / "semantic" / "labels", folder, folder / "semantic" / "classes.yaml")
-            paths.append(folder / "semantic")
-            continue
-        convert_labelme(folder, schema, folder / "coco.json", progress=progress)
-        report = validate_coco(folder / "coco.json", images=folder, schema=schema, progress=progress)
+        data = convert_for_task(folder, schema, folder, task, progress=progress)
+        report = validate_source(data.source, schema, data.image_root, progress=progress)
         if not report.ok:
-            raise RuntimeError(f"validation of {folder / 'coco.json'} failed:\n{report}")
-        paths.append(folder / "coco.json")
+            raise RuntimeError(f"validation of {data.source} failed:\n{report}")
+        paths.append(data.source)
     return paths[0], paths[1]

@@ -38,6 +38,8 @@ class ValidationReport:
     num_annotations: int = 0  # instances (iscrowd 0)
     num_empty_images: int = 0  # images without an instance: negatives, kept for training (data.keep_empty)
     num_ignore_regions: int = 0  # iscrowd 1 annotations (labelme __ignore__)
+    summary_title: str = "instances per category x attribute value"
+    unit: str = "instances"  # what num_annotations counts ("class regions" for semantic label maps)
 
     @property
     def errors(self) -> list[Problem]:
@@ -57,11 +59,11 @@ class ValidationReport:
 
     def __str__(self) -> str:
         lines = [str(p) for p in self.errors + self.warnings]
-        lines.append(f"{self.path}: {self.num_images} images ({self.num_empty_images} without instances), "
-                     f"{self.num_annotations} instances, {self.num_ignore_regions} ignore regions, "
+        lines.append(f"{self.path}: {self.num_images} images ({self.num_empty_images} without {self.unit}), "
+                     f"{self.num_annotations} {self.unit}, {self.num_ignore_regions} ignore regions, "
                      f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
         if not self.summary.empty:
-            lines += ["", "instances per category x attribute value:", self.summary.to_string()]
+            lines += ["", f"{self.summary_title}:", self.summary.to_string()]
         return "\n".join(lines)
 
 

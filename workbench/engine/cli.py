@@ -69,10 +69,10 @@ def add_parser(sub) -> None:
 
 
 def run_demo(args) -> int:
-    from workbench.engine.demo import DEMO_MAX_ITER, run_demo as demo
+    from workbench.engine.demo import DEMO_MAX_ITER, demo_dirs, run_demo as demo
 
-    suffix = "" if args.task == "instance" else f"_{args.task}"
-    return demo(args.out or f"runs/demo{suffix}", args.data_dir or f"data/generated/demo{suffix}", device=args.device,
+    run_dir, data_dir = demo_dirs(args.task)
+    return demo(args.out or run_dir, args.data_dir or data_dir, device=args.device,
                 max_iter=DEMO_MAX_ITER if args.max_iter is None else args.max_iter, task=args.task, seed=args.seed)
 
 

@@ -21,6 +21,13 @@ DEMO_FIGURES = ("panoptic/PQ", "panoptic/PQ_th", "panoptic/PQ_st", "joint_panopt
 DEMO_EVAL_PERIOD = 250  # evaluation during training; the figures are best.pt's (solver.best_metric: segm AP)
 
 
+def demo_dirs(task: str = "instance") -> tuple[str, str]:
+    """`workbench demo --task`'s default (run folder, data folder): runs/demo and data/generated/demo for
+    instance, with the suffix `_<task>` for panoptic and semantic."""
+    suffix = "" if task == "instance" else f"_{task}"
+    return f"runs/demo{suffix}", f"data/generated/demo{suffix}"
+
+
 def demo_data(data_dir: Path, task: str = "instance") -> tuple[str, str]:
     """The (train, val) sources `prepare_data` writes for `task` (synthetic_splits' layout). Semantic trains on
     the panoptic file too: label PNGs cannot hold attributes, segments can (one target per class, its attributes

@@ -78,6 +78,21 @@ class SegmentationEvalResult:
         frame["value"] = frame["value"].astype(float)
         return frame
 
+    def per_class_table(self):
+        """pandas DataFrame, one row per class (by name): PQ / SQ / RQ, TP / FP / FN and thing-or-stuff of a
+        panoptic evaluation, IoU and ACC (%) of a semantic one; None where a class is undefined."""
+        import pandas as pd
+
+        rows: dict[str, dict[str, Any]] = {}
+        if self.panoptic is not None:
+            for name, c in self.panoptic.panoptic.per_class.items():
+                rows[name] = {"kind": "thing" if c.isthing else "stuff", "PQ": c.PQ, "SQ": c.SQ, "RQ": c.RQ,
+                              "TP": c.tp, "FP": c.fp, "FN": c.fn}
+        if self.semantic is not None:
+            for name, iou in self.semantic.iou.items():
+                rows.setdefault(name, {}).update(IoU=iou, ACC=self.semantic.acc[name])
+        return pd.DataFrame.from_dict(rows, orient="index")
+
     def to_dict(self) -> dict[str, Any]:
         from workbench.metrics.instance_result import json_safe
 
