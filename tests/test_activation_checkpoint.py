@@ -93,3 +93,30 @@ def test_an_unknown_mode_names_the_field():
     with pytest.raises(ConfigError, match=r"solver.*checkpoint_activations must be one of"):
         run_config_from_dict({"model": {"preset": "tiny", "num_classes": 2},
                               "solver": {"checkpoint_activations": "encoder"}})
+
+
+def graph_nodes(tensor: torch.Tensor) -> int:
+    """Autograd nodes reachable from `tensor`'s grad_fn: what the forward keeps until the backward."""
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def test_a_checkpointed_forward_keeps_no_graph_inside_its_segments():
+    """The segments record one node each, not one per op: the per-op nodes a non-reentrant checkpoint keeps
+    until the backward pin the CPU heap between the freed activations (activation_checkpoint.py)."""
+    cfg = wb.ModelConfig.tiny(num_classes=3, attributes=ATTRS, loss=wb.LossConfig(num_points=64))
+    items = synthetic_batch(3, {"color": 3, "size": 3}, batch=2, size=64, seed=0)
+    nodes = {}
+    for mode in ("none", "backbone", "decoder", "all"):
+        torch.manual_seed(0)
+        model = wb.build_model(cfg).train()
+        model.checkpoint_activations(mode)
+        nodes[mode] = graph_nodes(sum(model(items, generator=torch.Generator().manual_seed(2)).values()))
+    assert nodes["backbone"] < nodes["none"] and nodes["decoder"] < nodes["none"], nodes
+    assert nodes["all"] < min(nodes["backbone"], nodes["decoder"]), nodes

@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -24,14 +25,15 @@ def join_two_process_group_env(rank: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, checkpoint_activations: str = "none") -> None:
     join_two_process_group_env(rank, port)
     from workbench.engine.trainer import train
 
     model = wb.ModelConfig.tiny(num_classes=3, attributes={"color": ["r", "g", "b"]},
                                 loss=wb.LossConfig(num_points=64))
     cfg = RunConfig(model=model, solver=SolverConfig(base_lr=1e-3, batch_size=2, max_iter=3, warmup_iters=0,
-                                                     log_period=1, checkpoint_period=10), device="cpu")
+                                                     log_period=1, checkpoint_period=10,
+                                                     checkpoint_activations=checkpoint_activations), device="cpu")
     data = synthetic_batch(3, {"color": 3}, batch=4, size=64, seed=rank * 0)  # same data on both ranks
     result = train(cfg, os.path.join(out, "run"), dataset=data, progress=False)
     flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
@@ -39,8 +41,10 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_two_process_gloo_training_stays_in_sync(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+# "all": DDP's gradient hooks also fire inside the checkpoint segments' recomputed backward
+@pytest.mark.parametrize("checkpoint_activations", ["none", "all"])
+def test_two_process_gloo_training_stays_in_sync(tmp_path, checkpoint_activations):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), checkpoint_activations), nprocs=2, join=True)
     p0 = torch.load(tmp_path / "params_rank0.pt", weights_only=True)
     p1 = torch.load(tmp_path / "params_rank1.pt", weights_only=True)
     assert torch.equal(p0, p1)  # gradients were all-reduced: both ranks hold the same weights

@@ -7,6 +7,14 @@ for memory. The numbers do not change:
 - BatchNorm in training mode would update its running statistics a second time during the recomputation: the
   recomputation restores them afterwards, so a checkpointed step leaves the same statistics as a plain one.
 
+A segment whose inputs require grad runs torch's reentrant variant: its forward records no graph at all, one
+node for the whole segment. The non-reentrant variant records every op's node (each holding a placeholder for
+its saved tensors) during the forward and keeps them until the backward; on CPU those small, long-lived
+allocations land among the segment's freed activations and pin glibc's heap, so the freed memory was not
+reused: the six encoder layers alone left ~550 MiB of free but unreturned heap at 512^2 (bench/memory.py: 'all'
+at 0.41x of transformers', not the 0.4x aimed at). A segment whose inputs need no grad (the backbone's stem on
+the images) stays non-reentrant: the reentrant one would give its parameters no gradient.
+
 The segments (each module's `checkpoint_segments` flag, set by `MultiTaskMask2Former.checkpoint_activations`):
 the backbone's stem and stages, the pixel decoder's encoder layers and its 1/4-resolution FPN level, the
 transformer decoder's layers. Measured (bench/memory.py): a whole stage per segment kept less at the peak than
@@ -43,18 +51,34 @@ class _RestoreRunningStats(contextlib.AbstractContextManager):
         for m, saved in zip(self.norms, self.saved):
             for buffer, value in zip([b for b in (m.running_mean, m.running_var, m.num_batches_tracked)
                                       if b is not None], saved):
-                buffer.copy_(value)
+                # through .data: the recomputed BatchNorm nodes saved these buffers (their backward does not
+                # read them in training mode), and a version bump would fail that backward
+                buffer.data.copy_(value)
 
 
 def run_segment(owner: nn.Module, segment: nn.Module | None, fn: Callable, *args):
     """fn(*args) (the forward of `segment`, a part of `owner`; None: one without BatchNorm), through
-    torch.utils.checkpoint when `owner.checkpoint_segments` is set and autograd records (training); plainly otherwise (inference, no_grad,
-    the flag off)."""
+    torch.utils.checkpoint when `owner.checkpoint_segments` is set and autograd records (training); plainly
+    otherwise (inference, no_grad, the flag off). Reentrant when a tensor input requires grad (see above)."""
     if not (getattr(owner, "checkpoint_segments", False) and torch.is_grad_enabled()):
         return fn(*args)
-    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True,
-                      context_fn=lambda: (contextlib.nullcontext(), contextlib.nullcontext() if segment is None
-                                          else _RestoreRunningStats(segment)))
+    reentrant = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    return checkpoint(_Recomputable(fn, segment), *args, use_reentrant=reentrant, preserve_rng_state=True)
+
+
+class _Recomputable:
+    """fn, whose second and later calls (checkpoint's recomputations) leave `segment`'s BatchNorm buffers as
+    they were (the reentrant variant takes no context_fn, so both variants restore them here)."""
+
+    def __init__(self, fn: Callable, segment: nn.Module | None) -> None:
+        self.fn, self.segment, self.calls = fn, segment, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == 1 or self.segment is None:
+            return self.fn(*args)
+        with _RestoreRunningStats(self.segment):
+            return self.fn(*args)
 
 
 def set_checkpointing(model: nn.Module, mode: str) -> None:
