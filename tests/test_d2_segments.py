@@ -14,28 +14,13 @@ import pytest
 import torch
 
 import workbench as wb
-from test_d2 import TINY_OVERRIDES, needs_d2
+from test_d2 import TINY_OVERRIDES, UPSTREAM_BASE, UPSTREAM_R50, needs_d2
 from workbench.d2.tasks import TaskSet, flags_for_task, tasks_from_flags
 
 # Upstream Mask2Former's configs/coco/panoptic-segmentation/{Base-COCO-PanopticSegmentation,
 # maskformer2_R50_bs16_50ep}.yaml and configs/ade20k/semantic-segmentation/{Base-ADE20K-SemanticSegmentation,
 # maskformer2_R50_bs16_160k}.yaml, keys and values as upstream writes them (comments left out).
-_MODEL = """\
-MODEL:
-  BACKBONE:
-    FREEZE_AT: 0
-    NAME: "build_resnet_backbone"
-  WEIGHTS: "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
-  PIXEL_MEAN: [123.675, 116.280, 103.530]
-  PIXEL_STD: [58.395, 57.120, 57.375]
-  RESNETS:
-    DEPTH: 50
-    STEM_TYPE: "basic"
-    STEM_OUT_CHANNELS: 64
-    STRIDE_IN_1X1: False
-    OUT_FEATURES: ["res2", "res3", "res4", "res5"]
-    RES5_MULTI_GRID: [1, 1, 1]
-"""
+_MODEL = UPSTREAM_BASE[:UPSTREAM_BASE.index("DATASETS:")]  # the MODEL block every Base-*.yaml shares
 _SOLVER = """\
   WEIGHT_DECAY: 0.05
   OPTIMIZER: "ADAMW"
@@ -115,51 +100,16 @@ VERSION: 2
 
 
 def _r50(base: str, num_classes: int, semantic_on: bool, instance_on: bool, panoptic_on: bool) -> str:
-    return f"""\
-_BASE_: {base}
-MODEL:
-  META_ARCHITECTURE: "MaskFormer"
-  SEM_SEG_HEAD:
-    NAME: "MaskFormerHead"
-    IN_FEATURES: ["res2", "res3", "res4", "res5"]
-    IGNORE_VALUE: 255
-    NUM_CLASSES: {num_classes}
-    LOSS_WEIGHT: 1.0
-    CONVS_DIM: 256
-    MASK_DIM: 256
-    NORM: "GN"
-    PIXEL_DECODER_NAME: "MSDeformAttnPixelDecoder"
-    DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES: ["res3", "res4", "res5"]
-    COMMON_STRIDE: 4
-    TRANSFORMER_ENC_LAYERS: 6
-  MASK_FORMER:
-    TRANSFORMER_DECODER_NAME: "MultiScaleMaskedTransformerDecoder"
-    TRANSFORMER_IN_FEATURE: "multi_scale_pixel_decoder"
-    DEEP_SUPERVISION: True
-    NO_OBJECT_WEIGHT: 0.1
-    CLASS_WEIGHT: 2.0
-    MASK_WEIGHT: 5.0
-    DICE_WEIGHT: 5.0
-    HIDDEN_DIM: 256
-    NUM_OBJECT_QUERIES: 100
-    NHEADS: 8
-    DROPOUT: 0.0
-    DIM_FEEDFORWARD: 2048
-    ENC_LAYERS: 0
-    PRE_NORM: False
-    ENFORCE_INPUT_PROJ: False
-    SIZE_DIVISIBILITY: 32
-    DEC_LAYERS: 10
-    TRAIN_NUM_POINTS: 12544
-    OVERSAMPLE_RATIO: 3.0
-    IMPORTANCE_SAMPLE_RATIO: 0.75
-    TEST:
-      SEMANTIC_ON: {semantic_on}
-      INSTANCE_ON: {instance_on}
-      PANOPTIC_ON: {panoptic_on}
-      OVERLAP_THRESHOLD: 0.8
-      OBJECT_MASK_THRESHOLD: 0.8
-"""
+    """maskformer2_R50_bs16_*.yaml of a task: the instance one (test_d2) with its base, class count and TEST flags."""
+    text = UPSTREAM_R50
+    for old, new in (("_BASE_: Base-COCO-InstanceSegmentation.yaml", f"_BASE_: {base}"),
+                     ("NUM_CLASSES: 80", f"NUM_CLASSES: {num_classes}"),
+                     ("SEMANTIC_ON: False", f"SEMANTIC_ON: {semantic_on}"),
+                     ("INSTANCE_ON: True", f"INSTANCE_ON: {instance_on}"),
+                     ("PANOPTIC_ON: False", f"PANOPTIC_ON: {panoptic_on}")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
 
 
 def write_upstream_panoptic(folder: Path) -> Path:
